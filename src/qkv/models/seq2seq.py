@@ -1,0 +1,215 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al., 2017), figure 1.
+
+    source ids -> embed * sqrt(d) + positions -> N encoder layers                    -> memory
+    target ids -> embed * sqrt(d) + positions -> N decoder layers (masked self-attn,
+                                                 cross-attn to memory, FFN)           -> logits
+
+Masks are built here from ids and the pad id (True = may attend); batches carry only ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from qkv.config import ModelConfig
+from qkv.nn import masks
+from qkv.nn.cache import KVCache
+from qkv.nn.embedding import TokenEmbedding
+from qkv.nn.layers import DecoderLayer, EncoderLayer
+from qkv.nn.positional import LearnedPositions, SinusoidalPositions
+
+
+@dataclass
+class Encoded:
+    """The encoder's result, everything the decoder needs about the source.
+
+    memory: (batch, src_len, d_model); may_attend: (batch, 1, 1, src_len), True = real source token;
+    weights: per layer (batch, heads, src_len, src_len) when asked for.
+    """
+
+    memory: Tensor
+    may_attend: Tensor
+    weights: list[Tensor] | None = None
+
+    def select(self, indices: Tensor) -> Encoded:
+        """Keep batch rows ``indices`` (beam search repeats each sentence once per beam)."""
+        return Encoded(self.memory.index_select(0, indices), self.may_attend.index_select(0, indices))
+
+
+@dataclass
+class Decoded:
+    """The decoder's result.
+
+    logits: (batch, tgt_len, tgt_vocab); cache: the updated cache (None if none was passed);
+    self_weights / cross_weights: per layer (batch, heads, tgt_len, k_len) when asked for.
+    """
+
+    logits: Tensor
+    cache: KVCache | None = None
+    self_weights: list[Tensor] | None = None
+    cross_weights: list[Tensor] | None = None
+
+
+class Transformer(nn.Module):
+    """Encoder stack, decoder stack and the (optionally tied) output projection."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.src_embed = TokenEmbedding(c.src_vocab_size, c.d_model, pad_id=c.pad_id)
+        self.tgt_embed = (
+            self.src_embed
+            if c.share_embeddings
+            else TokenEmbedding(c.tgt_vocab_size, c.d_model, pad_id=c.pad_id)
+        )
+        self.positions: SinusoidalPositions | LearnedPositions = (
+            SinusoidalPositions(c.d_model, c.max_positions)
+            if c.positions == "sinusoidal"
+            else LearnedPositions(c.d_model, c.max_positions)
+        )
+        self.dropout = nn.Dropout(c.dropout)  # on embeddings + positions (section 5.4)
+        self.encoder = nn.ModuleList(
+            [
+                EncoderLayer(
+                    c.d_model,
+                    c.heads,
+                    c.d_ff,
+                    dropout=c.dropout,
+                    attention_dropout=c.attention_dropout,
+                    activation=c.activation,
+                    norm_first=c.norm_first,
+                    layer_norm_eps=c.layer_norm_eps,
+                )
+                for _ in range(c.encoder_layers)
+            ]
+        )
+        self.decoder = nn.ModuleList(
+            [
+                DecoderLayer(
+                    c.d_model,
+                    c.heads,
+                    c.d_ff,
+                    dropout=c.dropout,
+                    attention_dropout=c.attention_dropout,
+                    activation=c.activation,
+                    norm_first=c.norm_first,
+                    layer_norm_eps=c.layer_norm_eps,
+                )
+                for _ in range(c.decoder_layers)
+            ]
+        )
+        # Pre-LN leaves the residual stream un-normalised after the last layer.
+        self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else None
+        self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else None
+        self.output_proj = None if c.tie_output else nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        if self.output_proj is not None:
+            nn.init.normal_(self.output_proj.weight, std=c.d_model**-0.5)
+
+    # -- encoder ---------------------------------------------------------------------------------
+    def encode(self, src_ids: Tensor, *, need_weights: bool = False, fused: bool = True) -> Encoded:
+        """Run the encoder stack.
+
+        Shapes: src_ids (batch, src_len) -> Encoded(memory (batch, src_len, d_model), ...).
+        """
+        may_attend = masks.padding(src_ids, self.config.pad_id)  # (batch, 1, 1, src_len)
+        x = self.src_embed(src_ids) + self.positions(src_ids.shape[1])
+        x = self.dropout(x)
+        weights: list[Tensor] | None = [] if need_weights else None
+        for layer in self.encoder:
+            x, w = layer(x, may_attend, need_weights=need_weights, fused=fused)
+            if weights is not None and w is not None:
+                weights.append(w)
+        if self.encoder_norm is not None:
+            x = self.encoder_norm(x)
+        return Encoded(x, may_attend, weights)
+
+    # -- decoder ---------------------------------------------------------------------------------
+    def decode(
+        self,
+        tgt_ids: Tensor,
+        encoded: Encoded,
+        *,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+        fused: bool = True,
+    ) -> Decoded:
+        """Run the decoder stack: all target positions at once, or the next ones with a cache.
+
+        Without a cache, ``tgt_ids`` is the whole (shifted-right) target prefix and padding in it is
+        masked. With a cache, ``tgt_ids`` holds only the new positions (usually one token) that follow
+        the ``cache.length`` positions already decoded; the cache is updated and handed back.
+
+        Shapes: tgt_ids (batch, tgt_len) -> Decoded(logits (batch, tgt_len, tgt_vocab), ...).
+        """
+        new = tgt_ids.shape[1]
+        offset = cache.length if cache is not None else 0
+        total = offset + new
+        if cache is None:
+            self_may_attend: Tensor | None = masks.padding(tgt_ids, self.config.pad_id) & masks.causal(
+                new, total, device=tgt_ids.device
+            )
+        elif new == 1:
+            self_may_attend = None  # the newest position may see every earlier one
+        else:
+            self_may_attend = masks.causal(new, total, device=tgt_ids.device)
+        if cache is not None and len(cache.layers) != len(self.decoder):
+            raise ValueError(
+                f"cache has {len(cache.layers)} layers, the decoder {len(self.decoder)}; "
+                f"start with KVCache.empty(model.config.decoder_layers)"
+            )
+
+        x = self.tgt_embed(tgt_ids) + self.positions(new, offset)
+        x = self.dropout(x)
+        self_weights: list[Tensor] | None = [] if need_weights else None
+        cross_weights: list[Tensor] | None = [] if need_weights else None
+        for i, layer in enumerate(self.decoder):
+            x, sw, cw = layer(
+                x,
+                encoded.memory,
+                self_may_attend,
+                encoded.may_attend,
+                cache=None if cache is None else cache.layers[i],
+                need_weights=need_weights,
+                fused=fused,
+            )
+            if self_weights is not None and cross_weights is not None and sw is not None and cw is not None:
+                self_weights.append(sw)
+                cross_weights.append(cw)
+        if self.decoder_norm is not None:
+            x = self.decoder_norm(x)
+        return Decoded(self.logits(x), cache, self_weights, cross_weights)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The pre-softmax projection. Shapes: (batch, len, d_model) -> (batch, len, tgt_vocab)."""
+        if self.output_proj is not None:
+            return self.output_proj(x)  # type: ignore[no-any-return]
+        return self.tgt_embed.logits(x)
+
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for incremental decoding."""
+        return KVCache.empty(len(self.decoder))
+
+    def forward(self, src_ids: Tensor, tgt_in_ids: Tensor) -> Tensor:
+        """Teacher forcing: logits for every target position given the gold prefix.
+
+        Shapes: src_ids (batch, src_len), tgt_in_ids (batch, tgt_len) (target shifted right, starting
+        with <s>) -> logits (batch, tgt_len, tgt_vocab).
+        """
+        return self.decode(tgt_in_ids, self.encode(src_ids)).logits
+
+    def num_parameters(self) -> int:
+        """Distinct trainable parameters (a tied matrix counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def summary(self) -> str:
+        c = self.config
+        return (
+            f"Transformer: {c.encoder_layers}+{c.decoder_layers} layers, d_model {c.d_model}, "
+            f"{c.heads} heads of {c.d_head}, d_ff {c.d_ff}, vocab {c.src_vocab_size}/{c.tgt_vocab_size}, "
+            f"{'pre' if c.norm_first else 'post'}-LN, {self.num_parameters():,} parameters"
+        )

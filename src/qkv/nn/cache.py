@@ -1,0 +1,86 @@
+"""The key/value cache for incremental decoding: a value passed in and handed back.
+
+During autoregressive decoding the decoder's self-attention keys and values for earlier target
+positions never change, so each step computes only the newest position's and appends it; the
+cross-attention keys and values depend only on the encoder output and are computed once.
+
+The cache is a plain container, not module state: ``out, cache = model.decode(..., cache=cache)``.
+Beam search reorders it with :meth:`KVCache.select`.
+
+Self-attention keys and values live in preallocated buffers that grow by doubling, so appending a
+step copies one position, not the whole prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LayerCache:
+    """One decoder layer's cached keys and values, each (batch, heads, length, d_head).
+
+    ``self_k``/``self_v`` are buffers whose first ``self_len`` positions are valid.
+    """
+
+    self_k: Tensor | None = None
+    self_v: Tensor | None = None
+    self_len: int = 0
+    cross_k: Tensor | None = None
+    cross_v: Tensor | None = None
+
+    def append_self(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append new positions (batch, heads, new, d_head); return all keys and values so far."""
+        new = k.shape[2]
+        needed = self.self_len + new
+        if self.self_k is None or self.self_v is None:
+            capacity = max(needed, 16)
+            self.self_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
+            self.self_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
+        elif needed > self.self_k.shape[2]:
+            capacity = max(needed, 2 * self.self_k.shape[2])
+            grown_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
+            grown_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
+            grown_k[:, :, : self.self_len] = self.self_k[:, :, : self.self_len]
+            grown_v[:, :, : self.self_len] = self.self_v[:, :, : self.self_len]
+            self.self_k, self.self_v = grown_k, grown_v
+        self.self_k[:, :, self.self_len : needed] = k
+        self.self_v[:, :, self.self_len : needed] = v
+        self.self_len = needed
+        return self.self_k[:, :, :needed], self.self_v[:, :, :needed]
+
+    def select(self, indices: Tensor) -> LayerCache:
+        """Keep batch rows ``indices`` (in that order), e.g. the surviving beams."""
+
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.index_select(0, indices)
+
+        return LayerCache(
+            pick(self.self_k), pick(self.self_v), self.self_len, pick(self.cross_k), pick(self.cross_v)
+        )
+
+
+@dataclass
+class KVCache:
+    """The whole decoder's cache: one :class:`LayerCache` per layer.
+
+    ``length`` is the number of target positions already decoded (the position of the next token).
+    """
+
+    layers: list[LayerCache] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, num_layers: int) -> KVCache:
+        return cls([LayerCache() for _ in range(num_layers)])
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].self_len if self.layers else 0
+
+    def select(self, indices: Tensor) -> KVCache:
+        """Reorder or subset the batch dimension of every layer (beam search)."""
+        indices = indices.to(torch.long)
+        return KVCache([layer.select(indices) for layer in self.layers])

@@ -1,0 +1,118 @@
+"""Parameter accounting: where every parameter of a Transformer goes, line by line.
+
+:func:`seq2seq_rows` computes the count from the configuration with written-out formulas;
+:func:`module_rows` counts an instantiated model by walking its parameters. The two must agree, and
+``qkv params --check`` shows that they do.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from qkv.config import ModelConfig
+from qkv.models.seq2seq import Transformer
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a component, the formula that counts it, and the count."""
+
+    component: str
+    formula: str
+    count: int
+
+
+def seq2seq_rows(c: ModelConfig) -> list[Row]:
+    """The encoder-decoder's parameters by component, from the configuration alone.
+
+    Per layer: an attention block has W_Q, W_K, W_V, W_O (d x d) and their biases (d); the FFN has
+    W1 (d x d_ff), b1, W2 (d_ff x d), b2; each LayerNorm has a gain and a bias (2d).
+    """
+    d, f = c.d_model, c.d_ff
+    attn = 4 * (d * d + d)
+    ffn = d * f + f + f * d + d
+    norm = 2 * d
+    ne, nd = c.encoder_layers, c.decoder_layers
+    rows: list[Row] = []
+    if c.share_embeddings:
+        rows.append(
+            Row("embeddings (shared src/tgt)", f"V x d = {c.src_vocab_size:,} x {d}", c.src_vocab_size * d)
+        )
+    else:
+        rows.append(Row("source embeddings", f"V_src x d = {c.src_vocab_size:,} x {d}", c.src_vocab_size * d))
+        rows.append(Row("target embeddings", f"V_tgt x d = {c.tgt_vocab_size:,} x {d}", c.tgt_vocab_size * d))
+    if c.positions == "learned":
+        rows.append(Row("learned positions", f"{c.max_positions} x {d}", c.max_positions * d))
+    else:
+        rows.append(Row("sinusoidal positions", "fixed, no parameters", 0))
+    rows += [
+        Row("encoder self-attention", f"{ne} x 4 x ({d}*{d} + {d})", ne * attn),
+        Row("encoder feed-forward", f"{ne} x ({d}*{f} + {f} + {f}*{d} + {d})", ne * ffn),
+        Row("encoder LayerNorm", f"{ne} x 2 x 2*{d}", ne * 2 * norm),
+        Row("decoder masked self-attention", f"{nd} x 4 x ({d}*{d} + {d})", nd * attn),
+        Row("decoder cross-attention", f"{nd} x 4 x ({d}*{d} + {d})", nd * attn),
+        Row("decoder feed-forward", f"{nd} x ({d}*{f} + {f} + {f}*{d} + {d})", nd * ffn),
+        Row("decoder LayerNorm", f"{nd} x 3 x 2*{d}", nd * 3 * norm),
+    ]
+    if c.norm_first:
+        rows.append(Row("final LayerNorms (pre-LN)", f"2 x 2*{d}", 2 * norm))
+    if c.tie_output:
+        rows.append(Row("output projection", "tied to the target embeddings", 0))
+    else:
+        rows.append(Row("output projection", f"d x V_tgt = {d} x {c.tgt_vocab_size:,}", d * c.tgt_vocab_size))
+    return rows
+
+
+def _seq2seq_component(name: str, shared_embeddings: bool) -> str:
+    """Map a parameter name of qkv's Transformer to its row in :func:`seq2seq_rows`."""
+    stack, _, rest = name.partition(".")
+    if stack in ("src_embed", "tgt_embed"):
+        if shared_embeddings:
+            return "embeddings (shared src/tgt)"
+        return "source embeddings" if stack == "src_embed" else "target embeddings"
+    if stack == "positions":
+        return "learned positions"
+    if stack in ("encoder_norm", "decoder_norm"):
+        return "final LayerNorms (pre-LN)"
+    if stack == "output_proj":
+        return "output projection"
+    if stack in ("encoder", "decoder"):
+        part = rest.split(".")[1]
+        label = {"self_attn": "self-attention", "cross_attn": "cross-attention", "ffn": "feed-forward"}.get(
+            part, "LayerNorm"
+        )
+        if stack == "decoder" and part == "self_attn":
+            label = "masked self-attention"
+        return f"{stack} {label}"
+    return name
+
+
+def module_rows(model: Transformer) -> list[Row]:
+    """Count an instantiated qkv Transformer by walking its parameters (a tied matrix counts once)."""
+    counts: OrderedDict[str, int] = OrderedDict()
+    for name, p in model.named_parameters():  # named_parameters() already yields a shared tensor once
+        key = _seq2seq_component(name, model.config.share_embeddings)
+        counts[key] = counts.get(key, 0) + p.numel()
+    return [Row(k, "counted", v) for k, v in counts.items()]
+
+
+def total(rows: list[Row]) -> int:
+    return sum(r.count for r in rows)
+
+
+def format_table(rows: list[Row], title: str = "") -> str:
+    """A plain-text table with a share-of-total column and the total."""
+    grand = total(rows) or 1
+    width_c = max([len(r.component) for r in rows] + [len("component"), len("total")])
+    width_f = max([len(r.formula) for r in rows] + [len("formula")])
+    lines = [title] if title else []
+    lines.append(f"{'component':<{width_c}}  {'formula':<{width_f}}  {'parameters':>13}  {'share':>6}")
+    lines.append("-" * (width_c + width_f + 27))
+    for r in rows:
+        lines.append(
+            f"{r.component:<{width_c}}  {r.formula:<{width_f}}  {r.count:>13,}  {r.count / grand:>6.1%}"
+        )
+    lines.append("-" * (width_c + width_f + 27))
+    lines.append(f"{'total':<{width_c}}  {'':<{width_f}}  {total(rows):>13,}")
+    return "\n".join(lines)
