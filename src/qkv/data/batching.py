@@ -1,0 +1,185 @@
+"""Token-budget batches: examples of similar length grouped so that padding stays small.
+
+A batch is a list of example indices. Its cost is its padded size, ``max(length) * count``, taken on the
+source and the target side and the larger of the two kept; :func:`make_batches` keeps every batch within
+``max_tokens`` (an example longer than the budget alone forms a batch of its own).
+
+The order of an epoch is a pure function of ``(seed, epoch)``: examples are sorted by length with a random
+tie-break and the batches are then shuffled, both from a ``random.Random`` seeded with the pair (never
+numpy's or torch's global state). So a :class:`BatchPosition` — the epoch and how many of its batches were
+already used — is all that training state needs to resume on the very same batch.
+
+Masks are not built here: :func:`collate` pads token ids with the pad id, and the model builds its masks
+from the ids and the pad id.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def _epoch_rng(seed: int, epoch: int) -> random.Random:
+    # A string seed is hashed with SHA-512 by random.Random: stable across processes and Python runs
+    # (unlike hash()), and distinct for every (seed, epoch) pair.
+    return random.Random(f"qkv.data.batching:{seed}:{epoch}")
+
+
+def make_batches(
+    src_lens: Sequence[int],
+    tgt_lens: Sequence[int],
+    max_tokens: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    max_sentences: int | None = None,
+) -> list[list[int]]:
+    """Group example indices into batches whose padded size stays within ``max_tokens``.
+
+    ``src_lens[i]`` and ``tgt_lens[i]`` are the lengths of example i as the model will see them (count any
+    BOS/EOS you add). Examples are sorted by (source length, target length); with ``shuffle`` ties are broken
+    at random and the batch order is shuffled, both determined by ``(seed, epoch)``. Without ``shuffle`` the
+    batches come in length order with ties in index order (for translating or scoring a file: the indices
+    say where each output goes). ``max_sentences`` optionally caps the examples per batch as well.
+
+    Every index appears in exactly one batch. A batch of n examples satisfies
+    ``n * max(max src len, max tgt len) <= max_tokens`` unless n == 1 and that one example is longer than
+    the budget on its own. A length of 0 counts as 1 so that empty sequences cannot make a batch unbounded.
+    """
+    if len(src_lens) != len(tgt_lens):
+        raise ValueError(
+            f"src_lens has {len(src_lens)} entries but tgt_lens has {len(tgt_lens)}; one per example"
+        )
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    if max_sentences is not None and max_sentences < 1:
+        raise ValueError(f"max_sentences must be at least 1 (or None), got {max_sentences}")
+    for name, lens in (("src_lens", src_lens), ("tgt_lens", tgt_lens)):
+        negative = next((i for i, length in enumerate(lens) if length < 0), None)
+        if negative is not None:
+            raise ValueError(f"{name}[{negative}] is {lens[negative]}; lengths cannot be negative")
+
+    rng = _epoch_rng(seed, epoch)
+    order = list(range(len(src_lens)))
+    if shuffle:
+        rng.shuffle(order)  # the sort below is stable, so this is the tie-break among equal lengths
+    order.sort(key=lambda i: (src_lens[i], tgt_lens[i]))
+
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    widest = 0  # max(src, tgt) length over the batch so far: its padded width
+    for i in order:
+        width = max(src_lens[i], tgt_lens[i], 1)
+        new_width = max(widest, width)
+        full = max_sentences is not None and len(batch) >= max_sentences
+        if batch and (full or new_width * (len(batch) + 1) > max_tokens):
+            batches.append(batch)
+            batch, new_width = [], width
+        batch.append(i)
+        widest = new_width
+    if batch:
+        batches.append(batch)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def shard(batches: Sequence[list[int]], rank: int, world_size: int) -> list[list[int]]:
+    """The batches of one rank out of ``world_size``: every ``world_size``-th batch, starting at ``rank``.
+
+    The tail that cannot be shared out evenly (fewer than ``world_size`` batches) is dropped, so every rank
+    has the same number of batches and data-parallel steps stay in lockstep. The ranks' shards are disjoint.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be at least 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    per_rank = len(batches) // world_size
+    if per_rank == 0 and batches:
+        raise ValueError(
+            f"only {len(batches)} batches for {world_size} ranks; lower max_tokens or use fewer processes"
+        )
+    return list(batches[rank : per_rank * world_size : world_size])
+
+
+@dataclass(frozen=True)
+class BatchPosition:
+    """Where a run stands in its stream of batches: ``index`` batches of ``epoch`` were already used.
+
+    Since the batches of an epoch are a pure function of ``(seed, epoch)`` (and rank and world size), this
+    is enough to resume: :func:`iter_batches` started from it yields the very batch that came next.
+    Stored in training state as ``to_dict()`` (plain JSON).
+    """
+
+    epoch: int = 0
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epoch < 0 or self.index < 0:
+            raise ValueError(
+                f"epoch and index must be non-negative, got epoch={self.epoch}, index={self.index}"
+            )
+
+    def to_dict(self) -> dict[str, int]:
+        """``{"epoch": ..., "index": ...}``, for JSON training state."""
+        return {"epoch": self.epoch, "index": self.index}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, int]) -> BatchPosition:
+        """The inverse of :meth:`to_dict`."""
+        return cls(epoch=int(state["epoch"]), index=int(state["index"]))
+
+
+def iter_batches(
+    src_lens: Sequence[int],
+    tgt_lens: Sequence[int],
+    max_tokens: int,
+    *,
+    seed: int,
+    start: BatchPosition | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    max_sentences: int | None = None,
+) -> Iterator[tuple[list[int], BatchPosition]]:
+    """Batches of this rank, epoch after epoch without end, from ``start`` (default: the very beginning).
+
+    Yields ``(batch, resume_at)``: ``resume_at`` is the position just after ``batch``, the one to save once
+    the batch has been trained on. The caller stops the loop (after so many steps or epochs).
+    """
+    if len(src_lens) == 0:
+        raise ValueError("no examples to batch")
+    position = start or BatchPosition()
+    epoch, index = position.epoch, position.index
+    while True:
+        batches = make_batches(
+            src_lens, tgt_lens, max_tokens, seed=seed, epoch=epoch, max_sentences=max_sentences
+        )
+        mine = shard(batches, rank, world_size)
+        if index > len(mine):
+            raise ValueError(
+                f"cannot resume at batch {index} of epoch {epoch}: this epoch has only {len(mine)} batches "
+                "here (were the data, max_tokens or world size changed since the checkpoint?)"
+            )
+        for i in range(index, len(mine)):
+            yield mine[i], BatchPosition(epoch, i + 1)
+        epoch, index = epoch + 1, 0
+
+
+def collate(examples: Sequence[Sequence[int]], pad_id: int) -> Tensor:
+    """Stack token-id sequences into one LongTensor, padding on the right with ``pad_id``.
+
+    Shapes: ``len(examples)`` sequences of lengths L_i -> ``(batch, max_len)``, ``max_len = max(L_i)``.
+    """
+    if len(examples) == 0:
+        raise ValueError("collate needs at least one example")
+    max_len = max(len(example) for example in examples)
+    ids = torch.full((len(examples), max_len), pad_id, dtype=torch.long)  # (batch, max_len)
+    for row, example in enumerate(examples):
+        if len(example):
+            ids[row, : len(example)] = torch.as_tensor(example, dtype=torch.long)
+    return ids
