@@ -1,0 +1,78 @@
+"""A saved translation model: a directory with config.json, model.safetensors and its tokenizers.
+
+``qkv train`` writes a run directory; every checkpoint in it (``checkpoints/step-N/``) and the best model
+(``best/``) is such a model directory. :func:`resolve` accepts either and picks the model to use.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from qkv import checkpoint
+from qkv.config import ModelConfig
+from qkv.models.seq2seq import Transformer
+from qkv.tokenize import Tokenizer
+
+JOINT_TOKENIZER = "tokenizer.json"
+SRC_TOKENIZER = "src_tokenizer.json"
+TGT_TOKENIZER = "tgt_tokenizer.json"
+
+
+@dataclass
+class SavedModel:
+    model: Transformer
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    path: Path
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """The model directory to load from a model directory or a run directory (``best/``, else the latest
+    checkpoint)."""
+    p = Path(path)
+    if (p / checkpoint.MODEL_FILE).is_file() or not p.is_dir():
+        return p
+    if (p / "best" / checkpoint.MODEL_FILE).is_file():
+        return p / "best"
+    latest = checkpoint.latest_checkpoint(p)
+    if latest is not None:
+        return latest
+    return p  # load_directory will say what is missing
+
+
+def tokenizer_files(src: Tokenizer, tgt: Tokenizer) -> dict[str, str]:
+    """The tokenizer files of a model directory: one joint file, or one per side."""
+    if src is tgt:
+        return {JOINT_TOKENIZER: src.to_json()}
+    return {SRC_TOKENIZER: src.to_json(), TGT_TOKENIZER: tgt.to_json()}
+
+
+def load(path: str | os.PathLike[str], *, device: str = "cpu") -> SavedModel:
+    """Load a model directory (or a run directory's best/latest model) for inference, in eval mode."""
+    directory = resolve(path)
+    config, tensors = checkpoint.load_directory(directory)
+    model_config = ModelConfig.from_dict(config.get("model", config))
+    model = Transformer(model_config)
+    checkpoint.check_state_dict(model.state_dict(), tensors, directory / checkpoint.MODEL_FILE)
+    model.load_state_dict(tensors)
+    model.to(device).eval()
+    if (directory / JOINT_TOKENIZER).is_file():
+        src = tgt = Tokenizer.load(directory / JOINT_TOKENIZER)
+    elif (directory / SRC_TOKENIZER).is_file() and (directory / TGT_TOKENIZER).is_file():
+        src, tgt = Tokenizer.load(directory / SRC_TOKENIZER), Tokenizer.load(directory / TGT_TOKENIZER)
+    else:
+        raise checkpoint.CheckpointError(
+            f"{directory}: has no {JOINT_TOKENIZER} (or {SRC_TOKENIZER} + {TGT_TOKENIZER}); "
+            "a translation model directory needs its tokenizers"
+        )
+    for name, tok, size in (
+        ("source", src, model_config.src_vocab_size),
+        ("target", tgt, model_config.tgt_vocab_size),
+    ):
+        if tok.vocab_size != size:
+            raise checkpoint.CheckpointError(
+                f"{directory}: the {name} tokenizer has {tok.vocab_size} tokens but the model expects {size}"
+            )
+    return SavedModel(model, src, tgt, directory)

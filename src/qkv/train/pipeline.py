@@ -1,0 +1,248 @@
+"""From text files to a trained model: read the corpora, train the tokenizers, encode, build the model,
+and run the :class:`~qkv.train.trainer.Trainer`. ``qkv train`` is a thin layer over :func:`train`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed
+
+from qkv import checkpoint
+from qkv.config import ModelConfig, preset
+from qkv.data import demo
+from qkv.data.corpus import Corpus, read_corpus
+from qkv.models import saved
+from qkv.models.seq2seq import Transformer
+from qkv.tokenize import Tokenizer, train_tokenizer
+from qkv.train.trainer import Example, TrainConfig, Trainer, TrainResult, ValidationHook, distributed_context
+
+TokenizerKind = Literal["bpe", "char"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the sentence pairs come from. No ``train`` path: the built-in demo corpus."""
+
+    train: str | None = None
+    train_tgt: str | None = None  # the target file of two aligned plain-text files
+    valid: str | None = None
+    valid_tgt: str | None = None
+    src_col: int = 1
+    tgt_col: int = 2
+    skip_bad: bool = False
+    max_chars: int | None = 2000
+    demo_seed: int = 0
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    kind: TokenizerKind = "bpe"  # BPE splits Chinese into characters and merges English subwords
+    vocab_size: int = 8000
+    joint: bool = True  # one vocabulary for both sides (needed to share embeddings)
+
+
+@dataclass
+class Prepared:
+    train: list[Example]
+    valid: list[Example]
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    reports: list[str] = field(default_factory=list)
+    valid_pairs: list[tuple[str, str]] = field(default_factory=list)
+
+
+def read_pairs(data: DataConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[str]]:
+    """(train pairs, validation pairs, report lines) as (source, target) text."""
+    if data.train is None:
+        train, held_out = demo.splits(seed=data.demo_seed)
+        return (
+            train,
+            held_out,
+            [f"built-in demo corpus (zh->en): {len(train):,} training pairs, {len(held_out):,} held out"],
+        )
+
+    def read(path: str, tgt: str | None) -> Corpus:
+        return read_corpus(
+            path,
+            tgt_path=tgt,
+            src_col=data.src_col,
+            tgt_col=data.tgt_col,
+            max_chars=data.max_chars,
+            skip_bad=data.skip_bad,
+        )
+
+    train_corpus = read(data.train, data.train_tgt)
+    reports = [train_corpus.report()]
+    valid_pairs: list[tuple[str, str]] = []
+    if data.valid is not None:
+        valid_corpus = read(data.valid, data.valid_tgt)
+        reports.append(valid_corpus.report())
+        valid_pairs = valid_corpus.pairs
+    return train_corpus.pairs, valid_pairs, reports
+
+
+def encode_pairs(
+    pairs: Sequence[tuple[str, str]], src_tok: Tokenizer, tgt_tok: Tokenizer, *, max_len: int, eos_id: int
+) -> tuple[list[Example], int]:
+    """Token ids for each pair (source + </s>; target bare), leaving out pairs longer than ``max_len``
+    tokens on either side. Returns (examples, number left out)."""
+    sources = src_tok.encode_batch([s for s, _ in pairs])
+    targets = tgt_tok.encode_batch([t for _, t in pairs])
+    examples: list[Example] = []
+    too_long = 0
+    for s, t in zip(sources, targets, strict=True):
+        if len(s) + 1 > max_len or len(t) + 1 > max_len:
+            too_long += 1
+            continue
+        examples.append(([*s, eos_id], t))
+    return examples, too_long
+
+
+def fit_tokenizers(pairs: Sequence[tuple[str, str]], tok: TokenizerConfig) -> tuple[Tokenizer, Tokenizer]:
+    """Train one joint tokenizer (returned twice, the same object) or one per side."""
+    if tok.joint:
+        joint = train_tokenizer([text for pair in pairs for text in pair], tok.kind, tok.vocab_size)
+        return joint, joint
+    return (
+        train_tokenizer([s for s, _ in pairs], tok.kind, tok.vocab_size),
+        train_tokenizer([t for _, t in pairs], tok.kind, tok.vocab_size),
+    )
+
+
+def prepare(
+    data: DataConfig,
+    tok: TokenizerConfig,
+    *,
+    max_len: int,
+    eos_id: int = 2,
+    tokenizers: tuple[Tokenizer, Tokenizer] | None = None,
+) -> Prepared:
+    """Read, tokenize (training the tokenizers unless given) and encode the corpora."""
+    train_pairs, valid_pairs, reports = read_pairs(data)
+    src_tok, tgt_tok = tokenizers if tokenizers is not None else fit_tokenizers(train_pairs, tok)
+    train, dropped = encode_pairs(train_pairs, src_tok, tgt_tok, max_len=max_len, eos_id=eos_id)
+    valid, valid_dropped = encode_pairs(valid_pairs, src_tok, tgt_tok, max_len=max_len, eos_id=eos_id)
+    if dropped or valid_dropped:
+        reports.append(
+            f"left out as longer than {max_len} tokens: {dropped:,} training and "
+            f"{valid_dropped:,} validation pairs"
+        )
+    unk = src_tok.unk_rate(s for s, _ in valid_pairs[:2000]) if valid_pairs else 0.0
+    vocab = (
+        f"joint vocabulary of {src_tok.vocab_size:,}"
+        if src_tok is tgt_tok
+        else f"vocabularies of {src_tok.vocab_size:,} (source) and {tgt_tok.vocab_size:,} (target)"
+    )
+    reports.append(f"tokenizer: {tok.kind}, {vocab}; validation source <unk> rate {unk:.2%}")
+    return Prepared(train, valid, src_tok, tgt_tok, reports, list(valid_pairs))
+
+
+def _shared_tokenizers(
+    run: Path, data: DataConfig, tok: TokenizerConfig
+) -> tuple[Tokenizer, Tokenizer] | None:
+    """Under torchrun, rank 0 trains the tokenizers and the other ranks load them, so all ranks agree."""
+    rank, world = distributed_context()
+    if world == 1:
+        return None
+    staging = run / ".tokenizers"
+    if rank == 0:
+        src_tok, tgt_tok = fit_tokenizers(read_pairs(data)[0], tok)
+        for name, text in saved.tokenizer_files(src_tok, tgt_tok).items():
+            staging.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_text(text, encoding="utf-8")
+    torch.distributed.barrier()
+    if (staging / saved.JOINT_TOKENIZER).is_file():
+        joint = Tokenizer.load(staging / saved.JOINT_TOKENIZER)
+        return joint, joint
+    return Tokenizer.load(staging / saved.SRC_TOKENIZER), Tokenizer.load(staging / saved.TGT_TOKENIZER)
+
+
+def model_config_for(
+    preset_name: str, src_tok: Tokenizer, tgt_tok: Tokenizer, **overrides: Any
+) -> ModelConfig:
+    """The preset with vocabulary sizes from the tokenizers (shared embeddings only for one vocabulary)."""
+    joint = src_tok is tgt_tok
+    if not joint:
+        overrides.setdefault("share_embeddings", False)
+    return preset(preset_name, src_tok.vocab_size, None if joint else tgt_tok.vocab_size, **overrides)
+
+
+def train(
+    run_dir: str | os.PathLike[str],
+    *,
+    data: DataConfig,
+    tok: TokenizerConfig,
+    preset_name: str,
+    model_overrides: dict[str, Any],
+    train_config: TrainConfig,
+    resume: bool = False,
+    hooks: Sequence[ValidationHook] = (),
+    make_hooks: Callable[[Prepared], Sequence[ValidationHook]] | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train (or resume) a translation model in ``run_dir``; see ``qkv train --help``.
+
+    Resuming reuses the run's saved tokenizers, model config and training config (stop conditions
+    may be changed) so that it continues the very same run.
+    """
+    run = Path(run_dir)
+    latest = checkpoint.latest_checkpoint(run) if resume else None
+    if resume and latest is None:
+        raise FileNotFoundError(f"{run}: no checkpoint to resume from (checkpoints/LATEST is missing)")
+    if not resume and checkpoint.latest_checkpoint(run) is not None:
+        raise FileExistsError(
+            f"{run}: already holds a training run; pass --resume {run} to continue it, "
+            f"or choose another --out"
+        )
+    start = time.monotonic()
+    if latest is not None:
+        loaded = saved.load(latest)
+        saved_config = checkpoint.load_json(latest / checkpoint.TRAINER_STATE_FILE)["train_config"]
+        stops = {k: getattr(train_config, k) for k in ("max_steps", "max_epochs", "max_minutes")}
+        train_config = TrainConfig.from_dict({**saved_config, **stops})
+        model_config = loaded.model.config
+        prepared = prepare(
+            data,
+            tok,
+            max_len=model_config.max_positions,
+            eos_id=model_config.eos_id,
+            tokenizers=(loaded.src_tokenizer, loaded.tgt_tokenizer),
+        )
+    else:
+        max_len = model_overrides.get("max_positions", preset(preset_name, 32).max_positions)
+        prepared = prepare(data, tok, max_len=max_len, tokenizers=_shared_tokenizers(run, data, tok))
+        model_config = model_config_for(
+            preset_name, prepared.src_tokenizer, prepared.tgt_tokenizer, **model_overrides
+        )
+        torch.manual_seed(train_config.seed)  # the same initial weights on every rank
+    for line in prepared.reports:
+        say(line)
+    say(f"prepared the data in {time.monotonic() - start:.1f}s")
+    model = loaded.model if latest is not None else Transformer(model_config)
+    say(model.summary())
+    all_hooks = [*hooks, *(make_hooks(prepared) if make_hooks else [])]
+    trainer = Trainer(
+        model,
+        train_config,
+        run,
+        train=prepared.train,
+        valid=prepared.valid,
+        model_json={checkpoint.CONFIG_FILE: {"model": model_config.to_dict()}},
+        model_text=saved.tokenizer_files(prepared.src_tokenizer, prepared.tgt_tokenizer),
+        hooks=all_hooks,
+        device=device,
+        progress=progress,
+    )
+    if latest is not None:
+        trainer.resume(latest)
+        say(f"resumed from {latest} at step {trainer.state.step}")
+    return trainer.fit()

@@ -1,0 +1,549 @@
+"""The training loop: teacher forcing, label-smoothed cross-entropy, AdamW, the warm-up schedule,
+gradient clipping and accumulation, mixed precision, validation, checkpoints and exact resume, and
+multi-process data parallelism (``torchrun``).
+
+Exactness: the batch order is a pure function of (seed, epoch); the learning rate of the step; dropout's
+RNG is reseeded from (seed, step, rank) before each step. A checkpoint therefore needs only the weights,
+the optimizer state and the position, and a resumed run continues the very same run, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from qkv import checkpoint
+from qkv.data.batching import collate, make_batches, shard
+from qkv.models.seq2seq import Transformer
+from qkv.train.loss import label_smoothed_loss
+from qkv.train.schedule import SCHEDULES, Schedule, learning_rate
+from qkv.train.state import TrainerState, optimizer_from_safetensors, optimizer_to_safetensors
+
+Precision = Literal["fp32", "bf16", "fp16"]
+Example = tuple[list[int], list[int]]  # (source ids ending in </s>, target ids without <s> or </s>)
+ValidationHook = Callable[[Transformer, int], dict[str, float]]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the checkpoints written before are untouched."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; a checkpoint was written at the step boundary."""
+
+    def __init__(self, signum: int, step: int, saved: Path | None) -> None:
+        self.signum = signum
+        self.step = step
+        self.saved = saved
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name} at step {step}; " + (f"checkpoint saved to {saved}" if saved else "nothing saved")
+        )
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Defaults follow the paper (section 5) where it says, fairseq where it does not."""
+
+    max_tokens: int = 4096  # padded tokens per batch (the larger of source and target)
+    accumulate: int = 1  # batches per optimizer step
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    max_minutes: float | None = None
+    lr: float = 7e-4  # peak learning rate (the paper's base: 512^-0.5 * 4000^-0.5 = 7.0e-4)
+    schedule: Schedule = "inverse_sqrt"
+    warmup: int = 4000
+    betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    clip_norm: float = 0.0  # 0 = no clipping
+    precision: Precision = "fp32"
+    seed: int = 0
+    save_every: int = 1000  # steps between checkpoints (one is also written at the end)
+    keep_last: int = 2
+    valid_every: int = 1000  # steps between validations (one also runs at the end)
+    patience: int | None = None  # stop after this many validations without improvement
+    log_every: int = 10
+    max_bad_steps: int = 0  # steps with a non-finite loss to skip before stopping
+
+    def __post_init__(self) -> None:
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}={value!r} must be positive")
+
+        for name in (
+            "max_tokens",
+            "accumulate",
+            "max_steps",
+            "max_epochs",
+            "max_minutes",
+            "lr",
+            "save_every",
+            "keep_last",
+            "valid_every",
+            "patience",
+            "log_every",
+        ):
+            positive(name)
+        if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
+            raise ValueError("give at least one of max_steps, max_epochs, max_minutes (when to stop)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r} must be one of {SCHEDULES}")
+        if self.schedule in ("linear", "cosine") and self.max_steps is None:
+            raise ValueError(f"schedule={self.schedule!r} decays to 0 at max_steps: give max_steps")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision={self.precision!r} must be fp32, bf16 or fp16")
+        if self.warmup < 0 or self.clip_norm < 0 or self.weight_decay < 0 or self.max_bad_steps < 0:
+            raise ValueError("warmup, clip_norm, weight_decay and max_bad_steps must not be negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "betas" in known:
+            known["betas"] = tuple(known["betas"])
+        return cls(**known)
+
+
+@dataclass
+class TrainResult:
+    state: TrainerState
+    run_dir: Path
+    last_checkpoint: Path | None
+    best_dir: Path | None
+    stopped_because: str
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- process group ---------------------------------------------------------------------------------
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size); initialises torch.distributed when started by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
+
+
+# -- the trainer -----------------------------------------------------------------------------------
+class Trainer:
+    """Trains a :class:`~qkv.models.seq2seq.Transformer` on encoded examples, writing to ``run_dir``.
+
+    ``model_json`` and ``model_text`` are the extra files of a model directory (``config.json`` and the
+    tokenizer files): every checkpoint is a complete model directory that ``qkv translate`` can load.
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        config: TrainConfig,
+        run_dir: str | os.PathLike[str],
+        *,
+        train: Sequence[Example],
+        valid: Sequence[Example] = (),
+        model_json: dict[str, Any] | None = None,
+        model_text: dict[str, str] | None = None,
+        hooks: Sequence[ValidationHook] = (),
+        device: torch.device | str = "cpu",
+        progress: bool = True,
+    ) -> None:
+        if not train:
+            raise ValueError("no training examples")
+        self.model = model
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.train_data = list(train)
+        self.valid_data = list(valid)
+        self.model_json = dict(model_json or {"config.json": {"model": model.config.to_dict()}})
+        self.model_text = dict(model_text or {})
+        self.hooks = list(hooks)
+        self.device = torch.device(device)
+        self.progress = progress
+        self.rank, self.world = distributed_context()
+        self.model.to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+        )
+        self.ddp: nn.Module = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.state = TrainerState()
+        self.pad = model.config.pad_id
+        self.bos = model.config.bos_id
+        self.eos = model.config.eos_id
+        self._signal: int | None = None
+        self.scaler = (
+            torch.amp.GradScaler("cuda")
+            if config.precision == "fp16" and self.device.type == "cuda"
+            else None
+        )
+
+    # -- batches -----------------------------------------------------------------------------------
+    def _lengths(self, data: Sequence[Example]) -> tuple[list[int], list[int]]:
+        return [len(s) for s, _ in data], [len(t) + 1 for _, t in data]  # + <s> or </s>
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        src_lens, tgt_lens = self._lengths(self.train_data)
+        batches = make_batches(src_lens, tgt_lens, self.config.max_tokens, seed=self.config.seed, epoch=epoch)
+        return shard(batches, self.rank, self.world)
+
+    def _tensors(self, data: Sequence[Example], indices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """(src (batch, src_len), tgt_in (batch, tgt_len) starting with <s>, tgt_out ending with </s>)."""
+        src = collate([data[i][0] for i in indices], self.pad)
+        tgt_in = collate([[self.bos, *data[i][1]] for i in indices], self.pad)
+        tgt_out = collate([[*data[i][1], self.eos] for i in indices], self.pad)
+        return src.to(self.device), tgt_in.to(self.device), tgt_out.to(self.device)
+
+    def _autocast(self) -> Any:
+        if self.config.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # -- one optimizer step ------------------------------------------------------------------------
+    def _reduce(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(
+            values, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu"
+        )
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def _train_step(self, group: list[list[int]]) -> tuple[float, float, int, bool]:
+        """Forward and backward over ``group`` (accumulated), then one AdamW step.
+
+        The summed loss is divided by the target tokens of the whole step on all ranks (times the world
+        size, since DDP averages gradients), so N processes equal one process with the same global batch.
+        Returns (loss sum, nll sum, target tokens, whether the step was taken) summed over ranks.
+        """
+        torch.manual_seed(_step_seed(self.config.seed, self.state.step, self.rank))
+        tensors = [self._tensors(self.train_data, batch) for batch in group]
+        local_tokens = sum(int((out != self.pad).sum()) for _, _, out in tensors)
+        (global_tokens,) = self._reduce([float(local_tokens)])
+        scale = self.world / max(global_tokens, 1.0)
+        lr = learning_rate(
+            self.state.step + 1,
+            schedule=self.config.schedule,
+            peak=self.config.lr,
+            warmup=self.config.warmup,
+            total_steps=self.config.max_steps,
+        )
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = nll_sum = 0.0
+        finite = True
+        for i, (src, tgt_in, tgt_out) in enumerate(tensors):
+            last = i == len(tensors) - 1
+            sync = nullcontext() if last or self.world == 1 else self.ddp.no_sync()  # type: ignore[operator]
+            with sync:
+                with self._autocast():
+                    logits = self.ddp(src, tgt_in)
+                loss, nll = label_smoothed_loss(
+                    logits, tgt_out, smoothing=self.config.label_smoothing, pad_id=self.pad
+                )
+                value = float(loss.detach())
+                finite = finite and math.isfinite(value)
+                loss_sum += value
+                nll_sum += float(nll)
+                scaled = loss * scale
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+        loss_sum, nll_sum, bad = self._reduce([loss_sum, nll_sum, 0.0 if finite else 1.0])
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss_sum, nll_sum, int(global_tokens), False
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.config.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return loss_sum, nll_sum, int(global_tokens), True
+
+    # -- validation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Label-smoothed loss and NLL per target token on the validation set (rank 0 only)."""
+        if not self.valid_data:
+            return {}
+        self.model.eval()
+        src_lens, tgt_lens = self._lengths(self.valid_data)
+        batches = make_batches(src_lens, tgt_lens, self.config.max_tokens, seed=0, epoch=0, shuffle=False)
+        loss_sum = nll_sum = 0.0
+        tokens = 0
+        for batch in batches:
+            src, tgt_in, tgt_out = self._tensors(self.valid_data, batch)
+            with self._autocast():
+                logits = self.model(src, tgt_in)
+            loss, nll = label_smoothed_loss(
+                logits, tgt_out, smoothing=self.config.label_smoothing, pad_id=self.pad
+            )
+            loss_sum += float(loss)
+            nll_sum += float(nll)
+            tokens += int((tgt_out != self.pad).sum())
+        self.model.train()
+        per_token = nll_sum / max(tokens, 1)
+        return {
+            "valid_loss": loss_sum / max(tokens, 1),
+            "valid_nll": per_token,
+            "valid_ppl": math.exp(min(per_token, 50.0)),
+        }
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _model_tensors(self) -> dict[str, Tensor]:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def save(self) -> Path | None:
+        """Write a resumable checkpoint (rank 0 only) and prune old ones."""
+        if self.rank != 0:
+            return None
+        opt_tensors, opt_meta = optimizer_to_safetensors(self.optimizer)
+        trainer_state = {
+            **self.state.to_dict(),
+            "train_config": self.config.to_dict(),
+            "world_size": self.world,
+            "optimizer": opt_meta,
+        }
+        path = checkpoint.commit_checkpoint(
+            self.run_dir,
+            f"step-{self.state.step:08d}",
+            tensors={checkpoint.MODEL_FILE: self._model_tensors(), checkpoint.OPTIMIZER_FILE: opt_tensors},
+            json={**self.model_json, checkpoint.TRAINER_STATE_FILE: trainer_state},
+            text=self.model_text,
+        )
+        checkpoint.prune_checkpoints(self.run_dir, self.config.keep_last)
+        return path
+
+    def save_best(self) -> Path:
+        return checkpoint.save_directory(
+            self.run_dir / "best",
+            tensors={checkpoint.MODEL_FILE: self._model_tensors()},
+            json=self.model_json,
+            text=self.model_text,
+        )
+
+    def resume(self, directory: Path | None = None) -> Path | None:
+        """Load the latest checkpoint of ``run_dir`` (or ``directory``); returns it, or None if none exists."""
+        if self.rank == 0:
+            checkpoint.clean_stale(self.run_dir)
+        if self.world > 1:
+            dist.barrier()
+        path = directory or checkpoint.latest_checkpoint(self.run_dir)
+        if path is None:
+            return None
+        tensors = checkpoint.load_tensors(path / checkpoint.MODEL_FILE, expected=self.model.state_dict())
+        saved = checkpoint.load_json(path / checkpoint.TRAINER_STATE_FILE)
+        if saved.get("world_size", 1) != self.world:
+            raise checkpoint.CheckpointError(
+                f"{path}: was written by a run of {saved.get('world_size')} processes, this one has {self.world}; "
+                "resume with the same number of processes (the data shards depend on it)"
+            )
+        opt_tensors = checkpoint.load_tensors(path / checkpoint.OPTIMIZER_FILE)
+        self.model.load_state_dict(tensors)
+        optimizer_from_safetensors(self.optimizer, opt_tensors, saved["optimizer"])
+        self.state = TrainerState.from_dict(saved)
+        return path
+
+    # -- signals -----------------------------------------------------------------------------------
+    @contextmanager
+    def _catch_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM set a flag; the loop saves and stops at the next step boundary."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self._signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C stops at once
+            self._signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def fit(self) -> TrainResult:
+        """Train until a stop condition holds; returns where the run ended and why."""
+        c = self.config
+        start = time.monotonic()
+        self.model.train()
+        steps_per_epoch = max(1, math.ceil(len(self._epoch_batches(0)) / c.accumulate))
+        total = c.max_steps or (c.max_epochs * steps_per_epoch if c.max_epochs else None)
+        bar = tqdm(
+            total=total,
+            initial=self.state.step,
+            disable=not self.progress or self.rank != 0,
+            unit="step",
+            dynamic_ncols=True,
+            desc="train",
+        )
+        log: list[dict[str, Any]] = []
+        last_saved: Path | None = None
+        best_dir: Path | None = self.run_dir / "best" if (self.run_dir / "best").is_dir() else None
+        window_tokens, window_loss, window_nll, window_start = 0, 0.0, 0.0, time.monotonic()
+        stopped = ""
+        with self._catch_signals():
+            while not stopped:
+                batches = self._epoch_batches(self.state.epoch)
+                while self.state.batch_in_epoch < len(batches) and not stopped:
+                    group = batches[self.state.batch_in_epoch : self.state.batch_in_epoch + c.accumulate]
+                    loss_sum, nll_sum, tokens, taken = self._train_step(group)
+                    self.state.batch_in_epoch += len(group)
+                    if not taken:
+                        self.state.skipped_steps += 1
+                        if self.state.skipped_steps > c.max_bad_steps:
+                            raise NonFiniteLoss(
+                                f"non-finite loss at step {self.state.step + 1}"
+                                + (f" (last checkpoint: {last_saved})" if last_saved else "")
+                                + "; lower the learning rate, use fp32, or raise --max-bad-steps to skip such steps"
+                            )
+                        continue
+                    self.state.step += 1
+                    self.state.tokens += tokens
+                    window_tokens += tokens
+                    window_loss += loss_sum
+                    window_nll += nll_sum
+                    bar.update(1)
+                    if self.state.step % c.log_every == 0:
+                        elapsed = max(time.monotonic() - window_start, 1e-9)
+                        record = {
+                            "step": self.state.step,
+                            "epoch": self.state.epoch,
+                            "loss": window_loss / max(window_tokens, 1),
+                            "nll": window_nll / max(window_tokens, 1),
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "tokens_per_s": window_tokens / elapsed,
+                            "elapsed_s": time.monotonic() - start,
+                        }
+                        bar.set_postfix(
+                            loss=f"{record['loss']:.3f}",
+                            lr=f"{record['lr']:.2e}",
+                            tok_s=f"{record['tokens_per_s']:.0f}",
+                        )
+                        self._log(record)
+                        log.append(record)
+                        window_tokens, window_loss, window_nll, window_start = 0, 0.0, 0.0, time.monotonic()
+                    epoch_done = self.state.batch_in_epoch >= len(batches)
+                    stopped = self._stop_reason(start, epoch_done)
+                    final = bool(stopped) and stopped != "signal"
+                    if self.state.step % c.valid_every == 0 or final:
+                        if self._validate_and_track(log):
+                            best_dir = self.run_dir / "best"
+                        stopped = stopped or self._patience_reason()
+                    if self.state.step % c.save_every == 0 or stopped:
+                        last_saved = self.save() or last_saved
+                if self.state.batch_in_epoch >= len(batches):
+                    self.state.epoch += 1
+                    self.state.batch_in_epoch = 0
+        bar.close()
+        if stopped == "signal" and self._signal is not None:
+            raise TrainingInterrupted(self._signal, self.state.step, last_saved)
+        return TrainResult(self.state, self.run_dir, last_saved, best_dir, stopped, log)
+
+    def _stop_reason(self, start: float, epoch_done: bool) -> str:
+        c = self.config
+        reasons = [
+            self._signal is not None,
+            c.max_steps is not None and self.state.step >= c.max_steps,
+            c.max_minutes is not None and (time.monotonic() - start) / 60 >= c.max_minutes,
+            epoch_done and c.max_epochs is not None and self.state.epoch + 1 >= c.max_epochs,
+        ]
+        # All ranks must agree to stop at the same step (a signal or the clock may reach them apart).
+        flags = self._reduce([float(r) for r in reasons])
+        if flags[0]:
+            if self._signal is None:
+                self._signal = signal.SIGTERM
+            return "signal"
+        if flags[1]:
+            return "max_steps"
+        if flags[2]:
+            return "max_minutes"
+        if flags[3]:
+            return "max_epochs"
+        return ""
+
+    def _validate_and_track(self, log: list[dict[str, Any]]) -> bool:
+        """Validate (rank 0), run the hooks, save the best model; True if this one is the best so far."""
+        improved = False
+        if self.rank == 0 and self.valid_data:
+            metrics: dict[str, Any] = {"step": self.state.step, **self.validate()}
+            for hook in self.hooks:
+                self.model.eval()
+                metrics.update(hook(self.model, self.state.step))
+                self.model.train()
+            best = self.state.best_valid_nll
+            improved = best is None or metrics["valid_nll"] < best
+            if improved:
+                self.state.best_valid_nll = metrics["valid_nll"]
+                self.state.evals_without_improvement = 0
+                self.save_best()
+            else:
+                self.state.evals_without_improvement += 1
+            self.state.history.append(metrics)
+            self._log(metrics)
+            log.append(metrics)
+            if self.progress:
+                tqdm.write(
+                    "  ".join(
+                        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                    )
+                )
+        if self.world > 1:
+            (count,) = self._reduce([float(self.state.evals_without_improvement)])
+            self.state.evals_without_improvement = int(count)
+        return improved
+
+    def _patience_reason(self) -> str:
+        p = self.config.patience
+        if p is not None and self.state.evals_without_improvement >= p:
+            return "early_stopping"
+        return ""
