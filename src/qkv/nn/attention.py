@@ -47,8 +47,9 @@ def attend(
         if may_attend is not None:
             # Kernels differ on rows with no allowed key (some give NaN): make them zero, as documented.
             # The check is cheap (the mask is small); the extra pass over the context runs only if needed.
+            # On an accelerator the check itself would make the host wait, so the fill always runs there.
             has_key = may_attend.any(dim=-1, keepdim=True)
-            if not bool(has_key.all()):
+            if context.device.type != "cpu" or not bool(has_key.all()):
                 context = context.masked_fill(~has_key, 0.0)
         return context, None
 
