@@ -83,7 +83,11 @@ class ModelConfig:
             )
         for name in ("pad_id", "bos_id", "eos_id"):
             value = getattr(self, name)
-            if not 0 <= value < min(self.src_vocab_size, self.tgt_vocab_size):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 0 <= value < min(self.src_vocab_size, self.tgt_vocab_size)
+            ):
                 raise ConfigError(
                     f"{name}={value} must be a valid token id (vocabulary sizes "
                     f"{self.src_vocab_size}/{self.tgt_vocab_size})"
@@ -158,3 +162,60 @@ def preset(name: str, vocab_size: int, tgt_vocab_size: int | None = None, **over
     if unknown:
         raise ConfigError(f"unknown config fields {unknown}; known fields are {sorted(known)}")
     return dataclasses.replace(PRESETS[name], src_vocab_size=vocab_size, tgt_vocab_size=tgt, **overrides)
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """BERT, the encoder-only Transformer (Devlin et al., 2019); defaults are BERT-base (uncased).
+
+    Vocabulary 30,522 WordPiece ids, 512 learned positions, 2 token types (segments A and B), hidden size
+    768, 12 post-LN layers of 12 heads, FFN 3,072 with GELU, LayerNorm eps 1e-12, dropout 0.1 on hidden
+    states and on attention weights. ``add_pooler`` adds the dense + tanh layer on the [CLS] position.
+    Field names are qkv's; :mod:`qkv.models.bert` maps them to and from Hugging Face's config.json.
+    """
+
+    vocab_size: int = 30522
+    d_model: int = 768  # hidden_size
+    heads: int = 12
+    d_ff: int = 3072  # intermediate_size
+    layers: int = 12
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    activation: Activation = "gelu"
+    dropout: float = 0.1  # hidden_dropout_prob: embeddings, after each sublayer
+    attention_dropout: float = 0.1  # attention_probs_dropout_prob: on the attention weights
+    layer_norm_eps: float = 1e-12
+    pad_id: int = 0
+    add_pooler: bool = True
+    init_std: float = 0.02  # initializer_range: std of the normal init of every matrix
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "heads", "d_ff", "layers", "max_positions", "type_vocab_size"):
+            _positive(name, getattr(self, name))
+        if self.d_model % self.heads:
+            raise ConfigError(
+                f"d_model={self.d_model} must be divisible by heads={self.heads} "
+                f"(each head gets d_model/heads dimensions)"
+            )
+        _probability("dropout", self.dropout)
+        _probability("attention_dropout", self.attention_dropout)
+        if self.activation not in ("relu", "gelu"):
+            raise ConfigError(f"activation={self.activation!r} must be 'relu' or 'gelu'")
+        if not self.layer_norm_eps > 0:
+            raise ConfigError(f"layer_norm_eps={self.layer_norm_eps!r} must be > 0")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ConfigError(f"pad_id={self.pad_id} must be a valid token id (vocab_size {self.vocab_size})")
+        if not self.init_std > 0:
+            raise ConfigError(f"init_std={self.init_std!r} must be > 0")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.heads
+
+
+BERT_PRESETS: dict[str, BertConfig] = {
+    # BERT-base, uncased (Devlin et al., 2019, section 3): the seeds count its parameters by hand.
+    "bert-base": BertConfig(),
+    # MiniLM-L6-H384 (the encoder of sentence-transformers' all-MiniLM-L6-v2): 6 layers, 384 wide.
+    "minilm": BertConfig(d_model=384, heads=12, d_ff=1536, layers=6),
+}

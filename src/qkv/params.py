@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from qkv.config import ModelConfig
+from qkv.config import BertConfig, ModelConfig
+from qkv.models.bert import AnyBert
 from qkv.models.seq2seq import Transformer
 
 
@@ -115,4 +116,90 @@ def format_table(rows: list[Row], title: str = "") -> str:
         )
     lines.append("-" * (width_c + width_f + 27))
     lines.append(f"{'total':<{width_c}}  {'':<{width_f}}  {total(rows):>13,}")
+    return "\n".join(lines)
+
+
+# ---- BERT ---------------------------------------------------------------------------------------------------
+
+# The rows of a BERT table, in order; bert_module_rows() files each parameter under one of them.
+_BERT_COMPONENTS = ("embeddings", "self-attention", "feed-forward", "LayerNorm", "pooler")
+
+
+def bert_rows(c: BertConfig, *, with_biases: bool, with_pooler: bool | None = None) -> list[Row]:
+    """BERT's parameters by component, from the configuration alone.
+
+    ``with_biases=False`` is the seeds' hand count: the embedding tables, the weight matrices W_Q, W_K, W_V,
+    W_O, W1, W2, and every LayerNorm's gain and bias (2d each; one after the embeddings, two per layer), but
+    no projection biases and no pooler. ``with_biases=True`` adds the biases of the four attention
+    projections and of the FFN, and the pooler (dense d x d + bias; leave it out with ``with_pooler=False``;
+    by default it follows ``c.add_pooler``): the exact count of an instantiated BertModel.
+    """
+    d, f, n = c.d_model, c.d_ff, c.layers
+    pooler = with_biases and c.add_pooler if with_pooler is None else with_pooler
+    rows = [
+        Row(
+            "embeddings",
+            f"(V + positions + types) x d = ({c.vocab_size:,} + {c.max_positions} + {c.type_vocab_size}) x {d}",
+            (c.vocab_size + c.max_positions + c.type_vocab_size) * d,
+        )
+    ]
+    if with_biases:
+        rows += [
+            Row("self-attention", f"{n} x 4 x ({d}*{d} + {d})", n * 4 * (d * d + d)),
+            Row("feed-forward", f"{n} x ({d}*{f} + {f} + {f}*{d} + {d})", n * (2 * d * f + f + d)),
+        ]
+    else:
+        rows += [
+            Row("self-attention", f"{n} x 4 x {d}*{d}", n * 4 * d * d),
+            Row("feed-forward", f"{n} x 2 x {d}*{f}", n * 2 * d * f),
+        ]
+    rows.append(Row("LayerNorm", f"(1 + 2 x {n}) x 2*{d}", (1 + 2 * n) * 2 * d))
+    if pooler:
+        rows.append(Row("pooler", f"{d}*{d} + {d}", d * d + d))
+    return rows
+
+
+def _bert_component(name: str) -> str:
+    """Map a parameter name of qkv's BERT models to its row (the task heads get rows of their own)."""
+    name = name.removeprefix("bert.")
+    top, _, rest = name.partition(".")
+    if top == "embeddings":
+        return "LayerNorm" if rest.startswith("norm.") else "embeddings"
+    if top == "encoder":
+        part = rest.split(".")[1]
+        return {"self_attn": "self-attention", "ffn": "feed-forward"}.get(part, "LayerNorm")
+    return {"pooler": "pooler", "classifier": "classifier", "mlm_head": "masked-LM head"}.get(top, name)
+
+
+def bert_module_rows(model: AnyBert) -> list[Row]:
+    """Count an instantiated qkv BERT model by walking its parameters, in the rows of :func:`bert_rows`."""
+    counts: OrderedDict[str, int] = OrderedDict((k, 0) for k in _BERT_COMPONENTS)
+    for name, p in model.named_parameters():  # the tied MLM decoder is the word embedding: counted once
+        key = _bert_component(name)
+        counts[key] = counts.get(key, 0) + p.numel()
+    return [Row(k, "counted", v) for k, v in counts.items() if v or k != "pooler"]
+
+
+def bert_report(c: BertConfig) -> str:
+    """The seeds' hand count and the exact count side by side, with the difference explained line by line."""
+    seed = bert_rows(c, with_biases=False)
+    exact = bert_rows(c, with_biases=True)
+    before = {r.component: r.count for r in seed}
+    lines = [
+        format_table(seed, title="Weights only, as the seeds count BERT (no biases, no pooler):"),
+        "",
+        format_table(exact, title="Exact count, with biases and pooler (= Hugging Face BertModel):"),
+        "",
+        f"difference: {total(exact) - total(seed):,} parameters",
+    ]
+    d, f, n = c.d_model, c.d_ff, c.layers
+    why = {
+        "self-attention": f"biases of W_Q, W_K, W_V, W_O: {n} x 4 x {d}",
+        "feed-forward": f"biases b1, b2: {n} x ({f} + {d})",
+        "pooler": f"the pooler (dense + tanh on [CLS]): {d}*{d} + {d}",
+    }
+    for row in exact:
+        extra = row.count - before.get(row.component, 0)
+        if extra:
+            lines.append(f"  + {extra:>9,}  {why.get(row.component, row.component)}")
     return "\n".join(lines)
