@@ -1,0 +1,136 @@
+"""Greedy decoding: at every step each sentence takes its most probable allowed token.
+
+:func:`left_to_right` is the loop shared with sampling: one path per sentence, a ``pick`` function
+chooses each next token. Sentences that produce </s> leave the batch at once (their rows are dropped
+from the state with ``select``), so a long sentence never makes the short ones pay for its steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import count
+
+import torch
+from torch import Tensor
+
+from qkv.decode.hypothesis import DEFAULT_ALPHA, Hypothesis, length_penalty
+from qkv.decode.step import S, Stepper, constrain, max_output_lengths
+
+# fairseq's default is a = 0, b = 200; for translation an output a little longer than its source,
+# plus slack for very short sources, is a common choice (e.g. a = 1.2, b = 10).
+DEFAULT_MAX_LEN_A = 1.2
+DEFAULT_MAX_LEN_B = 10
+DEFAULT_MAX_LEN = 256
+
+Pick = Callable[[Tensor], Tensor]
+"""Chooses the next tokens: log_probs (rows, vocab), banned tokens at -inf -> token ids (rows,)."""
+
+
+def left_to_right(
+    stepper: Stepper[S],
+    src_ids: Tensor,
+    pick: Pick,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    max_len_a: float = DEFAULT_MAX_LEN_A,
+    max_len_b: int = DEFAULT_MAX_LEN_B,
+    max_len: int = DEFAULT_MAX_LEN,
+    min_len: int = 0,
+) -> list[Hypothesis]:
+    """Decode one hypothesis per sentence, token by token, choosing each with ``pick``.
+
+    Each sentence stops at </s>, or after ``min(max_len_a * src_len + max_len_b, max_len,
+    stepper.max_len)`` tokens, where it must take </s> (see :func:`~qkv.decode.step.constrain`).
+
+    Shapes: src_ids (batch, src_len), padded with ``stepper.pad_id`` -> ``batch`` hypotheses, in order.
+    """
+    batch = src_ids.shape[0]
+    device = src_ids.device
+    if batch == 0:
+        return []
+    max_lens = max_output_lengths(
+        src_ids,
+        stepper.pad_id,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        max_len=min(max_len, stepper.max_len),
+    )  # (batch,)
+    out = torch.full((batch, int(max_lens.max()) + 1), stepper.pad_id, dtype=torch.long, device=device)
+    log_prob = torch.zeros(batch, device=device)  # float32, summed per step
+    score = torch.zeros(batch, device=device)
+    length = torch.zeros(batch, dtype=torch.long, device=device)  # tokens including </s>
+
+    state = stepper.encode(src_ids)
+    alive = torch.arange(batch, device=device)  # sentence index of each row still decoding, (rows,)
+    tokens = torch.full((batch, 1), stepper.bos_id, dtype=torch.long, device=device)
+    for steps_done in count():
+        log_probs, state = stepper.step(tokens, state)  # (rows, vocab)
+        log_probs = constrain(
+            log_probs,
+            steps_done,
+            max_lens[alive],
+            min_len=min_len,
+            pad_id=stepper.pad_id,
+            bos_id=stepper.bos_id,
+            eos_id=stepper.eos_id,
+        )
+        # A row with no allowed token (only a scripted model can do that) ends, with log-prob -inf.
+        stuck = ~torch.isfinite(log_probs).any(dim=-1)  # (rows,)
+        choice = pick(log_probs.masked_fill(stuck[:, None], 0.0))  # (rows,)
+        choice = torch.where(stuck, stepper.eos_id, choice)
+        log_prob[alive] += log_probs.gather(1, choice[:, None]).squeeze(1)
+        out[alive, steps_done] = choice
+
+        is_finished = choice == stepper.eos_id  # (rows,)
+        if bool(is_finished.any()):
+            done = alive[is_finished]
+            length[done] = steps_done + 1
+            # The same float32 operation as beam search, so beam=1 reproduces these scores to the bit.
+            score[done] = log_prob[done] / length_penalty(steps_done + 1, alpha)
+            keep = (~is_finished).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            state = state.select(keep)
+            alive, choice = alive[keep], choice[keep]
+        tokens = choice[:, None]
+
+    return [
+        Hypothesis(row[: n - 1], lp, sc)
+        for row, n, lp, sc in zip(
+            out.tolist(), length.tolist(), log_prob.tolist(), score.tolist(), strict=True
+        )
+    ]
+
+
+def _argmax(log_probs: Tensor) -> Tensor:
+    """log_probs (rows, vocab) -> the most probable token of each row (rows,)."""
+    return log_probs.argmax(dim=-1)
+
+
+def greedy_search(
+    stepper: Stepper[S],
+    src_ids: Tensor,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    max_len_a: float = DEFAULT_MAX_LEN_A,
+    max_len_b: int = DEFAULT_MAX_LEN_B,
+    max_len: int = DEFAULT_MAX_LEN,
+    min_len: int = 0,
+) -> list[Hypothesis]:
+    """Greedy decoding of a batch: the most probable allowed token at every step, until </s>.
+
+    Equal to beam search with ``beam=1`` (tokens and scores). ``alpha`` only sets the reported
+    ``score``; the tokens do not depend on it.
+
+    Shapes: src_ids (batch, src_len), padded -> ``batch`` hypotheses, in input order.
+    """
+    return left_to_right(
+        stepper,
+        src_ids,
+        _argmax,
+        alpha=alpha,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        max_len=max_len,
+        min_len=min_len,
+    )

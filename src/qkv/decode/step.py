@@ -1,0 +1,200 @@
+"""The decoding step: the one protocol every search strategy (greedy, beam, sampling) uses.
+
+A strategy sees a model only through a :class:`Stepper`::
+
+    state = stepper.encode(src_ids)                  # src_ids (batch, src_len) -> a state of batch rows
+    log_probs, state = stepper.step(tokens, state)   # tokens (rows, 1), the newest token of each row
+                                                     #   -> log_probs (rows, vocab) of the token after it
+    state = state.select(indices)                    # keep, reorder or repeat rows (beam search)
+
+The first token fed is <s>; each later one is the token the strategy chose. :class:`CachedStepper` runs
+one decoder position per step with the key/value cache (the prefix is never re-run);
+:class:`UncachedStepper` re-runs the whole prefix every step and exists as the reference that proves the
+cached path right (tests) and shows what the cache buys (``benchmarks/decode_scaling.py``). Because the
+protocol is structural, a test can script a model whose output distribution is set by hand.
+
+A state is consumed by ``step``: the cached stepper appends to the cache in place, so keep only the state
+that ``step`` hands back.
+
+:func:`constrain` holds the rules every strategy applies to a step's log-probs: never <pad> or <s>, no
+</s> before ``min_len`` tokens, only </s> once a row has reached its maximum length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import torch
+from torch import Tensor
+
+from qkv.models.seq2seq import Encoded, Transformer
+from qkv.nn.cache import KVCache
+
+_Self = TypeVar("_Self", bound="DecodeState")
+
+
+class DecodeState(Protocol):
+    """Whatever a stepper carries from step to step for a batch of rows (encoder output, cache, prefix)."""
+
+    def select(self: _Self, indices: Tensor) -> _Self:
+        """Keep rows ``indices`` (batch,) in that order; an index may repeat (one row per beam)."""
+        ...
+
+
+S = TypeVar("S", bound=DecodeState)
+
+
+class Stepper(Protocol[S]):
+    """A model seen one output token at a time.
+
+    ``vocab_size`` is the target vocabulary; ``max_len`` the most output tokens (before </s>) the model
+    can produce, e.g. the number of positions it knows minus one for <s>.
+    """
+
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    vocab_size: int
+    max_len: int
+
+    def encode(self, src_ids: Tensor) -> S:
+        """Shapes: src_ids (batch, src_len), padded with ``pad_id`` -> a state of ``batch`` rows."""
+        ...
+
+    def step(self, tokens: Tensor, state: S) -> tuple[Tensor, S]:
+        """Feed each row's newest token; return the log-probabilities of the next one and the new state.
+
+        Shapes: tokens (rows, 1) -> log_probs (rows, vocab_size) float32, state of ``rows`` rows.
+        """
+        ...
+
+
+# -- the model behind the protocol ---------------------------------------------------------------
+
+
+@dataclass
+class CachedState:
+    """The encoder output and the decoder's key/value cache for the rows being decoded."""
+
+    encoded: Encoded
+    cache: KVCache
+
+    def select(self, indices: Tensor) -> CachedState:
+        return CachedState(self.encoded.select(indices), self.cache.select(indices))
+
+
+@dataclass
+class UncachedState:
+    """The encoder output and every token fed so far: prefix (rows, steps), starting with <s>."""
+
+    encoded: Encoded
+    prefix: Tensor
+
+    def select(self, indices: Tensor) -> UncachedState:
+        return UncachedState(self.encoded.select(indices), self.prefix.index_select(0, indices))
+
+
+class _ModelStepper:
+    """The ids and limits a :class:`~qkv.models.seq2seq.Transformer` gives every stepper.
+
+    The model should be in eval mode (dropout off); :func:`qkv.decode.decode` takes care of that.
+    """
+
+    def __init__(self, model: Transformer) -> None:
+        config = model.config
+        self.model = model
+        self.pad_id = config.pad_id
+        self.bos_id = config.bos_id
+        self.eos_id = config.eos_id
+        self.vocab_size = config.tgt_vocab_size
+        self.max_len = config.max_positions - 1  # position 0 holds <s>
+
+    @staticmethod
+    def _log_probs(logits: Tensor) -> Tensor:
+        """Shapes: logits (rows, tgt_len, vocab) -> log-probs (rows, vocab) of the last position.
+
+        In float32 whatever the model's dtype, so scores add up the same way in bf16/fp16 runs.
+        """
+        return torch.log_softmax(logits[:, -1].float(), dim=-1)
+
+
+class CachedStepper(_ModelStepper):
+    """Incremental decoding: one decoder position per step, earlier keys and values from the cache."""
+
+    def encode(self, src_ids: Tensor) -> CachedState:
+        return CachedState(self.model.encode(src_ids), self.model.new_cache())
+
+    def step(self, tokens: Tensor, state: CachedState) -> tuple[Tensor, CachedState]:
+        decoded = self.model.decode(tokens, state.encoded, cache=state.cache)  # logits (rows, 1, vocab)
+        if decoded.cache is None:
+            raise RuntimeError("model.decode(..., cache=cache) must hand the cache back")
+        return self._log_probs(decoded.logits), CachedState(state.encoded, decoded.cache)
+
+
+class UncachedStepper(_ModelStepper):
+    """The reference: every step re-runs the decoder over the whole prefix (quadratic in its length)."""
+
+    def encode(self, src_ids: Tensor) -> UncachedState:
+        empty = torch.empty(src_ids.shape[0], 0, dtype=torch.long, device=src_ids.device)
+        return UncachedState(self.model.encode(src_ids), empty)
+
+    def step(self, tokens: Tensor, state: UncachedState) -> tuple[Tensor, UncachedState]:
+        prefix = torch.cat([state.prefix, tokens], dim=1)  # (rows, steps + 1)
+        logits = self.model.decode(prefix, state.encoded).logits  # (rows, steps + 1, vocab)
+        return self._log_probs(logits), UncachedState(state.encoded, prefix)
+
+
+# -- rules shared by every strategy ------------------------------------------------------------------
+
+
+def max_output_lengths(
+    src_ids: Tensor, pad_id: int, *, max_len_a: float, max_len_b: int, max_len: int
+) -> Tensor:
+    """The most output tokens (before </s>) each sentence may get: ``a * src_len + b``, capped (fairseq).
+
+    ``src_len`` counts the non-pad source tokens; the result is floored and clipped to [0, max_len].
+    Shapes: src_ids (batch, src_len) -> (batch,) long.
+    """
+    src_len = (src_ids != pad_id).sum(dim=1).double()
+    limit = torch.floor(max_len_a * src_len + max_len_b).long()
+    return limit.clamp(min=0, max=max(max_len, 0))
+
+
+def constrain(
+    log_probs: Tensor,
+    steps_done: int,
+    max_lens: Tensor,
+    *,
+    min_len: int,
+    pad_id: int,
+    bos_id: int,
+    eos_id: int,
+) -> Tensor:
+    """Apply the decoding rules to one step's log-probs; banned tokens get -inf.
+
+    * <pad> and <s> are never produced (a <pad> in the prefix would also be masked out by an uncached
+      decoder, so cached and uncached decoding would part ways);
+    * </s> is banned while fewer than ``min_len`` tokens have been produced;
+    * a row that has produced ``max_lens`` tokens may only end: every token but </s> is banned and </s>
+      keeps its log-prob, so the hypothesis is scored like any other finished one (fairseq). This wins
+      over ``min_len``.
+
+    The allowed log-probs are not renormalised. ``steps_done`` is the number of tokens produced before
+    this step (the same for every row).
+
+    Shapes: log_probs (rows, vocab); max_lens (rows,) -> (rows, vocab).
+    """
+    vocab = log_probs.shape[-1]
+    banned = torch.zeros(vocab, dtype=torch.bool, device=log_probs.device)
+    banned[pad_id] = True
+    banned[bos_id] = True
+    if steps_done < min_len:
+        banned[eos_id] = True
+    constrained = log_probs.masked_fill(banned, float("-inf"))
+    at_max = steps_done >= max_lens  # (rows,)
+    if bool(at_max.any()):
+        may_end_only = torch.full_like(log_probs, float("-inf"))
+        may_end_only[:, eos_id] = log_probs[:, eos_id]
+        constrained = torch.where(at_max[:, None], may_end_only, constrained)
+    return constrained
