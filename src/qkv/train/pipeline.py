@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -164,6 +164,12 @@ def _shared_tokenizers(
     return Tokenizer.load(staging / saved.SRC_TOKENIZER), Tokenizer.load(staging / saved.TGT_TOKENIZER)
 
 
+def _absolute_paths(data: DataConfig) -> dict[str, Any]:
+    """``data`` as JSON with absolute file paths, so that a resume from another directory finds them."""
+    paths = ("train", "train_tgt", "valid", "valid_tgt")
+    return {k: os.path.abspath(v) if k in paths and v is not None else v for k, v in asdict(data).items()}
+
+
 def model_config_for(
     preset_name: str, src_tok: Tokenizer, tgt_tok: Tokenizer, **overrides: Any
 ) -> ModelConfig:
@@ -188,11 +194,14 @@ def train(
     device: str = "cpu",
     progress: bool = True,
     say: Callable[[str], None] = print,
+    keep_stops: bool = False,
 ) -> TrainResult:
     """Train (or resume) a translation model in ``run_dir``; see ``qkv train --help``.
 
-    Resuming reuses the run's saved tokenizers, model config and training config (stop conditions
-    may be changed) so that it continues the very same run.
+    Resuming reuses the run's saved tokenizers, model config and training config so that it continues
+    the very same run. The stop conditions are ``train_config``'s, or the saved ones with ``keep_stops``.
+    The saved data config is used too when ``data`` names no training file (the data of a run whose data
+    was given cannot silently become the demo corpus, nor a demo corpus of another seed).
     """
     run = Path(run_dir)
     latest = checkpoint.latest_checkpoint(run) if resume else None
@@ -206,9 +215,12 @@ def train(
     start = time.monotonic()
     if latest is not None:
         loaded = saved.load(latest)
-        saved_config = checkpoint.load_json(latest / checkpoint.TRAINER_STATE_FILE)["train_config"]
+        saved_state = checkpoint.load_json(latest / checkpoint.TRAINER_STATE_FILE)
+        saved_config = saved_state["train_config"]
         stops = {k: getattr(train_config, k) for k in ("max_steps", "max_epochs", "max_minutes")}
-        train_config = TrainConfig.from_dict({**saved_config, **stops})
+        train_config = TrainConfig.from_dict(saved_config if keep_stops else {**saved_config, **stops})
+        if data.train is None and isinstance(saved_state.get("data_config"), dict):
+            data = DataConfig(**saved_state["data_config"])
         model_config = loaded.model.config
         prepared = prepare(
             data,
@@ -241,6 +253,7 @@ def train(
         hooks=all_hooks,
         device=device,
         progress=progress,
+        run_info={"data_config": _absolute_paths(data)},
     )
     if latest is not None:
         trainer.resume(latest)

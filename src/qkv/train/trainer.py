@@ -161,6 +161,7 @@ class Trainer:
 
     ``model_json`` and ``model_text`` are the extra files of a model directory (``config.json`` and the
     tokenizer files): every checkpoint is a complete model directory that ``qkv translate`` can load.
+    ``run_info`` (JSON) is saved in each checkpoint's trainer_state.json, for the caller to resume with.
     """
 
     def __init__(
@@ -176,6 +177,7 @@ class Trainer:
         hooks: Sequence[ValidationHook] = (),
         device: torch.device | str = "cpu",
         progress: bool = True,
+        run_info: dict[str, Any] | None = None,
     ) -> None:
         if not train:
             raise ValueError("no training examples")
@@ -186,6 +188,7 @@ class Trainer:
         self.valid_data = list(valid)
         self.model_json = dict(model_json or {"config.json": {"model": model.config.to_dict()}})
         self.model_text = dict(model_text or {})
+        self.run_info = dict(run_info or {})
         self.hooks = list(hooks)
         self.device = torch.device(device)
         self.progress = progress
@@ -341,6 +344,7 @@ class Trainer:
             return None
         opt_tensors, opt_meta = optimizer_to_safetensors(self.optimizer)
         trainer_state = {
+            **self.run_info,
             **self.state.to_dict(),
             "train_config": self.config.to_dict(),
             "world_size": self.world,
@@ -415,6 +419,10 @@ class Trainer:
         """Train until a stop condition holds; returns where the run ended and why."""
         c = self.config
         start = time.monotonic()
+        if self.rank == 0:
+            # What a writer killed before left behind, also when no checkpoint was ever committed (a fresh
+            # start then): resume() did it already when there was one.
+            checkpoint.clean_stale(self.run_dir)
         self.model.train()
         steps_per_epoch = max(1, math.ceil(len(self._epoch_batches(0)) / c.accumulate))
         total = c.max_steps or (c.max_epochs * steps_per_epoch if c.max_epochs else None)
@@ -430,7 +438,9 @@ class Trainer:
         last_saved: Path | None = None
         best_dir: Path | None = self.run_dir / "best" if (self.run_dir / "best").is_dir() else None
         window_tokens, window_loss, window_nll, window_start = 0, 0.0, 0.0, time.monotonic()
-        stopped = ""
+        stopped = self._finished_reason()  # a resumed run that had already ended trains no further step
+        if stopped and self.rank == 0:
+            last_saved = checkpoint.latest_checkpoint(self.run_dir)
         with self._catch_signals():
             while not stopped:
                 batches = self._epoch_batches(self.state.epoch)
@@ -489,6 +499,20 @@ class Trainer:
             raise TrainingInterrupted(self._signal, self.state.step, last_saved)
         return TrainResult(self.state, self.run_dir, last_saved, best_dir, stopped, log)
 
+    def _finished_reason(self) -> str:
+        """Why the run is over before its next step (resumed after its last one), or "" if it is not.
+
+        A pure function of the state, so every rank agrees without communicating.
+        """
+        c = self.config
+        if c.max_steps is not None and self.state.step >= c.max_steps:
+            return "max_steps"
+        if c.max_epochs is not None:
+            epoch_done = self.state.batch_in_epoch >= len(self._epoch_batches(self.state.epoch))
+            if self.state.epoch + int(epoch_done) >= c.max_epochs:
+                return "max_epochs"
+        return ""
+
     def _stop_reason(self, start: float, epoch_done: bool) -> str:
         c = self.config
         reasons = [
@@ -538,7 +562,10 @@ class Trainer:
                     )
                 )
         if self.world > 1:
-            (count,) = self._reduce([float(self.state.evals_without_improvement)])
+            # Rank 0's count, given to every rank: the others contribute 0 to the sum (their own copies
+            # hold the count of the last validation, which summed in would inflate it).
+            mine = self.state.evals_without_improvement if self.rank == 0 else 0
+            (count,) = self._reduce([float(mine)])
             self.state.evals_without_improvement = int(count)
         return improved
 
