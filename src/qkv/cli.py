@@ -342,6 +342,15 @@ def _bert_params(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- qkv average -----------------------------------------------------------------------------------
+def cmd_average(args: argparse.Namespace) -> int:
+    from qkv.averaging import average_run
+
+    out, chosen = average_run(args.run, args.last, args.out)
+    print(f"averaged {len(chosen)} checkpoints ({chosen[0].name} .. {chosen[-1].name}) into {out}")
+    return 0
+
+
 # -- qkv demo --------------------------------------------------------------------------------------
 # The demo model: small enough to learn the built-in corpus in a few minutes on two CPU cores.
 DEMO_MODEL = {"d_model": 128, "heads": 4, "d_ff": 512, "encoder_layers": 3, "decoder_layers": 3}
@@ -664,6 +673,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
     p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default: 32)")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser(
+        "average",
+        help="average the weights of a run's last N checkpoints",
+        description="Write the element-wise mean of the last N checkpoints of a run as a model directory "
+        "(the paper averages the last 5). Train with --keep-last N or more.",
+    )
+    p.add_argument("--run", metavar="DIR", required=True, help="the run directory")
+    p.add_argument("--last", type=int, default=5, help="how many checkpoints (default 5)")
+    p.add_argument("--out", metavar="DIR", required=True, help="model directory to write")
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser(
         "demo",
