@@ -15,7 +15,7 @@ from torch import Tensor
 from qkv import checkpoint
 from qkv.config import preset
 from qkv.models.seq2seq import Transformer
-from qkv.train import trainer as trainer_module
+from qkv.train import task as task_module
 from qkv.train.trainer import Example, NonFiniteLoss, TrainConfig, Trainer
 
 VOCAB = 24
@@ -70,7 +70,7 @@ def nan_at(
     monkeypatch: pytest.MonkeyPatch, bad_calls: set[int], seen: list[dict[str, Tensor]], model: Transformer
 ) -> None:
     """Make the trainer's loss NaN at the given (1-based) calls; record the weights at every call."""
-    real = trainer_module.label_smoothed_loss
+    real = task_module.label_smoothed_loss
     calls = 0
 
     def loss(logits: Tensor, target: Tensor, *, smoothing: float, pad_id: int) -> tuple[Tensor, Tensor]:
@@ -80,7 +80,7 @@ def nan_at(
         value, nll = real(logits, target, smoothing=smoothing, pad_id=pad_id)
         return (value + math.nan, nll) if calls in bad_calls else (value, nll)
 
-    monkeypatch.setattr(trainer_module, "label_smoothed_loss", loss)
+    monkeypatch.setattr(task_module, "label_smoothed_loss", loss)
 
 
 def test_non_finite_loss_stops_and_leaves_the_last_checkpoint_untouched(

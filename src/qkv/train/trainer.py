@@ -27,15 +27,15 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from qkv import checkpoint
-from qkv.data.batching import collate, make_batches, shard
+from qkv.data.batching import make_batches, shard
 from qkv.models.seq2seq import Transformer
-from qkv.train.loss import label_smoothed_loss
 from qkv.train.schedule import SCHEDULES, Schedule, learning_rate
 from qkv.train.state import TrainerState, optimizer_from_safetensors, optimizer_to_safetensors
+from qkv.train.task import Example as Example  # re-exported: the seq2seq example type
+from qkv.train.task import Seq2SeqTask, Task
 
 Precision = Literal["fp32", "bf16", "fp16"]
-Example = tuple[list[int], list[int]]  # (source ids ending in </s>, target ids without <s> or </s>)
-ValidationHook = Callable[[Transformer, int], dict[str, float]]
+ValidationHook = Callable[[Any, int], dict[str, float]]  # (model, step) -> metrics
 
 
 class NonFiniteLoss(RuntimeError):
@@ -157,7 +157,10 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 # -- the trainer -----------------------------------------------------------------------------------
 class Trainer:
-    """Trains a :class:`~qkv.models.seq2seq.Transformer` on encoded examples, writing to ``run_dir``.
+    """Trains a model on encoded examples, writing to ``run_dir``.
+
+    ``task`` says what an example is and what the loss is; the default is teacher forcing for a
+    :class:`~qkv.models.seq2seq.Transformer`.
 
     ``model_json`` and ``model_text`` are the extra files of a model directory (``config.json`` and the
     tokenizer files): every checkpoint is a complete model directory that ``qkv translate`` can load.
@@ -166,12 +169,13 @@ class Trainer:
 
     def __init__(
         self,
-        model: Transformer,
+        model: nn.Module,
         config: TrainConfig,
         run_dir: str | os.PathLike[str],
         *,
-        train: Sequence[Example],
-        valid: Sequence[Example] = (),
+        train: Sequence[Any],
+        valid: Sequence[Any] = (),
+        task: Task | None = None,
         model_json: dict[str, Any] | None = None,
         model_text: dict[str, str] | None = None,
         hooks: Sequence[ValidationHook] = (),
@@ -186,7 +190,14 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.train_data = list(train)
         self.valid_data = list(valid)
-        self.model_json = dict(model_json or {"config.json": {"model": model.config.to_dict()}})
+        if task is None or model_json is None:
+            if not isinstance(model, Transformer):
+                raise TypeError("a model other than the seq2seq Transformer needs its task and model_json")
+            c = model.config
+            task = task or Seq2SeqTask(c.pad_id, c.bos_id, c.eos_id)
+            model_json = model_json or {"config.json": {"model": c.to_dict()}}
+        self.task: Task = task
+        self.model_json = dict(model_json)
         self.model_text = dict(model_text or {})
         self.run_info = dict(run_info or {})
         self.hooks = list(hooks)
@@ -206,9 +217,6 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.state = TrainerState()
-        self.pad = model.config.pad_id
-        self.bos = model.config.bos_id
-        self.eos = model.config.eos_id
         self._signal: int | None = None
         self.scaler = (
             torch.amp.GradScaler("cuda")
@@ -217,20 +225,10 @@ class Trainer:
         )
 
     # -- batches -----------------------------------------------------------------------------------
-    def _lengths(self, data: Sequence[Example]) -> tuple[list[int], list[int]]:
-        return [len(s) for s, _ in data], [len(t) + 1 for _, t in data]  # + <s> or </s>
-
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        src_lens, tgt_lens = self._lengths(self.train_data)
+        src_lens, tgt_lens = self.task.lengths(self.train_data)
         batches = make_batches(src_lens, tgt_lens, self.config.max_tokens, seed=self.config.seed, epoch=epoch)
         return shard(batches, self.rank, self.world)
-
-    def _tensors(self, data: Sequence[Example], indices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
-        """(src (batch, src_len), tgt_in (batch, tgt_len) starting with <s>, tgt_out ending with </s>)."""
-        src = collate([data[i][0] for i in indices], self.pad)
-        tgt_in = collate([[self.bos, *data[i][1]] for i in indices], self.pad)
-        tgt_out = collate([[*data[i][1], self.eos] for i in indices], self.pad)
-        return src.to(self.device), tgt_in.to(self.device), tgt_out.to(self.device)
 
     def _autocast(self) -> Any:
         if self.config.precision == "fp32":
@@ -256,8 +254,8 @@ class Trainer:
         Returns (loss sum, nll sum, target tokens, whether the step was taken) summed over ranks.
         """
         torch.manual_seed(_step_seed(self.config.seed, self.state.step, self.rank))
-        tensors = [self._tensors(self.train_data, batch) for batch in group]
-        local_tokens = sum(int((out != self.pad).sum()) for _, _, out in tensors)
+        tensors = [self.task.tensors(self.train_data, batch, self.device) for batch in group]
+        local_tokens = sum(self.task.count(t) for t in tensors)
         (global_tokens,) = self._reduce([float(local_tokens)])
         scale = self.world / max(global_tokens, 1.0)
         lr = learning_rate(
@@ -272,15 +270,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = nll_sum = 0.0
         finite = True
-        for i, (src, tgt_in, tgt_out) in enumerate(tensors):
+        for i, batch in enumerate(tensors):
             last = i == len(tensors) - 1
             sync = nullcontext() if last or self.world == 1 else self.ddp.no_sync()  # type: ignore[operator]
             with sync:
                 with self._autocast():
-                    logits = self.ddp(src, tgt_in)
-                loss, nll = label_smoothed_loss(
-                    logits, tgt_out, smoothing=self.config.label_smoothing, pad_id=self.pad
-                )
+                    loss, nll = self.task.loss(self.ddp, batch, self.config.label_smoothing)
                 value = float(loss.detach())
                 finite = finite and math.isfinite(value)
                 loss_sum += value
@@ -312,20 +307,17 @@ class Trainer:
         if not self.valid_data:
             return {}
         self.model.eval()
-        src_lens, tgt_lens = self._lengths(self.valid_data)
+        src_lens, tgt_lens = self.task.lengths(self.valid_data)
         batches = make_batches(src_lens, tgt_lens, self.config.max_tokens, seed=0, epoch=0, shuffle=False)
         loss_sum = nll_sum = 0.0
         tokens = 0
         for batch in batches:
-            src, tgt_in, tgt_out = self._tensors(self.valid_data, batch)
+            tensors = self.task.tensors(self.valid_data, batch, self.device)
             with self._autocast():
-                logits = self.model(src, tgt_in)
-            loss, nll = label_smoothed_loss(
-                logits, tgt_out, smoothing=self.config.label_smoothing, pad_id=self.pad
-            )
+                loss, nll = self.task.loss(self.model, tensors, self.config.label_smoothing)
             loss_sum += float(loss)
             nll_sum += float(nll)
-            tokens += int((tgt_out != self.pad).sum())
+            tokens += self.task.count(tensors)
         self.model.train()
         per_token = nll_sum / max(tokens, 1)
         return {

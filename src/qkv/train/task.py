@@ -1,0 +1,69 @@
+"""What the trainer trains: a task turns examples into tensors and a batch into a summed loss.
+
+The training loop (:mod:`qkv.train.trainer`) is the same for every model; a task says what one example
+is, how long it is (for token-budget batching) and what the loss is. :class:`Seq2SeqTask` is teacher
+forcing for the encoder-decoder; BERT fine-tuning brings its own tasks (:mod:`qkv.finetune`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from qkv.data.batching import collate
+from qkv.train.loss import label_smoothed_loss
+
+
+class Task(Protocol):
+    """The model-specific part of training."""
+
+    def lengths(self, data: Sequence[Any]) -> tuple[list[int], list[int]]:
+        """Two lengths per example (e.g. source and target tokens) for token-budget batching."""
+        ...
+
+    def tensors(
+        self, data: Sequence[Any], indices: Sequence[int], device: torch.device
+    ) -> tuple[Tensor, ...]:
+        """The tensors of one batch."""
+        ...
+
+    def count(self, batch: tuple[Tensor, ...]) -> int:
+        """How many loss terms the batch has (target tokens, sentences...): the loss is their mean."""
+        ...
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, ...], smoothing: float) -> tuple[Tensor, Tensor]:
+        """(training loss summed over the batch's terms, plain negative log-likelihood summed likewise)."""
+        ...
+
+
+Example = tuple[list[int], list[int]]  # (source ids ending in </s>, target ids without <s> or </s>)
+
+
+class Seq2SeqTask:
+    """Teacher forcing: the decoder reads the target shifted right (<s> t1 .. tn) and predicts t1 .. tn </s>."""
+
+    def __init__(self, pad_id: int, bos_id: int, eos_id: int) -> None:
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+
+    def lengths(self, data: Sequence[Example]) -> tuple[list[int], list[int]]:
+        return [len(s) for s, _ in data], [len(t) + 1 for _, t in data]  # + <s> or </s>
+
+    def tensors(
+        self, data: Sequence[Example], indices: Sequence[int], device: torch.device
+    ) -> tuple[Tensor, ...]:
+        """(src (batch, src_len), tgt_in (batch, tgt_len) starting with <s>, tgt_out ending with </s>)."""
+        src = collate([data[i][0] for i in indices], self.pad_id)
+        tgt_in = collate([[self.bos_id, *data[i][1]] for i in indices], self.pad_id)
+        tgt_out = collate([[*data[i][1], self.eos_id] for i in indices], self.pad_id)
+        return src.to(device), tgt_in.to(device), tgt_out.to(device)
+
+    def count(self, batch: tuple[Tensor, ...]) -> int:
+        return int((batch[2] != self.pad_id).sum())
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, ...], smoothing: float) -> tuple[Tensor, Tensor]:
+        src, tgt_in, tgt_out = batch
+        logits = model(src, tgt_in)  # (batch, tgt_len, vocab)
+        return label_smoothed_loss(logits, tgt_out, smoothing=smoothing, pad_id=self.pad_id)
