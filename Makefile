@@ -6,24 +6,37 @@ VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.qkv-installed
+RUN_STAMP   := $(VENV)/.qkv-runtime-installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup setup-runtime demo test lint format bench clean
 
+# Everything: the package, its plotting extra and the dev tools (pytest, ruff, mypy, and the Hugging Face
+# packages the tests compare against). Idempotent: redone only when the venv is missing or
+# pyproject.toml changed.
 setup: $(STAMP)
 
-# Idempotent: the stamp is rebuilt only when the venv is missing or the package metadata changed.
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+$(STAMP): pyproject.toml | $(RUN_STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-demo: setup
+# What the demo needs: PyTorch first (the on-disk CPU build), then qkv with matplotlib.
+setup-runtime: $(RUN_STAMP)
+
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[plot]"
+	touch $(RUN_STAMP)
+
+demo: setup-runtime
 	$(BIN)/qkv demo
 
 test: setup
 	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/decode_scaling.py
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

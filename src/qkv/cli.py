@@ -419,11 +419,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     print("== 1. train on the built-in Chinese->English demo corpus (qkv.data.demo)")
     config = TrainConfig(
-        max_tokens=4096,
+        max_tokens=2048,  # small batches: more updates per CPU second on this small corpus
         max_steps=args.steps,
         max_minutes=args.max_minutes,
         lr=2e-3,
-        warmup=300,
+        warmup=200,
         seed=args.seed,
         save_every=args.steps,
         valid_every=max(args.steps // 4, 1),
