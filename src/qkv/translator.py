@@ -45,7 +45,7 @@ class Translator:
                 if self.warn is not None:
                     self.warn(
                         f"line {first_line + offset}: {len(ids)} tokens, more than the model's "
-                        f"{c.max_positions - 1}; translating the first {c.max_positions - 1}"
+                        f"{c.max_positions - 1}; truncated to the first {c.max_positions - 1}"
                     )
                 ids = ids[: c.max_positions - 1]
             sources.append([*ids, c.eos_id] if ids else [])
