@@ -25,8 +25,22 @@ def _positive(name: str, value: int) -> None:
 
 
 def _probability(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{name}={value!r} must be in [0, 1)")
+
+
+def _check_layer_shape(
+    d_model: int, heads: int, dropout: float, attention_dropout: float, activation: str
+) -> None:
+    """The checks every Transformer layer config shares."""
+    if d_model % heads:
+        raise ConfigError(
+            f"d_model={d_model} must be divisible by heads={heads} (each head gets d_model/heads dimensions)"
+        )
+    _probability("dropout", dropout)
+    _probability("attention_dropout", attention_dropout)
+    if activation not in ("relu", "gelu"):
+        raise ConfigError(f"activation={activation!r} must be 'relu' or 'gelu'")
 
 
 @dataclass(frozen=True)
@@ -62,19 +76,11 @@ class ModelConfig:
             _positive(name, getattr(self, name))
         for name in ("encoder_layers", "decoder_layers"):
             _positive(name, getattr(self, name))
-        if self.d_model % self.heads:
-            raise ConfigError(
-                f"d_model={self.d_model} must be divisible by heads={self.heads} "
-                f"(each head gets d_model/heads dimensions)"
-            )
-        _probability("dropout", self.dropout)
-        _probability("attention_dropout", self.attention_dropout)
-        if self.activation not in ("relu", "gelu"):
-            raise ConfigError(f"activation={self.activation!r} must be 'relu' or 'gelu'")
-        if self.positions not in ("sinusoidal", "learned"):
-            raise ConfigError(f"positions={self.positions!r} must be 'sinusoidal' or 'learned'")
+        _check_layer_shape(self.d_model, self.heads, self.dropout, self.attention_dropout, self.activation)
         if not self.layer_norm_eps > 0:
             raise ConfigError(f"layer_norm_eps={self.layer_norm_eps!r} must be > 0")
+        if self.positions not in ("sinusoidal", "learned"):
+            raise ConfigError(f"positions={self.positions!r} must be 'sinusoidal' or 'learned'")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ConfigError(
                 f"share_embeddings=True needs one joint vocabulary, but src_vocab_size="
@@ -192,15 +198,7 @@ class BertConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "heads", "d_ff", "layers", "max_positions", "type_vocab_size"):
             _positive(name, getattr(self, name))
-        if self.d_model % self.heads:
-            raise ConfigError(
-                f"d_model={self.d_model} must be divisible by heads={self.heads} "
-                f"(each head gets d_model/heads dimensions)"
-            )
-        _probability("dropout", self.dropout)
-        _probability("attention_dropout", self.attention_dropout)
-        if self.activation not in ("relu", "gelu"):
-            raise ConfigError(f"activation={self.activation!r} must be 'relu' or 'gelu'")
+        _check_layer_shape(self.d_model, self.heads, self.dropout, self.attention_dropout, self.activation)
         if not self.layer_norm_eps > 0:
             raise ConfigError(f"layer_norm_eps={self.layer_norm_eps!r} must be > 0")
         if not 0 <= self.pad_id < self.vocab_size:
