@@ -122,3 +122,12 @@ def test_resume_alone_keeps_the_runs_stop_conditions_and_data(
     assert steps == [1, 2, 3, 4, 5]
     state = checkpoint.load_json(checkpoint.latest_checkpoint(out) / checkpoint.TRAINER_STATE_FILE)
     assert state["step"] == 5 and state["train_config"]["max_steps"] == 5
+
+
+def test_valid_bleu_logs_sacrebleu_of_greedy_translations(tmp_path: Path, tsv: Path) -> None:
+    out = tmp_path / "run"
+    data = ["--data", str(tsv), "--valid", str(tsv), "--src-col", "2", "--tgt-col", "1", *TINY]
+    train_here([*data, "--max-steps", "2", "--valid-every", "2", "--valid-bleu", "20", "--out", str(out)])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    validations = [r for r in records if "valid_nll" in r]
+    assert validations and all(0.0 <= r["valid_bleu"] <= 100.0 for r in validations)

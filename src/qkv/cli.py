@@ -70,6 +70,28 @@ def _device(name: str) -> str:
     return name
 
 
+def _bleu_hook(sentences: int) -> Any:
+    """A validation hook (for the trainer) that translates the first validation sentences greedily and
+    reports sacreBLEU; decoding is wired in here because qkv.train never imports qkv.decode."""
+
+    def make(prepared: Any) -> list[Any]:
+        from qkv.evaluate import score
+        from qkv.translator import Translator
+
+        pairs = prepared.valid_pairs[:sentences]
+        if not pairs:
+            return []
+
+        def bleu(model: Any, step: int) -> dict[str, float]:
+            translator = Translator(model, prepared.src_tokenizer, prepared.tgt_tokenizer, method="greedy")
+            hypotheses = translator.translate([s for s, _ in pairs])
+            return {"valid_bleu": score(hypotheses, [t for _, t in pairs]).bleu}
+
+        return [bleu]
+
+    return make
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -148,6 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             device=_device(args.device),
             progress=not args.quiet,
             keep_stops=not stops_given,  # --resume alone keeps the run's own stop conditions
+            make_hooks=_bleu_hook(args.valid_bleu) if args.valid_bleu else None,
         )
     except TrainingInterrupted as stop:
         print(f"qkv train: {stop}; continue with: qkv train --resume {run_dir}", file=sys.stderr)
@@ -616,6 +639,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-last", type=int, default=2, help="checkpoints kept (default 2)")
     g.add_argument("--valid-every", type=int, default=1000, help="steps between validations (default 1000)")
     g.add_argument("--patience", type=int, help="stop after this many validations without improvement")
+    g.add_argument(
+        "--valid-bleu",
+        type=int,
+        default=0,
+        metavar="N",
+        help="at each validation also translate the first N validation pairs (greedy) and log their "
+        "sacreBLEU as valid_bleu (default 0: off)",
+    )
     g.add_argument("--log-every", type=int, default=10, help="steps between log lines (default 10)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument("--threads", type=int, help="CPU threads for PyTorch")

@@ -401,11 +401,28 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
+        """Append a record to metrics.jsonl and, when TensorBoard is installed, to its event files."""
         if self.rank != 0:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        if writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    writer.add_scalar(key, value, record["step"])
+            writer.flush()
+
+    def _tensorboard(self) -> Any:
+        if not hasattr(self, "_tb_writer"):
+            self._tb_writer: Any = None
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+            except ImportError:
+                return None
+            self._tb_writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        return self._tb_writer
 
     def fit(self) -> TrainResult:
         """Train until a stop condition holds; returns where the run ended and why."""
