@@ -794,9 +794,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="runs/demo", help="run directory (default runs/demo; replaced if present)"
     )
-    p.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
     p.add_argument(
-        "--max-minutes", type=float, default=4.0, help="stop training earlier than that (default 4)"
+        "--max-minutes", type=float, default=3.0, help="stop training earlier than that (default 3)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch")
