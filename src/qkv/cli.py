@@ -494,7 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  qkv params --preset base --vocab 37000 --check   # the paper's base model, line by line\n"
-        "  qkv demo                                         # the built-in demo\n",
+        "  qkv demo                                         # the built-in demo\n"
+        "  qkv train --out runs/demo --preset tiny --max-minutes 2\n"
+        '  qkv translate --model runs/demo "我爱你"\n'
+        "run `qkv COMMAND --help` for every option of a command\n",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
