@@ -127,6 +127,12 @@ class Corpus:
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
         self.first_skipped.setdefault(kind, message)
 
+    def _reject(self, where: str, number: int, problem: _LineProblem, skip_bad: bool) -> None:
+        """A bad line: raise it as ``FILE:LINE: reason``, or with ``skip_bad`` count it as skipped."""
+        if not skip_bad:
+            raise CorpusError(where, number, problem.reason, problem.kind) from None
+        self._skip(problem.kind, f"{where}:{number}: {problem.reason}")
+
 
 # --- reading raw lines -------------------------------------------------------------------------------------
 
@@ -240,9 +246,7 @@ def read_tsv(
             source = _check_side(columns[src_col - 1], f"source side (column {src_col})", max_chars)
             target = _check_side(columns[tgt_col - 1], f"target side (column {tgt_col})", max_chars)
         except _LineProblem as problem:
-            if not skip_bad:
-                raise CorpusError(name, number, problem.reason, problem.kind) from None
-            corpus._skip(problem.kind, f"{name}:{number}: {problem.reason}")
+            corpus._reject(name, number, problem, skip_bad)
             continue
         corpus.pairs.append((source, target))
         corpus.line_numbers.append(number)
@@ -303,10 +307,7 @@ def read_parallel(
             source = _parallel_side(src_name, src_raw, "source line", max_chars)
             target = _parallel_side(tgt_name, tgt_raw, "target line", max_chars)
         except _LineProblem as problem:
-            where = problem.path or src_name
-            if not skip_bad:
-                raise CorpusError(where, number, problem.reason, problem.kind) from None
-            corpus._skip(problem.kind, f"{where}:{number}: {problem.reason}")
+            corpus._reject(problem.path or src_name, number, problem, skip_bad)
             continue
         corpus.pairs.append((source, target))
         corpus.line_numbers.append(number)
@@ -334,9 +335,7 @@ def read_jsonl(
         try:
             source, target = _parse_json_pair(_decode(raw), src_key, tgt_key, max_chars)
         except _LineProblem as problem:
-            if not skip_bad:
-                raise CorpusError(name, number, problem.reason, problem.kind) from None
-            corpus._skip(problem.kind, f"{name}:{number}: {problem.reason}")
+            corpus._reject(name, number, problem, skip_bad)
             continue
         corpus.pairs.append((source, target))
         corpus.line_numbers.append(number)
