@@ -14,7 +14,6 @@ Face layout that ``transformers`` opens.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -230,12 +229,7 @@ def load(path: str | os.PathLike[str]) -> FineTuned:
 
 def export_hf(tuned: FineTuned, path: str | os.PathLike[str]) -> Path:
     """Write the Hugging Face layout (config.json with id2label, model.safetensors, tokenizer.json)."""
-    out = save_pretrained(tuned.model, path)
-    config_path = out / "config.json"
-    config = checkpoint.load_json(config_path)
-    config["id2label"] = {str(i): label for i, label in enumerate(tuned.labels)}
-    config["label2id"] = {label: i for i, label in enumerate(tuned.labels)}
-    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    out = save_pretrained(tuned.model, path, labels=tuned.labels)
     tuned.tokenizer.save(out / "tokenizer.json")
     return out
 

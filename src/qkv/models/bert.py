@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -786,11 +786,14 @@ def hf_state_dict(model: AnyBert) -> dict[str, Tensor]:
     return tensors
 
 
-def save_pretrained(model: AnyBert, path: str | os.PathLike[str]) -> Path:
+def save_pretrained(
+    model: AnyBert, path: str | os.PathLike[str], *, labels: Sequence[str] | None = None
+) -> Path:
     """Write ``config.json`` and ``model.safetensors`` in Hugging Face's BERT layout; return the directory.
 
     ``transformers.BertModel.from_pretrained(path)`` (or the matching ``BertFor...`` class) opens it. Each
     file is written to a temporary name and renamed. Tokenizer files are not written: copy them alongside.
+    ``labels`` names the classes of a head in ``id2label`` (default ``LABEL_i``).
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -800,6 +803,11 @@ def save_pretrained(model: AnyBert, path: str | os.PathLike[str]) -> Path:
         else None
     )
     config = config_to_hf(model.config, _ARCHITECTURES[type(model)], num_labels)
+    if labels is not None:
+        if num_labels != len(labels):
+            raise ValueError(f"{len(labels)} label names for a head of {num_labels} labels")
+        config["id2label"] = {str(i): label for i, label in enumerate(labels)}
+        config["label2id"] = {label: i for i, label in enumerate(labels)}
     tensors = hf_state_dict(model)
 
     def write_weights(temp: Path) -> None:
