@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from qkv.config import BERT_PRESETS, BertConfig, ConfigError
 from qkv.nn import masks
+from qkv.nn.dropout import Dropout
 from qkv.nn.embedding import TokenEmbedding
 from qkv.nn.layers import EncoderLayer
 from qkv.nn.positional import LearnedPositions
@@ -97,7 +98,7 @@ class BertEmbeddings(nn.Module):
         self.positions = LearnedPositions(c.d_model, c.max_positions)
         self.token_types = nn.Embedding(c.type_vocab_size, c.d_model)
         self.norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
 
     def forward(self, ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         """Shapes: ids, token_type_ids (batch, length) -> (batch, length, d_model)."""
@@ -216,7 +217,7 @@ class BertForSequenceClassification(nn.Module):
             raise ConfigError(f"num_labels={num_labels} must be a positive integer")
         self.config = config = dataclasses.replace(config, add_pooler=True)  # the head needs the pooler
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(config.dropout if classifier_dropout is None else classifier_dropout)
+        self.dropout = Dropout(config.dropout if classifier_dropout is None else classifier_dropout)
         self.classifier = nn.Linear(config.d_model, num_labels)
         init_bert_weights(self.classifier, config.init_std)
 
@@ -239,7 +240,7 @@ class BertForTokenClassification(nn.Module):
             raise ConfigError(f"num_labels={num_labels} must be a positive integer")
         self.config = config = dataclasses.replace(config, add_pooler=False)
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(config.dropout if classifier_dropout is None else classifier_dropout)
+        self.dropout = Dropout(config.dropout if classifier_dropout is None else classifier_dropout)
         self.classifier = nn.Linear(config.d_model, num_labels)
         init_bert_weights(self.classifier, config.init_std)
 

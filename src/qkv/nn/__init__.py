@@ -3,6 +3,7 @@
 masks        padding and causal masks (bool, True = may attend)
 attention    scaled dot-product attention and MultiHeadAttention  <- the attention code is here
 cache        the key/value cache for incremental decoding
+dropout      dropout with a fast CPU mask (same semantics as nn.Dropout)
 positional   sinusoidal and learned positional encodings
 embedding    token embeddings scaled by sqrt(d_model)
 feedforward  the position-wise feed-forward network
@@ -12,6 +13,7 @@ layers       EncoderLayer and DecoderLayer (Add & Norm, post-LN or pre-LN)
 from qkv.nn import masks
 from qkv.nn.attention import MultiHeadAttention, attend
 from qkv.nn.cache import KVCache, LayerCache
+from qkv.nn.dropout import Dropout
 from qkv.nn.embedding import TokenEmbedding
 from qkv.nn.feedforward import FeedForward
 from qkv.nn.layers import DecoderLayer, EncoderLayer
@@ -19,6 +21,7 @@ from qkv.nn.positional import LearnedPositions, SinusoidalPositions, sinusoidal_
 
 __all__ = [
     "DecoderLayer",
+    "Dropout",
     "EncoderLayer",
     "FeedForward",
     "KVCache",

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.config import Activation
+from qkv.nn.dropout import Dropout
 
 
 class FeedForward(nn.Module):
@@ -24,7 +25,7 @@ class FeedForward(nn.Module):
         self.fc_in = nn.Linear(d_model, d_ff)  # W1, b1
         self.fc_out = nn.Linear(d_ff, d_model)  # W2, b2
         self.activation = activation
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         for fc in (self.fc_in, self.fc_out):
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)

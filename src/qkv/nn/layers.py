@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from qkv.config import Activation
 from qkv.nn.attention import MultiHeadAttention
 from qkv.nn.cache import LayerCache
+from qkv.nn.dropout import Dropout
 from qkv.nn.feedforward import FeedForward
 
 
@@ -21,7 +22,7 @@ class _Sublayers(nn.Module):
     """Shared plumbing: the Add & Norm around each sublayer."""
 
     norm_first: bool
-    dropout: nn.Dropout
+    dropout: Dropout
 
     def add_norm(self, x: Tensor, norm: nn.LayerNorm, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
         if self.norm_first:
@@ -49,7 +50,7 @@ class EncoderLayer(_Sublayers):
         self.norm_self_attn = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.ffn = FeedForward(d_model, d_ff, activation=activation, dropout=dropout)
         self.norm_ffn = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm_first = norm_first
 
     def forward(
@@ -97,7 +98,7 @@ class DecoderLayer(_Sublayers):
         self.norm_cross_attn = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.ffn = FeedForward(d_model, d_ff, activation=activation, dropout=dropout)
         self.norm_ffn = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm_first = norm_first
 
     def forward(
