@@ -67,3 +67,39 @@ def test_loss_is_a_sum_over_tokens_not_a_mean(rng: torch.Generator) -> None:
         for i in range(3)
     )
     assert math.isclose(float(whole), parts, rel_tol=1e-6)
+
+
+def test_gradient_equals_autograd_through_torch_cross_entropy_in_float64(rng: torch.Generator) -> None:
+    """The hand-written backward against autograd through two F.cross_entropy calls (the loss as torch
+    defines label smoothing), on float64, with pads and a non-unit upstream gradient."""
+    logits = (torch.randn(4, 6, 9, generator=rng, dtype=torch.float64) * 2).requires_grad_()
+    target = torch.randint(1, 9, (4, 6), generator=rng)
+    target[1, 4:] = PAD
+    target[3, 0] = PAD
+    for eps in (0.0, 0.1):
+        loss, nll = label_smoothed_loss(logits, target, smoothing=eps, pad_id=PAD)
+        (ours,) = torch.autograd.grad(loss * 0.37, logits)
+        flat, gold = logits.reshape(-1, 9), target.reshape(-1)
+        want_loss = torch.nn.functional.cross_entropy(
+            flat, gold, ignore_index=PAD, label_smoothing=eps, reduction="sum"
+        )
+        want_nll = torch.nn.functional.cross_entropy(flat, gold, ignore_index=PAD, reduction="sum")
+        (want,) = torch.autograd.grad(want_loss * 0.37, logits)
+        assert torch.allclose(loss, want_loss, rtol=1e-12, atol=0), eps
+        assert torch.allclose(nll, want_nll, rtol=1e-12, atol=0), eps
+        assert torch.allclose(ours, want, rtol=1e-10, atol=1e-14), eps
+    assert torch.autograd.gradcheck(
+        lambda x: label_smoothed_loss(x, target, smoothing=0.1, pad_id=PAD)[0], (logits,)
+    )
+
+
+def test_half_precision_logits_are_summed_in_float32(rng: torch.Generator) -> None:
+    logits = torch.randn(2, 3, 50, generator=rng).to(torch.bfloat16).requires_grad_()
+    target = torch.randint(1, 50, (2, 3), generator=rng)
+    loss, _ = label_smoothed_loss(logits, target, smoothing=0.1, pad_id=PAD)
+    want = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, 50), target.reshape(-1), label_smoothing=0.1, reduction="sum"
+    )
+    assert loss.dtype == torch.float32 and math.isclose(loss.item(), want.item(), rel_tol=1e-6)
+    loss.backward()
+    assert logits.grad is not None and logits.grad.dtype == torch.bfloat16
