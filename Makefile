@@ -35,8 +35,16 @@ demo: setup-runtime
 test: setup
 	$(BIN)/python -m pytest
 
-bench: setup
-	$(BIN)/python benchmarks/decode_scaling.py
+# The side-by-side speed tables (qkv vs torch.nn.Transformer, Hugging Face, CTranslate2), also as JSON.
+# Run it on an otherwise idle machine; `python -m benchmarks --help` lists the options.
+BENCH_STAMP := $(VENV)/.qkv-bench-installed
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks --json runs/bench.json
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from qkv.allocator import keep_freed_memory
 from qkv.config import BERT_PRESETS, PRESETS, ConfigError, ModelConfig, preset
 
 
@@ -171,6 +172,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             keep_stops=not stops_given,  # --resume alone keeps the run's own stop conditions
             make_hooks=_bleu_hook(args.valid_bleu) if args.valid_bleu else None,
+            model_type=args.model_type,
+            length_weight=args.length_weight,
         )
     except TrainingInterrupted as stop:
         print(f"qkv train: {stop}; continue with: qkv train --resume {run_dir}", file=sys.stderr)
@@ -189,9 +192,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 # -- qkv translate / evaluate / attention ----------------------------------------------------------
 def _load_translator(args: argparse.Namespace) -> Any:
     from qkv.models import saved
+    from qkv.models.nat import NATransformer
     from qkv.translator import Translator
 
-    model = saved.load(args.model, device=_device(args.device))
+    device = _device(args.device)
+    model = saved.load(args.model, device=device)
+    is_nat = isinstance(model.model, NATransformer)
+    if args.decoder == "nat" and not is_nat:
+        raise UsageError(
+            f"--decoder nat: {model.path} is an autoregressive model (train one with --model-type nat), "
+            "or leave out --decoder"
+        )
+    if args.decoder == "at" and is_nat:
+        raise UsageError(f"--decoder at: {model.path} is a non-autoregressive model; use --decoder nat")
+    if args.iterations < 1 or args.length_beam < 1:
+        raise UsageError("--iterations and --length-beam must be at least 1")
+    teacher = None
+    if args.rescore_model is not None:
+        if not is_nat:
+            raise UsageError("--rescore-model rescores a NAT model's length beam; --model is autoregressive")
+        loaded = saved.load(args.rescore_model, device=device)
+        if isinstance(loaded.model, NATransformer):
+            raise UsageError(f"--rescore-model: {loaded.path} is not an autoregressive model")
+        teacher = (loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer)
     return Translator(
         model.model,
         model.src_tokenizer,
@@ -203,6 +226,9 @@ def _load_translator(args: argparse.Namespace) -> Any:
         max_len_b=args.max_len_b,
         batch_size=args.batch_size,
         warn=lambda message: print(f"qkv translate: warning: {message}", file=sys.stderr),
+        iterations=args.iterations,
+        length_beam=args.length_beam,
+        teacher=teacher,
     )
 
 
@@ -292,9 +318,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
+    from qkv.models.nat import NATransformer
     from qkv.viz import KINDS, attention_weights, plot_attention
 
     translator = _load_translator(args)
+    if isinstance(translator.model, NATransformer):
+        return _nat_attention(args, translator)
     target = args.target if args.target is not None else translator.translate([args.source])[0]
     maps = attention_weights(
         translator.model, translator.src_tokenizer, translator.tgt_tokenizer, args.source, target
@@ -310,6 +339,71 @@ def cmd_attention(args: argparse.Namespace) -> int:
     )
     print(f"{args.source} -> {target}")
     print(f"wrote {out}")
+    return 0
+
+
+def _nat_attention(args: argparse.Namespace, translator: Any) -> int:
+    """Heat maps of a non-autoregressive model: one image per mask-predict pass (FILE-iter1.png, ...)."""
+    from qkv.viz import KINDS, nat_attention_weights, plot_attention
+
+    if args.target is not None:
+        raise UsageError("--target: a non-autoregressive model is not teacher-forced; leave it out")
+    passes = nat_attention_weights(
+        translator.model,
+        translator.src_tokenizer,
+        translator.tgt_tokenizer,
+        args.source,
+        iterations=args.iterations,
+    )
+    target = translator.translate([args.source])[0]
+    kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
+    out = Path(args.out)
+    for number, maps in enumerate(passes, start=1):
+        path = out if args.iterations == 1 else out.with_name(f"{out.stem}-iter{number}{out.suffix}")
+        output = " ".join(maps.tgt_out_tokens)
+        written = plot_attention(
+            maps,
+            path,
+            kinds=kinds if number == 1 else tuple(k for k in kinds if k != "encoder") or kinds,
+            layers=args.layers,
+            heads=args.heads,
+            title=f"{args.source}  ->  {output}  (mask-predict pass {number}/{len(passes)})",
+        )
+        print(f"wrote {written}")
+    if len(passes) < args.iterations:
+        print(f"(stopped after {len(passes)} passes: the output is too short to re-mask more tokens)")
+    print(f"{args.source} -> {target}")
+    return 0
+
+
+# -- qkv distill -----------------------------------------------------------------------------------
+def cmd_distill(args: argparse.Namespace) -> int:
+    from qkv.distill import distill
+    from qkv.models import saved
+    from qkv.models.nat import NATransformer
+
+    teacher = saved.load(args.teacher, device=_device(args.device))
+    if isinstance(teacher.model, NATransformer):
+        raise UsageError(f"--teacher: {teacher.path} is non-autoregressive; the teacher must be an AT model")
+    written = distill(
+        teacher.model,
+        teacher.src_tokenizer,
+        teacher.tgt_tokenizer,
+        args.data,
+        args.out,
+        src_col=args.src_col,
+        tgt_col=args.tgt_col,
+        tgt_path=args.tgt,
+        beam=args.beam,
+        batch_size=args.batch_size,
+        skip_bad=args.skip_bad,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {written:,} distilled pairs to {args.out} (source in column {args.src_col}, the teacher's "
+        f"translation in column {args.tgt_col}); train on it with: qkv train --model-type nat "
+        f"--data {args.out} --src-col {args.src_col} --tgt-col {args.tgt_col} ..."
+    )
     return 0
 
 
@@ -371,6 +465,20 @@ def cmd_average(args: argparse.Namespace) -> int:
 
     out, chosen = average_run(args.run, args.last, args.out)
     print(f"averaged {len(chosen)} checkpoints ({chosen[0].name} .. {chosen[-1].name}) into {out}")
+    return 0
+
+
+# -- qkv export ------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "marian":
+        from qkv.export.marian import export_marian
+
+        out = export_marian(args.model, args.out)
+    else:
+        from qkv.export.ctranslate2 import export_ctranslate2
+
+        out = export_ctranslate2(args.model, args.out, quantization=args.quantization)
+    print(f"wrote {out} ({args.format})")
     return 0
 
 
@@ -465,7 +573,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print("\n== 2. translate the held-out sentences (never seen in training)")
     model = saved.load(out)
-    translator = Translator(model.model, model.src_tokenizer, model.tgt_tokenizer, method="greedy", beam=1)
+    translator = Translator(model.seq2seq, model.src_tokenizer, model.tgt_tokenizer, method="greedy", beam=1)
     _, held_out = demo.splits(seed=args.seed)
     hypotheses = translator.translate([zh for zh, _ in held_out])
     correct = sum(h == en for h, (_, en) in zip(hypotheses, held_out, strict=True))
@@ -479,7 +587,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"我爱你 -> {headline}")
 
     print("\n== 4. look at the attention")
-    maps = attention_weights(model.model, model.src_tokenizer, model.tgt_tokenizer, "我爱你", headline)
+    maps = attention_weights(model.seq2seq, model.src_tokenizer, model.tgt_tokenizer, "我爱你", headline)
     image = plot_attention(maps, out / "attention.png", title=f"我爱你 -> {headline}")
     print(f"attention heat maps (encoder, decoder self, cross; every layer and head): {image}")
     print(f'\ndone in {time.monotonic() - start:.0f}s. Try: qkv translate --model {out} "他很高。"')
@@ -584,6 +692,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="one vocabulary per side instead of one joint vocabulary (embeddings then unshared)",
     )
     g = p.add_argument_group("model")
+    g.add_argument(
+        "--model-type",
+        choices=["seq2seq", "nat"],
+        default="seq2seq",
+        help="seq2seq: the autoregressive Transformer (default); nat: non-autoregressive, trained as "
+        "Mask-Predict's conditional masked LM with a length predictor (train it on a `qkv distill` output)",
+    )
+    g.add_argument(
+        "--length-weight",
+        type=float,
+        default=0.1,
+        help="nat: weight of the length-prediction loss (default 0.1)",
+    )
     g.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model shape (default small)")
     g.add_argument("--d-model", type=int, help="override the preset's model width")
     g.add_argument("--heads", type=int, help="override the number of attention heads")
@@ -677,6 +798,30 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--max-len-b", type=int, default=10, help="see --max-len-a (default b=10)")
         g.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
         g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+        g = p.add_argument_group("non-autoregressive decoding (models trained with --model-type nat)")
+        g.add_argument(
+            "--decoder",
+            choices=["auto", "at", "nat"],
+            default="auto",
+            help="at: autoregressive (greedy/beam), nat: mask-predict; auto (default): the model's kind",
+        )
+        g.add_argument(
+            "--iterations",
+            type=int,
+            default=1,
+            help="nat: mask-predict passes; 1 = single pass, argmax everywhere (default 1)",
+        )
+        g.add_argument(
+            "--length-beam",
+            type=int,
+            default=1,
+            help="nat: decode the L most probable lengths, keep the best by average log-prob (default 1)",
+        )
+        g.add_argument(
+            "--rescore-model",
+            metavar="DIR",
+            help="nat: rescore the length beam's candidates with this autoregressive model (the teacher)",
+        )
 
     p = sub.add_parser(
         "translate",
@@ -789,6 +934,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(
+        "distill",
+        help="sequence-level knowledge distillation: translate a corpus's sources with a teacher",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Translate the source side of a training corpus with a trained autoregressive model "
+        "(the teacher) and write a TSV of (source, teacher translation) in the same column layout, for "
+        "`qkv train --model-type nat --data OUT.tsv` (Kim and Rush, 2016; the standard NAT recipe).",
+        epilog="example:\n  qkv distill --teacher runs/zh-en --data train.tsv --src-col 2 --tgt-col 1 "
+        "--out train.distilled.tsv",
+    )
+    p.add_argument("--teacher", metavar="DIR", required=True, help="an autoregressive model or run directory")
+    p.add_argument(
+        "--data", metavar="FILE", required=True, help="TSV/JSONL pairs, or the source file with --tgt"
+    )
+    p.add_argument("--tgt", metavar="FILE", help="target file (when --data is a plain source file)")
+    p.add_argument("--src-col", type=int, default=1, help="TSV source column, 1-based (default 1)")
+    p.add_argument("--tgt-col", type=int, default=2, help="TSV target column, 1-based (default 2)")
+    p.add_argument("--out", metavar="FILE", required=True, help="the distilled TSV to write")
+    p.add_argument("--beam", type=int, default=4, help="teacher beam size; 1 = greedy (default 4)")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad lines (default: stop at the first)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser(
+        "export",
+        help="write a translation model in Hugging Face Marian or CTranslate2 layout",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export a qkv model directory (or a run directory's best model) so other toolkits "
+        "run it with the same outputs: --format marian writes a Hugging Face MarianMTModel directory "
+        "(post-LN, sinusoidal models), --format ctranslate2 a CTranslate2 model (any qkv model; needs "
+        "pip install ctranslate2).",
+        epilog="examples:\n"
+        "  qkv export --model runs/zh-en --format marian --out runs/zh-en-marian\n"
+        "  qkv export --model runs/zh-en --format ctranslate2 --out runs/zh-en-ct2 --quantization int8\n",
+    )
+    p.add_argument("--model", metavar="DIR", required=True, help="qkv model or run directory")
+    p.add_argument("--format", choices=["marian", "ctranslate2"], required=True, help="the layout to write")
+    p.add_argument("--out", metavar="DIR", required=True, help="output directory (replaced if present)")
+    p.add_argument(
+        "--quantization",
+        default=None,
+        help="ctranslate2 only: int8, int8_float32, float16, bfloat16, ... (default: float32)",
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
         "demo",
         help="the built-in demo: train zh->en, translate 我爱你, draw attention",
         description="Trains a small Transformer on the built-in Chinese->English demo corpus, reports the "
@@ -814,6 +1006,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    keep_freed_memory()  # large tensors reuse pages instead of faulting fresh ones each step
     try:
         code: int = args.func(args)
     except (UsageError, ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:

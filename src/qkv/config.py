@@ -117,6 +117,52 @@ class ModelConfig:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class NATConfig(ModelConfig):
+    """The non-autoregressive Transformer (:mod:`qkv.models.nat`): the encoder-decoder's shape, plus a
+    length predictor and a [MASK] token.
+
+    The length predictor classifies the offset ``target length - source length`` into
+    ``2 * max_length_offset + 1`` classes (longer offsets are clipped). The decoder needs no <s> (nothing
+    is shifted right), so by default its [MASK] input is the <s> embedding (``mask_id = bos_id = 1``):
+    no vocabulary slot is added and the tokenizers stay those of the autoregressive model.
+    """
+
+    max_length_offset: int = 32
+    mask_id: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("max_length_offset", self.max_length_offset)
+        if (
+            isinstance(self.mask_id, bool)
+            or not isinstance(self.mask_id, int)
+            or not 0 <= self.mask_id < self.tgt_vocab_size
+            or self.mask_id in (self.pad_id, self.eos_id)
+        ):
+            raise ConfigError(
+                f"mask_id={self.mask_id} must be a target token id other than pad_id={self.pad_id} and "
+                f"eos_id={self.eos_id} (the default, bos_id, is unused by the NAT decoder)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "model_type": "qkv-nat"}
+
+
+MODEL_TYPES: dict[str, type[ModelConfig]] = {"qkv-seq2seq": ModelConfig, "qkv-nat": NATConfig}
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """The config of a saved translation model, of the class its ``model_type`` names.
+
+    A config.json without ``model_type`` (written before there were kinds) is the seq2seq model.
+    """
+    kind = data.get("model_type", "qkv-seq2seq")
+    if kind not in MODEL_TYPES:
+        raise ConfigError(f"model_type={kind!r} is not a qkv translation model; known: {sorted(MODEL_TYPES)}")
+    return MODEL_TYPES[kind].from_dict(data)
+
+
 # The presets fix the shape; vocabulary sizes come from the tokenizer, so presets are built with a
 # placeholder and `preset(name, vocab)` replaces it.
 _PLACEHOLDER_VOCAB = 32

@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from qkv.decode import Method, translate_ids
+from qkv.decode import nat as nat_decode
 from qkv.decode.greedy import DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B
 from qkv.decode.hypothesis import DEFAULT_ALPHA
+from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
 from qkv.tokenize import Tokenizer
 
@@ -22,9 +24,16 @@ _LINE_BREAKS = re.compile("[\r\n\u0085\u2028\u2029\v\f]")
 
 @dataclass
 class Translator:
-    """A model with its tokenizers and decoding options."""
+    """A model with its tokenizers and decoding options.
 
-    model: Transformer
+    An autoregressive model decodes with ``method`` (greedy, beam, sample); a non-autoregressive one
+    (:class:`~qkv.models.nat.NATransformer`) with mask-predict: ``iterations`` passes (1 = the single
+    pass) for each of its ``length_beam`` most probable lengths. With a ``teacher`` (an autoregressive
+    model with its tokenizers), the length beam's candidates are rescored by it instead of by the NAT's
+    own average log-probability.
+    """
+
+    model: Transformer | NATransformer
     src_tokenizer: Tokenizer
     tgt_tokenizer: Tokenizer
     method: Method = "beam"
@@ -34,6 +43,9 @@ class Translator:
     max_len_b: int = DEFAULT_MAX_LEN_B
     batch_size: int = 64
     warn: Callable[[str], None] | None = None
+    iterations: int = 1
+    length_beam: int = 1
+    teacher: tuple[Transformer, Tokenizer, Tokenizer] | None = None
 
     def translate(self, texts: Sequence[str], *, first_line: int = 1) -> list[str]:
         """One translation per text, in order. ``first_line`` numbers the texts in warnings."""
@@ -49,14 +61,51 @@ class Translator:
                     )
                 ids = ids[: c.max_positions - 1]
             sources.append([*ids, c.eos_id] if ids else [])
-        outputs = translate_ids(
-            self.model,
+        if isinstance(self.model, NATransformer):
+            outputs = self._non_autoregressive(self.model, sources)
+        else:
+            outputs = translate_ids(
+                self.model,
+                sources,
+                method=self.method,
+                beam=self.beam,
+                alpha=self.alpha,
+                max_len_a=self.max_len_a,
+                max_len_b=self.max_len_b,
+                batch_size=self.batch_size,
+            )
+        return [_LINE_BREAKS.sub(" ", self.tgt_tokenizer.decode(ids)).strip() for ids in outputs]
+
+    def _non_autoregressive(self, model: NATransformer, sources: list[list[int]]) -> list[list[int]]:
+        """The NAT model's best candidate for each source (ids), rescored by the teacher if there is one."""
+        found = nat_decode.translate_ids(
+            model,
             sources,
-            method=self.method,
-            beam=self.beam,
-            alpha=self.alpha,
-            max_len_a=self.max_len_a,
-            max_len_b=self.max_len_b,
+            iterations=self.iterations,
+            length_beam=self.length_beam,
             batch_size=self.batch_size,
         )
-        return [_LINE_BREAKS.sub(" ", self.tgt_tokenizer.decode(ids)).strip() for ids in outputs]
+        if self.teacher is None or self.length_beam == 1:
+            return [hyps[0].tokens for hyps in found]
+        teacher, teacher_src, teacher_tgt = self.teacher
+        eos = teacher.config.eos_id
+        # Through text: the teacher may have its own vocabulary (a distilled NAT trains its own tokenizer).
+        flat_src: list[list[int]] = []
+        flat_out: list[list[int]] = []
+        for source, hyps in zip(sources, found, strict=True):
+            text = self.src_tokenizer.decode(source)
+            src_ids = [*teacher_src.encode(text), eos] if source else []
+            for hyp in hyps:
+                flat_src.append(src_ids)
+                flat_out.append(teacher_tgt.encode(self.tgt_tokenizer.decode(hyp.tokens)))
+        scores: list[float] = []
+        for start in range(0, len(flat_src), self.batch_size):
+            end = start + self.batch_size
+            scores += nat_decode.teacher_scores(teacher, flat_src[start:end], flat_out[start:end])
+        best: list[list[int]] = []
+        row = 0
+        for hyps in found:
+            chosen = max(range(len(hyps)), key=lambda i: scores[row + i])
+            best.append(hyps[chosen].tokens)
+            row += len(hyps)
+        return best

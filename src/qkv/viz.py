@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from qkv.decode.nat import NATIteration, mask_predict
+from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
 from qkv.tokenize import Tokenizer
 
@@ -95,6 +97,45 @@ def attention_weights(
         decoder_self=[w[0].float().cpu() for w in decoded.self_weights],
         cross=[w[0].float().cpu() for w in decoded.cross_weights],
     )
+
+
+@torch.inference_mode()
+def nat_attention_weights(
+    model: NATransformer,
+    src_tokenizer: Tokenizer,
+    tgt_tokenizer: Tokenizer,
+    source: str,
+    *,
+    iterations: int = 1,
+) -> list[AttentionMaps]:
+    """Translate one sentence with mask-predict and collect the attention of each of its decoder passes.
+
+    One :class:`AttentionMaps` per pass: the decoder self-attention has no causal triangle (every position
+    sees every other); its columns are the pass's inputs (``[MASK]`` where a token is to be predicted) and
+    its rows what the pass output at each position. The encoder maps are the same in every pass.
+    """
+    c = model.config
+    device = next(model.parameters()).device
+    src_ids = [*src_tokenizer.encode(source), c.eos_id]
+    encoded = model.encode(torch.tensor([src_ids], device=device), need_weights=True)
+    assert encoded.weights is not None
+    trace: list[NATIteration] = []
+    mask_predict(model, torch.tensor([src_ids], device=device), iterations=iterations, trace=trace)
+
+    def names(tok: Tokenizer, ids: list[int]) -> list[str]:
+        return ["[MASK]" if i == c.mask_id else tok.id_to_token(i) for i in ids]
+
+    return [
+        AttentionMaps(
+            src_tokens=names(src_tokenizer, src_ids),
+            tgt_in_tokens=names(tgt_tokenizer, step.inputs[0].tolist()),
+            tgt_out_tokens=names(tgt_tokenizer, step.tokens[0].tolist()),
+            encoder=[w[0].float().cpu() for w in encoded.weights],
+            decoder_self=[w[0].float().cpu() for w in step.self_weights],
+            cross=[w[0].float().cpu() for w in step.cross_weights],
+        )
+        for step in trace
+    ]
 
 
 def _font_families() -> tuple[list[str], Any]:

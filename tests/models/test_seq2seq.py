@@ -156,6 +156,19 @@ def test_a_sentence_alone_equals_it_in_a_padded_batch(rng: torch.Generator) -> N
         torch.testing.assert_close(alone[0], batch_logits[row, :t], atol=SAME_COMPUTATION_ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
+def test_logits_at_projects_exactly_the_chosen_positions(rng: torch.Generator, norm_first: bool) -> None:
+    """Training asks for logits at real target tokens only; they equal those rows of the full logits."""
+    model = tiny_model(rng, norm_first=norm_first)
+    src, tgt = ragged_ids(rng, SRC_LENGTHS), ragged_ids(rng, TGT_LENGTHS)
+    full = model(src, tgt)  # (batch, tgt_len, vocab)
+    chosen = tgt != PAD
+    chosen[0, 1] = False  # any subset, not only the padding pattern
+    picked = model(src, tgt, logits_at=chosen)
+    assert picked.shape == (int(chosen.sum()), VOCAB)
+    torch.testing.assert_close(picked, full[chosen], atol=SAME_COMPUTATION_ATOL, rtol=0)
+
+
 # -- incremental decoding -----------------------------------------------------------------------------
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "explicit"])

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qkv import checkpoint
-from qkv.config import ModelConfig
+from qkv.config import NATConfig, model_config_from_dict
+from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
 from qkv.tokenize import Tokenizer
 
@@ -22,10 +23,23 @@ TGT_TOKENIZER = "tgt_tokenizer.json"
 
 @dataclass
 class SavedModel:
-    model: Transformer
+    """A loaded translation model: autoregressive (``model_type`` qkv-seq2seq in config.json) or not
+    (qkv-nat)."""
+
+    model: Transformer | NATransformer
     src_tokenizer: Tokenizer
     tgt_tokenizer: Tokenizer
     path: Path
+
+    @property
+    def seq2seq(self) -> Transformer:
+        """The model, for code that needs the autoregressive Transformer; a NAT model is an error."""
+        if not isinstance(self.model, Transformer):
+            raise checkpoint.CheckpointError(
+                f"{self.path}: is a non-autoregressive model (model_type qkv-nat); this needs an "
+                "autoregressive one (qkv-seq2seq)"
+            )
+        return self.model
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
@@ -53,8 +67,8 @@ def load(path: str | os.PathLike[str], *, device: str = "cpu") -> SavedModel:
     """Load a model directory (or a run directory's best/latest model) for inference, in eval mode."""
     directory = resolve(path)
     config, tensors = checkpoint.load_directory(directory)
-    model_config = ModelConfig.from_dict(config.get("model", config))
-    model = Transformer(model_config)
+    model_config = model_config_from_dict(config.get("model", config))
+    model = NATransformer(model_config) if isinstance(model_config, NATConfig) else Transformer(model_config)
     checkpoint.check_state_dict(model.state_dict(), tensors, directory / checkpoint.MODEL_FILE)
     model.load_state_dict(tensors)
     model.to(device).eval()

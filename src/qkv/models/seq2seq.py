@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from qkv.config import ModelConfig
 from qkv.nn import masks
 from qkv.nn.cache import KVCache
+from qkv.nn.dropout import Dropout
 from qkv.nn.embedding import TokenEmbedding
 from qkv.nn.layers import DecoderLayer, EncoderLayer
 from qkv.nn.positional import LearnedPositions, SinusoidalPositions
@@ -71,7 +72,7 @@ class Transformer(nn.Module):
             if c.positions == "sinusoidal"
             else LearnedPositions(c.d_model, c.max_positions)
         )
-        self.dropout = nn.Dropout(c.dropout)  # on embeddings + positions (section 5.4)
+        self.dropout = Dropout(c.dropout)  # on embeddings + positions (section 5.4)
         self.encoder = nn.ModuleList(
             [
                 EncoderLayer(
@@ -136,6 +137,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         need_weights: bool = False,
         fused: bool = True,
+        logits_at: Tensor | None = None,
     ) -> Decoded:
         """Run the decoder stack: all target positions at once, or the next ones with a cache.
 
@@ -143,7 +145,11 @@ class Transformer(nn.Module):
         masked. With a cache, ``tgt_ids`` holds only the new positions (usually one token) that follow
         the ``cache.length`` positions already decoded; the cache is updated and handed back.
 
-        Shapes: tgt_ids (batch, tgt_len) -> Decoded(logits (batch, tgt_len, tgt_vocab), ...).
+        ``logits_at`` (bool, (batch, tgt_len)) projects only the positions where it is True to the
+        vocabulary: training needs no logits at padding, and the projection is the step's largest product.
+
+        Shapes: tgt_ids (batch, tgt_len) -> Decoded(logits (batch, tgt_len, tgt_vocab), ...), or with
+        ``logits_at``, logits (positions where True, tgt_vocab) in row-major order.
         """
         new = tgt_ids.shape[1]
         offset = cache.length if cache is not None else 0
@@ -179,6 +185,8 @@ class Transformer(nn.Module):
             if self_weights is not None and cross_weights is not None and sw is not None and cw is not None:
                 self_weights.append(sw)
                 cross_weights.append(cw)
+        if logits_at is not None:
+            x = x[logits_at]  # (positions, d_model)
         if self.decoder_norm is not None:
             x = self.decoder_norm(x)
         return Decoded(self.logits(x), cache, self_weights, cross_weights)
@@ -193,13 +201,14 @@ class Transformer(nn.Module):
         """An empty key/value cache for incremental decoding."""
         return KVCache.empty(len(self.decoder))
 
-    def forward(self, src_ids: Tensor, tgt_in_ids: Tensor) -> Tensor:
+    def forward(self, src_ids: Tensor, tgt_in_ids: Tensor, logits_at: Tensor | None = None) -> Tensor:
         """Teacher forcing: logits for every target position given the gold prefix.
 
         Shapes: src_ids (batch, src_len), tgt_in_ids (batch, tgt_len) (target shifted right, starting
-        with <s>) -> logits (batch, tgt_len, tgt_vocab).
+        with <s>) -> logits (batch, tgt_len, tgt_vocab); with ``logits_at`` (bool, (batch, tgt_len)),
+        logits (positions where True, tgt_vocab).
         """
-        return self.decode(tgt_in_ids, self.encode(src_ids)).logits
+        return self.decode(tgt_in_ids, self.encode(src_ids), logits_at=logits_at).logits
 
     def num_parameters(self) -> int:
         """Distinct trainable parameters (a tied matrix counts once)."""

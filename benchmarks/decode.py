@@ -1,0 +1,216 @@
+"""Decoding: qkv vs Hugging Face generate() vs CTranslate2, the same weights, equal output lengths.
+
+One randomly initialised qkv model (the ``small`` preset) is exported with :mod:`qkv.export` to a Hugging
+Face MarianMTModel and to a CTranslate2 model, so the three systems run the same weights (and, greedy, give
+the same tokens: the table's "agree" column). Sources are random ids of 15-25 tokens plus </s>; a batch of
+32 sentences, and a single sentence, each greedy and with beam 4.
+
+Equal output lengths: every system runs exactly ``L`` decoder steps per sentence, </s> being banned until
+the last one. qkv: ``min_len = max_len = L - 1`` (``max_len_a=0, max_len_b=L-1``): L - 1 tokens, then the
+forced </s> at step L. Hugging Face: ``min_new_tokens = max_new_tokens = L``. CTranslate2:
+``min_decoding_length = max_decoding_length = L``. The run checks every output's length.
+All three never produce <pad> or <s> (qkv's rule; ``suppress_tokens`` / ``suppress_sequences`` for the
+others). Throughput counts the L steps of each sentence (its best hypothesis), not the beams.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from benchmarks.common import Column, Device, Sizes, Table, best_time, optional
+from qkv.config import preset
+from qkv.decode import decode, pad_batch
+from qkv.models.seq2seq import Transformer
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+CASES = [("batch", "greedy", 1), ("batch", "beam", 4), ("single", "greedy", 1), ("single", "beam", 4)]
+
+
+def _vocabulary(size: int) -> list[str]:
+    return SPECIALS + [f"w{i}" for i in range(len(SPECIALS), size)]
+
+
+def _hf_model(model: Transformer, directory: Path, device: Device) -> Any:
+    transformers = optional("transformers")
+    if transformers is None:
+        return None
+    from qkv.export.marian import generation_config, marian_config, marian_state_dict
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(marian_config(model.config)))
+    (directory / "generation_config.json").write_text(json.dumps(generation_config(model.config)))
+    save_file(marian_state_dict(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    hf = transformers.MarianMTModel.from_pretrained(directory, attn_implementation="sdpa")
+    return hf.to(device.torch_device).eval()
+
+
+def _ct2_translator(model: Transformer, directory: Path, device: Device) -> tuple[Any, str | None]:
+    ctranslate2 = optional("ctranslate2")
+    if ctranslate2 is None:
+        return None, "ctranslate2 is not installed (pip install -e '.[bench]')"
+    if device.is_cuda and ctranslate2.get_cuda_device_count() == 0:
+        return None, "this ctranslate2 build sees no CUDA device"
+    from qkv.export.ctranslate2 import save_spec, transformer_spec
+
+    vocab = _vocabulary(model.config.tgt_vocab_size)
+    save_spec(transformer_spec(model, vocab, vocab), directory)
+    translator = ctranslate2.Translator(
+        str(directory),
+        device="cuda" if device.is_cuda else "cpu",
+        compute_type="bfloat16" if device.is_cuda else "float32",
+        intra_threads=device.threads,
+        inter_threads=1,
+    )
+    return translator, None
+
+
+def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
+    steps = sizes.decode_steps
+    v = sizes.vocab
+    c = preset(sizes.decode_preset, v, dropout=0.0)
+    torch.manual_seed(0)
+    model = Transformer(c).to(device.torch_device).eval()
+    generator = torch.Generator().manual_seed(1)
+    low, high = sizes.decode_src_len
+    sources = [
+        torch.randint(
+            4, v, (int(torch.randint(low, high + 1, (1,), generator=generator)),), generator=generator
+        ).tolist()
+        + [c.eos_id]
+        for _ in range(sizes.decode_batch)
+    ]
+    batches = {"batch": sources, "single": sources[:1]}
+
+    columns = [
+        Column(f"{b}_{m}", f"{len(batches[b])}x {m}{'' if k == 1 else str(k)} tok/s", ratio=True)
+        for b, m, k in CASES
+    ]
+    columns.append(Column("agree", "greedy = qkv", "{:.0%}"))
+    table = Table(
+        "decode",
+        f"decoding, preset {sizes.decode_preset} (random init, the same weights in every system), vocab {v}, "
+        f"batch {sizes.decode_batch} and 1, exactly {steps} decoder steps per sentence, {device.precision}, "
+        f"best of {sizes.decode_repeats}",
+        columns,
+    )
+    outputs: dict[str, list[list[int]]] = {}
+
+    # -- qkv --------------------------------------------------------------------------------------
+    def qkv_run(srcs: list[list[int]], method: str, beam: int) -> Callable[[], list[list[int]]]:
+        def go() -> list[list[int]]:
+            with device.autocast():
+                found = decode(
+                    model,
+                    srcs,
+                    method="greedy" if method == "greedy" else "beam",
+                    beam=beam,
+                    min_len=steps - 1,
+                    max_len_a=0.0,
+                    max_len_b=steps - 1,
+                    batch_size=len(srcs),
+                )
+            tokens = [hyps[0].tokens for hyps in found]
+            if any(len(t) != steps - 1 for t in tokens):
+                raise RuntimeError(
+                    f"qkv: expected {steps - 1} tokens + </s>, got {sorted({len(t) for t in tokens})}"
+                )
+            return tokens
+
+        return go
+
+    # -- Hugging Face -------------------------------------------------------------------------------
+    hf = _hf_model(model, workdir / "marian", device)
+
+    def hf_run(srcs: list[list[int]], method: str, beam: int) -> Callable[[], list[list[int]]]:
+        ids = pad_batch(srcs, c.pad_id, device.torch_device)
+        mask = (ids != c.pad_id).long()
+
+        def go() -> list[list[int]]:
+            with torch.inference_mode(), device.autocast():
+                out = hf.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    num_beams=beam,
+                    do_sample=False,
+                    min_new_tokens=steps,
+                    max_new_tokens=steps,
+                    forced_eos_token_id=None,
+                )
+            if out.shape[1] != steps + 1:
+                raise RuntimeError(f"HF: expected <s> + {steps} tokens, got {out.shape[1]}")
+            return [row[1:] for row in out.tolist()]
+
+        return go
+
+    # -- CTranslate2 --------------------------------------------------------------------------------
+    translator, ct2_missing = _ct2_translator(model, workdir / "ct2", device)
+    vocab = _vocabulary(v)
+    index = {t: i for i, t in enumerate(vocab)}
+
+    def ct2_run(srcs: list[list[int]], method: str, beam: int) -> Callable[[], list[list[int]]]:
+        tokens = [[vocab[i] for i in s[:-1]] for s in srcs]  # the export appends </s> itself
+
+        def go() -> list[list[int]]:
+            results = translator.translate_batch(
+                tokens,
+                beam_size=beam,
+                min_decoding_length=steps,
+                max_decoding_length=steps,
+                suppress_sequences=[["<pad>"], ["<s>"]],
+                max_batch_size=0,
+            )
+            found = [[index[t] for t in r.hypotheses[0]] for r in results]
+            if any(len(f) != steps for f in found):
+                raise RuntimeError(
+                    f"CTranslate2: expected {steps} tokens, got {sorted({len(f) for f in found})}"
+                )
+            return found
+
+        return go
+
+    systems: list[
+        tuple[str, Callable[[list[list[int]], str, int], Callable[[], list[list[int]]]], str | None]
+    ] = [
+        ("qkv", qkv_run, None),
+        (
+            "HF generate()",
+            hf_run,
+            None if hf is not None else "transformers is not installed (pip install -e '.[bench]')",
+        ),
+        ("CTranslate2", ct2_run, ct2_missing),
+    ]
+    for system, make, missing in systems:
+        if missing is not None:
+            table.skipped[system] = missing
+            continue
+        row: dict[str, float | None] = {}
+        for batch_name, method, beam in CASES:
+            srcs = batches[batch_name]
+            go = make(srcs, method, beam)
+            seconds = best_time(go, device, repeats=sizes.decode_repeats)
+            row[f"{batch_name}_{method}"] = len(srcs) * steps / seconds
+            if batch_name == "batch" and method == "greedy":
+                outputs[system] = [t[: steps - 1] for t in go()]
+        table.rows[system] = row
+    for system, found in outputs.items():
+        if system == "qkv":
+            continue
+        same = sum(a == b for a, b in zip(found, outputs["qkv"], strict=True))
+        table.rows[system]["agree"] = same / len(found)
+    table.notes.append(
+        f"every system runs {steps} decoder steps per sentence: qkv min_len = max_len = {steps - 1} "
+        f"(+ the forced </s>), HF min_new_tokens = max_new_tokens = {steps}, CTranslate2 "
+        f"min_decoding_length = max_decoding_length = {steps}"
+    )
+    table.notes.append(
+        "tok/s = sentences x steps / seconds; 'greedy = qkv': share of batch greedy outputs equal to qkv's"
+    )
+    if device.is_cuda:
+        table.notes.append("GPU: qkv and HF under bf16 autocast, CTranslate2 compute_type bfloat16")
+    return table

@@ -1,0 +1,318 @@
+"""Autoregressive vs non-autoregressive translation: quality and speed on the same sentences, in one run.
+
+Rows (each at batch size 1 and 32, sentences sorted by length inside the decoder as qkv always does):
+    AT greedy, AT beam 4                      the autoregressive model (--at)
+    NAT single pass                           predict the length, one decoder pass, argmax everywhere
+    NAT length beam L                         L candidate lengths, best average log-prob
+    NAT mask-predict K                        K decoder passes (Ghazvininejad et al., 2019)
+    deep-shallow AT greedy, beam 4            a deep encoder and a 1-layer decoder (Kasai et al., 2021):
+                                              the honest baseline a NAT must beat (--deep-shallow)
+Columns: BLEU and chrF (sacreBLEU, 13a, or zh for Chinese references), exact-match rate, sentences per
+second, and the speed-up over AT greedy at the same batch size. It also reports the NAT length predictor's
+accuracy against the reference lengths (exact and within +-2 tokens).
+
+Real data (models trained by `qkv train`, the NAT on `qkv distill` output):
+
+    .venv/bin/python benchmarks/nat.py --at runs/zh-en/avg2 --nat runs/zh-en-nat --deep-shallow runs/zh-en-ds \\
+        --data ../shared/data/cmn-eng/dev.tsv --src-col 2 --tgt-col 1 --threads 2 --json nat-bench.json
+
+The demo (trains a small AT, distills the built-in demo corpus with it, trains a NAT and a deep-shallow
+AT on that, then benchmarks them on the held-out demo sentences and checks the issue's two bars:
+NAT exact match >= 90% of AT's, single pass >= 3x AT greedy's speed at batch 1):
+
+    .venv/bin/python benchmarks/nat.py --demo --out runs/nat-demo --minutes 3 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qkv.data import demo
+from qkv.data.corpus import read_corpus
+from qkv.distill import translate_all, tsv_line
+from qkv.evaluate import score
+from qkv.models import saved
+from qkv.models.nat import NATransformer
+from qkv.translator import Translator
+
+# The model of `qkv demo`: learns the demo corpus in a few minutes on two CPU cores.
+DEMO_MODEL = {"d_model": 128, "heads": 4, "d_ff": 512, "encoder_layers": 3, "decoder_layers": 3}
+DEMO_DEEP_SHALLOW = {**DEMO_MODEL, "encoder_layers": 5, "decoder_layers": 1}
+
+
+@dataclass
+class Row:
+    system: str
+    decoder: str
+    batch: int
+    bleu: float
+    chrf: float
+    exact: float
+    sent_per_s: float
+    seconds: float
+    speedup: float = 0.0
+
+
+def run_row(
+    system: str, decoder: str, translator: Translator, sources: list[str], refs: list[str], batch: int
+) -> Row:
+    """Translate every source at ``batch`` sentences per call (after a short warm-up) and score it."""
+    translator.batch_size = batch
+    translator.translate(sources[: min(len(sources), batch, 8)])  # warm-up: first-call allocations
+    start = time.perf_counter()
+    hypotheses: list[str] = []
+    for begin in range(0, len(sources), batch):
+        hypotheses += translator.translate(sources[begin : begin + batch])
+    seconds = time.perf_counter() - start
+    scores = score(hypotheses, refs)
+    exact = sum(h == r for h, r in zip(hypotheses, refs, strict=True)) / max(len(refs), 1)
+    return Row(system, decoder, batch, scores.bleu, scores.chrf, exact, len(sources) / seconds, seconds)
+
+
+def length_accuracy(nat: saved.SavedModel, sources: list[str], refs: list[str]) -> dict[str, float]:
+    """How often the predicted length equals the reference's length in target tokens (and within +-2)."""
+    model = nat.model
+    assert isinstance(model, NATransformer)
+    c = model.config
+    exact = near = 0
+    with torch.inference_mode():
+        for begin in range(0, len(sources), 64):
+            src = [[*nat.src_tokenizer.encode(s), c.eos_id] for s in sources[begin : begin + 64]]
+            longest = max(len(s) for s in src)
+            src_ids = torch.tensor([[*s, *[c.pad_id] * (longest - len(s))] for s in src])
+            encoded = model.encode(src_ids.to(next(model.parameters()).device))
+            classes = model.length_logits(encoded).argmax(dim=-1, keepdim=True)
+            predicted = model.lengths_of_classes(classes, model.source_lengths(src_ids))[:, 0].tolist()
+            for p, ref in zip(predicted, refs[begin : begin + 64], strict=True):
+                true = len(nat.tgt_tokenizer.encode(ref))
+                exact += p == true
+                near += abs(p - true) <= 2
+    n = max(len(sources), 1)
+    return {"exact": exact / n, "within_2": near / n, "sentences": len(sources)}
+
+
+def benchmark(
+    at_dir: str,
+    nat_dir: str,
+    deep_shallow_dir: str | None,
+    sources: list[str],
+    refs: list[str],
+    *,
+    batches: list[int],
+    iterations: list[int],
+    length_beam: int,
+) -> tuple[list[Row], dict[str, float]]:
+    at = saved.load(at_dir)
+    nat = saved.load(nat_dir)
+    if isinstance(at.model, NATransformer) or not isinstance(nat.model, NATransformer):
+        raise SystemExit("--at must be an autoregressive model and --nat a non-autoregressive one")
+    systems: list[tuple[str, str, Translator]] = [
+        ("AT", "greedy", Translator(at.model, at.src_tokenizer, at.tgt_tokenizer, method="greedy", beam=1)),
+        ("AT", "beam 4", Translator(at.model, at.src_tokenizer, at.tgt_tokenizer, method="beam", beam=4)),
+        ("NAT", "single pass", Translator(nat.model, nat.src_tokenizer, nat.tgt_tokenizer)),
+        (
+            "NAT",
+            f"length beam {length_beam}",
+            Translator(nat.model, nat.src_tokenizer, nat.tgt_tokenizer, length_beam=length_beam),
+        ),
+    ]
+    for k in iterations:
+        if k > 1:
+            translator = Translator(nat.model, nat.src_tokenizer, nat.tgt_tokenizer, iterations=k)
+            systems.append(("NAT", f"mask-predict {k}", translator))
+    if deep_shallow_dir is not None:
+        ds = saved.load(deep_shallow_dir)
+        if isinstance(ds.model, NATransformer):
+            raise SystemExit("--deep-shallow must be an autoregressive model")
+        c = ds.model.config
+        name = f"AT {c.encoder_layers}+{c.decoder_layers}"
+        systems.append(
+            (name, "greedy", Translator(ds.model, ds.src_tokenizer, ds.tgt_tokenizer, method="greedy"))
+        )
+        systems.append((name, "beam 4", Translator(ds.model, ds.src_tokenizer, ds.tgt_tokenizer, beam=4)))
+    rows: list[Row] = []
+    for batch in batches:
+        baseline = None
+        for system, decoder, translator in systems:
+            row = run_row(system, decoder, translator, sources, refs, batch)
+            if system == "AT" and decoder == "greedy":
+                baseline = row.sent_per_s
+            row.speedup = row.sent_per_s / baseline if baseline else float("nan")
+            rows.append(row)
+            print(
+                f"  batch {batch:>2}  {system:<8} {decoder:<16} BLEU {row.bleu:6.2f}  exact {row.exact:6.1%}  "
+                f"{row.sent_per_s:8.1f} sent/s",
+                file=sys.stderr,
+            )
+    return rows, length_accuracy(nat, sources, refs)
+
+
+def print_table(rows: list[Row], lengths: dict[str, float]) -> None:
+    print(
+        f"{'system':<10} {'decoder':<18} {'batch':>5} {'BLEU':>6} {'chrF':>6} {'exact':>7} "
+        f"{'sent/s':>9} {'vs AT greedy':>12}"
+    )
+    for r in rows:
+        print(
+            f"{r.system:<10} {r.decoder:<18} {r.batch:>5} {r.bleu:>6.2f} {r.chrf:>6.2f} {r.exact:>7.1%} "
+            f"{r.sent_per_s:>9.1f} {r.speedup:>11.2f}x"
+        )
+    print(
+        f"\nNAT length predictor on {lengths['sentences']:,} sentences: exact {lengths['exact']:.1%}, "
+        f"within +-2 tokens {lengths['within_2']:.1%}"
+    )
+
+
+# -- the demo --------------------------------------------------------------------------------------
+def train_demo(out: Path, minutes: float, steps: int, length_weight: float) -> tuple[Path, Path, Path]:
+    """Train AT, distill, train NAT and deep-shallow AT on the built-in demo corpus; returns their dirs."""
+    from qkv.train.pipeline import DataConfig, TokenizerConfig, train
+    from qkv.train.trainer import TrainConfig
+
+    def config(seed: int = 0) -> TrainConfig:
+        return TrainConfig(
+            max_tokens=2048,
+            max_steps=steps,
+            max_minutes=minutes,
+            lr=2e-3,
+            warmup=200,
+            seed=seed,
+            save_every=steps,
+            valid_every=max(steps // 2, 1),
+            log_every=20,
+        )
+
+    train_pairs, held_out = demo.splits(seed=0)
+    out.mkdir(parents=True, exist_ok=True)
+    at_dir = out / "at"
+    if not (at_dir / "checkpoints").is_dir():
+        print("== training the AT teacher on the demo corpus", file=sys.stderr)
+        train(at_dir, data=DataConfig(), tok=TokenizerConfig(), preset_name="small",
+              model_overrides=dict(DEMO_MODEL), train_config=config())  # fmt: skip
+    distilled = out / "train.distilled.tsv"
+    held_out_tsv = out / "held_out.tsv"
+    demo.write_tsv(held_out_tsv, held_out)  # column 1 English, column 2 Chinese
+    if not distilled.is_file():
+        print("== distilling the demo training sources with the AT teacher (greedy)", file=sys.stderr)
+        teacher = saved.load(at_dir)
+        assert not isinstance(teacher.model, NATransformer)
+        translator = Translator(
+            teacher.model, teacher.src_tokenizer, teacher.tgt_tokenizer, method="greedy", batch_size=128
+        )
+        translations = translate_all(translator, [zh for zh, _ in train_pairs])
+        distilled.write_text(
+            "".join(
+                tsv_line(zh, en, src_col=2, tgt_col=1)
+                for (zh, _), en in zip(train_pairs, translations, strict=True)
+            ),
+            encoding="utf-8",
+        )
+    data = DataConfig(train=str(distilled), valid=str(held_out_tsv), src_col=2, tgt_col=1)
+    nat_dir, ds_dir = out / "nat", out / "deep-shallow"
+    if not (nat_dir / "checkpoints").is_dir():
+        print("== training the NAT on the distilled corpus", file=sys.stderr)
+        train(nat_dir, data=data, tok=TokenizerConfig(), preset_name="small", model_overrides=dict(DEMO_MODEL),
+              train_config=config(), model_type="nat", length_weight=length_weight)  # fmt: skip
+    if not (ds_dir / "checkpoints").is_dir():
+        print("== training the deep-shallow AT (5+1 layers) on the distilled corpus", file=sys.stderr)
+        train(ds_dir, data=data, tok=TokenizerConfig(), preset_name="small",
+              model_overrides=dict(DEMO_DEEP_SHALLOW), train_config=config())  # fmt: skip
+    return at_dir, nat_dir, ds_dir
+
+
+def demo_checks(rows: list[Row]) -> bool:
+    """The issue's two bars on the demo corpus; prints each and returns whether both hold."""
+    at = next(r for r in rows if r.system == "AT" and r.decoder == "greedy" and r.batch == 1)
+    nat_rows = [r for r in rows if r.system == "NAT" and r.batch == 1]
+    best = max(nat_rows, key=lambda r: r.exact)
+    single = next(r for r in nat_rows if r.decoder == "single pass")
+    quality = best.exact >= 0.9 * at.exact
+    speed = single.sent_per_s >= 3 * at.sent_per_s
+    print(
+        f"\ncheck: NAT exact match ({best.decoder}) {best.exact:.1%} vs 90% of AT greedy's {at.exact:.1%} "
+        f"= {0.9 * at.exact:.1%}: {'PASS' if quality else 'FAIL'}  (single pass: {single.exact:.1%})"
+    )
+    print(
+        f"check: NAT single pass {single.sent_per_s:.1f} sent/s vs 3x AT greedy's {at.sent_per_s:.1f} at batch 1 "
+        f"({single.sent_per_s / at.sent_per_s:.2f}x): {'PASS' if speed else 'FAIL'}"
+    )
+    return quality and speed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--at", metavar="DIR", help="autoregressive model (or run) directory")
+    p.add_argument("--nat", metavar="DIR", help="non-autoregressive model (or run) directory")
+    p.add_argument("--deep-shallow", metavar="DIR", help="AT with a deep encoder and a 1-layer decoder")
+    p.add_argument("--data", metavar="FILE", help="test pairs (TSV/JSONL)")
+    p.add_argument("--src-col", type=int, default=1)
+    p.add_argument("--tgt-col", type=int, default=2)
+    p.add_argument("--limit", type=int, help="use only the first N test pairs")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes (default 1 32)")
+    p.add_argument("--iterations", type=int, nargs="+", default=[2, 4, 10], help="mask-predict passes")
+    p.add_argument("--length-beam", type=int, default=3, help="length beam size of the length-beam row")
+    p.add_argument("--json", metavar="FILE", help="also write the results here")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--demo", action="store_true", help="train the three models on the demo corpus first")
+    p.add_argument("--out", default="runs/nat-demo", help="--demo: where the runs go (reused if present)")
+    p.add_argument("--minutes", type=float, default=3.0, help="--demo: minutes of training per model")
+    p.add_argument("--steps", type=int, default=600, help="--demo: most training steps per model")
+    p.add_argument("--length-weight", type=float, default=0.1, help="--demo: the NAT's length loss weight")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.demo:
+        at_dir, nat_dir, ds_dir = train_demo(Path(args.out), args.minutes, args.steps, args.length_weight)
+        args.at, args.nat, args.deep_shallow = str(at_dir), str(nat_dir), str(ds_dir)
+        _, held_out = demo.splits(seed=0)
+        sources, refs = [zh for zh, _ in held_out], [en for _, en in held_out]
+    else:
+        if not (args.at and args.nat and args.data):
+            p.error("give --at, --nat and --data (and --deep-shallow), or --demo")
+        corpus = read_corpus(args.data, src_col=args.src_col, tgt_col=args.tgt_col, max_chars=None)
+        sources, refs = corpus.sources, corpus.targets
+    if args.limit:
+        sources, refs = sources[: args.limit], refs[: args.limit]
+    print(
+        f"{len(sources):,} test sentences, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        file=sys.stderr,
+    )
+    rows, lengths = benchmark(
+        args.at,
+        args.nat,
+        args.deep_shallow,
+        sources,
+        refs,
+        batches=args.batches,
+        iterations=args.iterations,
+        length_beam=args.length_beam,
+    )
+    print_table(rows, lengths)
+    ok = demo_checks(rows) if args.demo and 1 in args.batches else True
+    if args.json:
+        result: dict[str, Any] = {
+            "machine": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "models": {"at": args.at, "nat": args.nat, "deep_shallow": args.deep_shallow},
+            "sentences": len(sources),
+            "rows": [asdict(r) for r in rows],
+            "length_predictor": lengths,
+        }
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

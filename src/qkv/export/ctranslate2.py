@@ -1,0 +1,193 @@
+"""Export a qkv translation model as a CTranslate2 model directory (needs ``pip install ctranslate2``).
+
+The model is described with CTranslate2's own specification API (``ctranslate2.specs.TransformerSpec``)
+and written by its converter machinery, so every qkv model exports: post-LN or pre-LN, sinusoidal or
+learned positions (the position table is stored explicitly, in qkv's interleaved layout), ReLU or GELU,
+shared or separate vocabularies, tied or untied output projection, any LayerNorm epsilon.
+
+Why not through the Marian export and ``ct2-transformers-converter``? That converter reads OPUS-MT
+conventions into the model: its decoder starts from a zero embedding (Marian's <pad> start) where qkv
+starts from <s>, so its translations would differ from qkv's.
+
+The exported model appends </s> to every source itself (``add_source_eos``), as qkv's training did, and
+starts decoding from <s>; pass it the source's token strings::
+
+    translator = ctranslate2.Translator(out_dir)
+    tokens = tokenizer.tokens("我爱你")                      # qkv.tokenize.Tokenizer, or tokenizer.json
+    result = translator.translate_batch([tokens], beam_size=4, suppress_sequences=[["<pad>"], ["<s>"]])
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from qkv.models import saved
+from qkv.models.seq2seq import Transformer
+from qkv.nn.layers import DecoderLayer, EncoderLayer
+from qkv.nn.positional import LearnedPositions, sinusoidal_table
+from qkv.tokenize import UNK_ID, Tokenizer
+
+
+class ExportError(ValueError):
+    """The model cannot be exported; the message says why and what to do."""
+
+
+def _ctranslate2() -> Any:
+    try:
+        import ctranslate2
+    except ImportError as error:
+        raise ExportError(
+            "the ctranslate2 package is not installed; pip install 'ctranslate2>=4.0' "
+            "(or pip install -e '.[bench]')"
+        ) from error
+    return ctranslate2
+
+
+def _array(t: Tensor) -> np.ndarray[Any, Any]:
+    return t.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+def _linear(spec: Any, *layers: nn.Linear) -> None:
+    """Set a (possibly fused) linear spec: the layers' weights stacked along the output dimension."""
+    spec.weight = _array(torch.cat([layer.weight for layer in layers], dim=0))
+    biases = [layer.bias for layer in layers]
+    if all(b is not None for b in biases):
+        spec.bias = _array(torch.cat([b for b in biases if b is not None], dim=0))
+
+
+def _norm(spec: Any, norm: nn.LayerNorm) -> None:
+    spec.gamma = _array(norm.weight)
+    spec.beta = _array(norm.bias)
+
+
+def _positions(model: Transformer) -> np.ndarray[Any, Any]:
+    """The position table the model adds, (max_positions, d_model), in qkv's own layout."""
+    c = model.config
+    if isinstance(model.positions, LearnedPositions):
+        return _array(model.positions.weight)
+    return _array(sinusoidal_table(c.max_positions, c.d_model))
+
+
+def transformer_spec(model: Transformer, src_tokens: list[str], tgt_tokens: list[str]) -> Any:
+    """The CTranslate2 ``TransformerSpec`` of ``model`` with its vocabularies (token strings by id)."""
+    ct2 = _ctranslate2()
+    specs = ct2.specs
+    c = model.config
+    if len(src_tokens) != c.src_vocab_size or len(tgt_tokens) != c.tgt_vocab_size:
+        raise ExportError(
+            f"vocabularies of {len(src_tokens)}/{len(tgt_tokens)} tokens for a model of "
+            f"{c.src_vocab_size}/{c.tgt_vocab_size}; the tokenizer does not belong to this model"
+        )
+    for side, tokens in (("source", src_tokens), ("target", tgt_tokens)):
+        if len(set(tokens)) != len(tokens):
+            raise ExportError(
+                f"the {side} vocabulary spells two ids the same; CTranslate2 maps tokens by text"
+            )
+    activation = specs.Activation.RELU if c.activation == "relu" else specs.Activation.GELU
+    spec = specs.TransformerSpec.from_config(
+        (c.encoder_layers, c.decoder_layers), c.heads, pre_norm=c.norm_first, activation=activation
+    )
+    scale = math.sqrt(c.d_model)  # section 3.4: embeddings times sqrt(d_model)
+    positions = _positions(model)
+
+    encoder = spec.encoder
+    encoder.embeddings[0].weight = _array(model.src_embed.weight)
+    encoder.scale_embeddings = scale
+    encoder.position_encodings.encodings = positions
+    for layer_spec, layer in zip(encoder.layer, cast(list[EncoderLayer], list(model.encoder)), strict=True):
+        attn = layer.self_attn
+        _linear(layer_spec.self_attention.linear[0], attn.q_proj, attn.k_proj, attn.v_proj)
+        _linear(layer_spec.self_attention.linear[1], attn.out_proj)
+        _norm(layer_spec.self_attention.layer_norm, layer.norm_self_attn)
+        _linear(layer_spec.ffn.linear_0, layer.ffn.fc_in)
+        _linear(layer_spec.ffn.linear_1, layer.ffn.fc_out)
+        _norm(layer_spec.ffn.layer_norm, layer.norm_ffn)
+    if model.encoder_norm is not None:
+        _norm(encoder.layer_norm, model.encoder_norm)
+
+    decoder = spec.decoder
+    decoder.embeddings.weight = _array(model.tgt_embed.weight)
+    decoder.scale_embeddings = scale
+    decoder.position_encodings.encodings = positions
+    for layer_spec, block in zip(decoder.layer, cast(list[DecoderLayer], list(model.decoder)), strict=True):
+        attn = block.self_attn
+        cross = block.cross_attn
+        _linear(layer_spec.self_attention.linear[0], attn.q_proj, attn.k_proj, attn.v_proj)
+        _linear(layer_spec.self_attention.linear[1], attn.out_proj)
+        _norm(layer_spec.self_attention.layer_norm, block.norm_self_attn)
+        _linear(layer_spec.attention.linear[0], cross.q_proj)
+        _linear(layer_spec.attention.linear[1], cross.k_proj, cross.v_proj)
+        _linear(layer_spec.attention.linear[2], cross.out_proj)
+        _norm(layer_spec.attention.layer_norm, block.norm_cross_attn)
+        _linear(layer_spec.ffn.linear_0, block.ffn.fc_in)
+        _linear(layer_spec.ffn.linear_1, block.ffn.fc_out)
+        _norm(layer_spec.ffn.layer_norm, block.norm_ffn)
+    if model.decoder_norm is not None:
+        _norm(decoder.layer_norm, model.decoder_norm)
+    output = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
+    decoder.projection.weight = _array(output)
+
+    spec.register_source_vocabulary(list(src_tokens))
+    spec.register_target_vocabulary(list(tgt_tokens))
+    config = spec.config
+    config.bos_token = tgt_tokens[c.bos_id]
+    config.eos_token = tgt_tokens[c.eos_id]
+    config.decoder_start_token = tgt_tokens[c.bos_id]
+    config.unk_token = tgt_tokens[UNK_ID]
+    config.add_source_eos = True  # qkv's training appends </s> to every source
+    config.layer_norm_epsilon = c.layer_norm_eps
+    return spec
+
+
+def vocabulary(tokenizer: Tokenizer) -> list[str]:
+    """The tokenizer's token strings, by id."""
+    return [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
+
+
+def save_spec(spec: Any, out_dir: str | os.PathLike[str], *, quantization: str | None = None) -> Path:
+    """Validate ``spec`` and write it to ``out_dir`` (replaced if present) through CTranslate2's converter.
+
+    ``quantization``: None keeps float32; or one of CTranslate2's types (int8, int8_float32, float16, ...).
+    """
+    ct2 = _ctranslate2()
+
+    base: Any = ct2.converters.Converter
+
+    class _SpecConverter(base):  # type: ignore[misc]
+        def _load(self) -> Any:
+            return spec
+
+    target = Path(out_dir)
+    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)
+    _SpecConverter().convert(str(temp), quantization=quantization, force=True)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(temp, target)
+    return target
+
+
+def export_ctranslate2(
+    model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, quantization: str | None = None
+) -> Path:
+    """Write the qkv model in ``model_dir`` (or a run directory's best model) as a CTranslate2 directory.
+
+    Besides CTranslate2's files (model.bin, config.json, the vocabularies) ``out_dir`` gets the model's
+    tokenizer.json (or src_tokenizer.json and tgt_tokenizer.json), to split text into the source tokens.
+    """
+    loaded = saved.load(model_dir)
+    if not isinstance(loaded.model, Transformer):
+        raise ExportError(f"{model_dir}: only autoregressive (encoder-decoder) models export to CTranslate2")
+    spec = transformer_spec(loaded.model, vocabulary(loaded.src_tokenizer), vocabulary(loaded.tgt_tokenizer))
+    target = save_spec(spec, out_dir, quantization=quantization)
+    for name, text in saved.tokenizer_files(loaded.src_tokenizer, loaded.tgt_tokenizer).items():
+        (target / name).write_text(text, encoding="utf-8")
+    return target

@@ -1,0 +1,234 @@
+"""Export a qkv translation model as a Hugging Face ``MarianMTModel`` directory.
+
+Marian and qkv compute the same function (post-LN layers, sinusoidal positions, embeddings scaled by
+sqrt(d_model), biased projections, ReLU or GELU), with one difference in layout: Marian's sinusoidal table
+puts every sine in the first half of the vector and every cosine in the second half, where qkv (like the
+paper) interleaves them, sin in even and cos in odd dimensions. Hugging Face recomputes that table and
+never loads it from a checkpoint, so the export cannot ship qkv's table. It permutes the model instead:
+
+    marian_vector = qkv_vector[perm],   perm = [0, 2, 4, ..., 1, 3, 5, ...]
+
+applied to every vector of the residual stream. Every layer commutes with that permutation: a matrix that
+reads the stream (Q/K/V projections, the FFN's first matrix, the output projection) has its input columns
+permuted, one that writes it (attention output, the FFN's second matrix) its output rows and bias, and
+LayerNorm its gain and bias, while the attention heads and the FFN's hidden units keep their order. The
+embeddings are permuted like the stream, so qkv's positions, permuted, are exactly Marian's table and the
+exported model computes exactly qkv's function (up to float rounding).
+
+Ids stay qkv's: <pad> 0, <s> 1, </s> 2, <unk> 3. Decoding starts from <s> (``decoder_start_token_id``),
+as in qkv (OPUS-MT Marian models start from <pad> instead), and generation never produces <pad> or <s>.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import tokenizers
+import torch
+from tokenizers import processors
+from torch import Tensor
+
+from qkv import checkpoint
+from qkv.config import ModelConfig
+from qkv.models import saved
+from qkv.models.seq2seq import Transformer
+from qkv.tokenize import Tokenizer
+
+# Hugging Face's MarianMTModel builds nn.LayerNorm with torch's default epsilon and no way to change it.
+MARIAN_LAYER_NORM_EPS = 1e-5
+# qkv's longest output by default (qkv.decode.greedy.DEFAULT_MAX_LEN), plus the decoder start token.
+_DEFAULT_MAX_LENGTH = 257
+
+
+class ExportError(ValueError):
+    """The model cannot be written in the requested layout; the message says why and what to do."""
+
+
+# How a parameter meets the residual stream decides how the permutation applies to it.
+Role = Literal["reads", "writes", "norm"]
+
+# qkv submodule -> (Hugging Face submodule, role), inside one layer. The only place with Marian names.
+ENCODER_LAYER: dict[str, tuple[str, Role]] = {
+    "self_attn.q_proj": ("self_attn.q_proj", "reads"),
+    "self_attn.k_proj": ("self_attn.k_proj", "reads"),
+    "self_attn.v_proj": ("self_attn.v_proj", "reads"),
+    "self_attn.out_proj": ("self_attn.out_proj", "writes"),
+    "norm_self_attn": ("self_attn_layer_norm", "norm"),
+    "ffn.fc_in": ("fc1", "reads"),
+    "ffn.fc_out": ("fc2", "writes"),
+    "norm_ffn": ("final_layer_norm", "norm"),
+}
+DECODER_LAYER: dict[str, tuple[str, Role]] = {
+    **ENCODER_LAYER,
+    "cross_attn.q_proj": ("encoder_attn.q_proj", "reads"),
+    "cross_attn.k_proj": ("encoder_attn.k_proj", "reads"),  # reads the encoder's stream
+    "cross_attn.v_proj": ("encoder_attn.v_proj", "reads"),
+    "cross_attn.out_proj": ("encoder_attn.out_proj", "writes"),
+    "norm_cross_attn": ("encoder_attn_layer_norm", "norm"),
+}
+
+
+def residual_permutation(d_model: int) -> Tensor:
+    """``perm`` with ``marian_vector = qkv_vector[perm]``: qkv's even dimensions (sines), then the odd ones.
+
+    Shapes: -> (d_model,) long.
+    """
+    return torch.cat([torch.arange(0, d_model, 2), torch.arange(1, d_model, 2)])
+
+
+def check_exportable(config: ModelConfig) -> None:
+    """Raise :class:`ExportError` if Marian cannot express this model."""
+    if config.norm_first:
+        raise ExportError(
+            "this model is pre-LN (norm_first=True) and Marian's layers are post-LN; "
+            "export it with --format ctranslate2, which supports pre-LN"
+        )
+    if config.positions != "sinusoidal":
+        raise ExportError(
+            f"this model has {config.positions} positions and Marian only sinusoidal ones; "
+            "export it with --format ctranslate2, which takes any position table"
+        )
+    if config.layer_norm_eps != MARIAN_LAYER_NORM_EPS:
+        raise ExportError(
+            f"layer_norm_eps={config.layer_norm_eps} but Hugging Face's Marian always uses "
+            f"{MARIAN_LAYER_NORM_EPS}; export it with --format ctranslate2"
+        )
+
+
+def marian_config(config: ModelConfig) -> dict[str, Any]:
+    """Hugging Face's ``config.json`` for the exported model."""
+    c = config
+    return {
+        "architectures": ["MarianMTModel"],
+        "model_type": "marian",
+        "vocab_size": c.src_vocab_size,
+        "decoder_vocab_size": c.tgt_vocab_size,
+        "share_encoder_decoder_embeddings": c.share_embeddings,
+        "tie_word_embeddings": c.tie_output,
+        "d_model": c.d_model,
+        "encoder_layers": c.encoder_layers,
+        "decoder_layers": c.decoder_layers,
+        "encoder_attention_heads": c.heads,
+        "decoder_attention_heads": c.heads,
+        "encoder_ffn_dim": c.d_ff,
+        "decoder_ffn_dim": c.d_ff,
+        "activation_function": c.activation,
+        "dropout": c.dropout,
+        "attention_dropout": c.attention_dropout,
+        "activation_dropout": c.dropout,  # qkv drops out after the FFN's activation too
+        "max_position_embeddings": c.max_positions,
+        "scale_embedding": True,
+        "pad_token_id": c.pad_id,
+        "bos_token_id": c.bos_id,
+        "eos_token_id": c.eos_id,
+        "decoder_start_token_id": c.bos_id,
+        "forced_eos_token_id": c.eos_id,
+        "is_encoder_decoder": True,
+        "use_cache": True,
+        "dtype": "float32",
+    }
+
+
+def generation_config(config: ModelConfig) -> dict[str, Any]:
+    """``generation_config.json``: qkv's decoding rules (start from <s>, never <pad> or <s>)."""
+    return {
+        "decoder_start_token_id": config.bos_id,
+        "bos_token_id": config.bos_id,
+        "eos_token_id": config.eos_id,
+        "pad_token_id": config.pad_id,
+        "forced_eos_token_id": config.eos_id,
+        "suppress_tokens": sorted({config.pad_id, config.bos_id}),
+        "max_length": min(_DEFAULT_MAX_LENGTH, config.max_positions),
+    }
+
+
+def _permuted(tensor: Tensor, role: Role, perm: Tensor, *, is_bias: bool) -> Tensor:
+    if role == "reads":  # weight (out, d_model): permute the input columns; the bias is per output
+        return tensor if is_bias else tensor[:, perm]
+    if role == "writes":  # weight (d_model, in) and bias (d_model,): permute the outputs
+        return tensor[perm] if is_bias else tensor[perm, :]
+    return tensor[perm]  # LayerNorm gain and bias, (d_model,)
+
+
+def marian_state_dict(model: Transformer) -> dict[str, Tensor]:
+    """The model's weights in Hugging Face Marian's names and layout (see the module docstring).
+
+    Tied matrices are stored once, under the name Hugging Face's ``save_pretrained`` uses.
+    """
+    c = model.config
+    check_exportable(c)
+    perm = residual_permutation(c.d_model)
+    ours = {name: t.detach().to("cpu", torch.float32) for name, t in model.state_dict().items()}
+    out: dict[str, Tensor] = {}
+    if c.share_embeddings:
+        out["model.shared.weight"] = ours["src_embed.weight"][:, perm]
+    else:
+        out["model.encoder.embed_tokens.weight"] = ours["src_embed.weight"][:, perm]
+        out["model.decoder.embed_tokens.weight"] = ours["tgt_embed.weight"][:, perm]
+    if not c.tie_output:
+        out["lm_head.weight"] = ours["output_proj.weight"][:, perm]
+    out["final_logits_bias"] = torch.zeros(1, c.tgt_vocab_size)
+    for stack, layers, table in (
+        ("encoder", c.encoder_layers, ENCODER_LAYER),
+        ("decoder", c.decoder_layers, DECODER_LAYER),
+    ):
+        for i in range(layers):
+            for qkv_name, (hf_name, role) in table.items():
+                for kind in ("weight", "bias"):
+                    tensor = ours[f"{stack}.{i}.{qkv_name}.{kind}"]
+                    out[f"model.{stack}.layers.{i}.{hf_name}.{kind}"] = _permuted(
+                        tensor, role, perm, is_bias=kind == "bias"
+                    ).contiguous()
+    return {name: t.contiguous() for name, t in out.items()}
+
+
+def hf_tokenizer_files(tokenizer: Tokenizer, config: ModelConfig, *, name: str) -> dict[str, str]:
+    """``tokenizer.json`` that appends </s> to a source, as qkv's training does, and its config.
+
+    ``AutoTokenizer.from_pretrained`` loads the pair as a ``PreTrainedTokenizerFast``.
+    """
+    inner = tokenizers.Tokenizer.from_str(tokenizer.to_json())
+    eos = tokenizer.id_to_token(config.eos_id)
+    inner.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A $B {eos}", special_tokens=[(eos, config.eos_id)]
+    )
+    settings = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "pad_token": tokenizer.id_to_token(config.pad_id),
+        "bos_token": tokenizer.id_to_token(config.bos_id),
+        "eos_token": eos,
+        "unk_token": tokenizer.id_to_token(tokenizer.unk_id if tokenizer.unk_id is not None else 3),
+        "model_max_length": config.max_positions,
+        "clean_up_tokenization_spaces": False,
+    }
+    return {name: inner.to_str(), f"{Path(name).stem}_config.json": json.dumps(settings, indent=2) + "\n"}
+
+
+def export_marian(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """Write the qkv model in ``model_dir`` (or a run directory's best model) as a Marian directory.
+
+    ``out_dir`` gets config.json, generation_config.json, model.safetensors, tokenizer.json and
+    tokenizer_config.json (with separate vocabularies, the target side's as target_tokenizer.json), written
+    atomically. Raises :class:`ExportError` for a model Marian cannot express.
+    """
+    loaded = saved.load(model_dir)
+    if not isinstance(loaded.model, Transformer):
+        raise ExportError(f"{model_dir}: only autoregressive (encoder-decoder) models have a Marian layout")
+    config = loaded.model.config
+    tensors = marian_state_dict(loaded.model)
+    text = hf_tokenizer_files(loaded.src_tokenizer, config, name="tokenizer.json")
+    if loaded.tgt_tokenizer is not loaded.src_tokenizer:
+        text.update(hf_tokenizer_files(loaded.tgt_tokenizer, config, name="target_tokenizer.json"))
+    return checkpoint.save_directory(
+        out_dir,
+        tensors={checkpoint.MODEL_FILE: tensors},
+        json={
+            checkpoint.CONFIG_FILE: marian_config(config),
+            "generation_config.json": generation_config(config),
+        },
+        text=text,
+        metadata={"format": "pt"},
+    )

@@ -1,0 +1,179 @@
+"""The non-autoregressive Transformer (NAT): predict the length, then every target position at once.
+
+    source ids -> embed * sqrt(d) + positions -> N encoder layers                 -> memory
+    memory     -> mean over real source tokens -> linear -> length offset logits  (Gu et al., 2018)
+    target ids -> embed * sqrt(d) + positions -> N decoder layers (self-attn with padding masks only,
+       ([MASK] where unknown)                    cross-attn to memory, FFN)        -> logits
+
+This is the conditional masked language model of Mask-Predict (Ghazvininejad et al., 2019): the decoder
+reads the target with some tokens replaced by [MASK] and predicts those, every position seeing every other
+(no causal triangle; padding is the only thing masked). Single-pass decoding feeds [MASK] at every
+position; mask-predict (:mod:`qkv.decode.nat`) re-masks the least confident tokens and predicts again.
+
+The length predictor classifies the offset ``tgt_len - src_len`` (``src_len`` counts the source's real
+tokens, </s> included; ``tgt_len`` the target tokens, no </s>: a NAT output has no end token) into
+``2 * max_length_offset + 1`` classes. The layers are :mod:`qkv.nn`'s, the same as the autoregressive
+model's; parameter names match :class:`~qkv.models.seq2seq.Transformer` where the parts are the same.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from qkv.config import NATConfig
+from qkv.models.seq2seq import Decoded, Encoded
+from qkv.nn import masks
+from qkv.nn.embedding import TokenEmbedding
+from qkv.nn.layers import DecoderLayer, EncoderLayer
+from qkv.nn.positional import LearnedPositions, SinusoidalPositions
+
+
+def length_classes(tgt_lengths: Tensor, src_lengths: Tensor, max_offset: int) -> Tensor:
+    """The length predictor's class of each target length: its offset from the source length, clipped to
+    [-max_offset, max_offset], plus max_offset.
+
+    Shapes: tgt_lengths, src_lengths (batch,) -> (batch,) long in [0, 2 * max_offset].
+    """
+    return (tgt_lengths - src_lengths).clamp(-max_offset, max_offset) + max_offset
+
+
+class NATransformer(nn.Module):
+    """Encoder, length predictor and a decoder without the causal mask (a conditional masked LM)."""
+
+    def __init__(self, config: NATConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.src_embed = TokenEmbedding(c.src_vocab_size, c.d_model, pad_id=c.pad_id)
+        self.tgt_embed = (
+            self.src_embed
+            if c.share_embeddings
+            else TokenEmbedding(c.tgt_vocab_size, c.d_model, pad_id=c.pad_id)
+        )
+        self.positions: SinusoidalPositions | LearnedPositions = (
+            SinusoidalPositions(c.d_model, c.max_positions)
+            if c.positions == "sinusoidal"
+            else LearnedPositions(c.d_model, c.max_positions)
+        )
+        self.dropout = nn.Dropout(c.dropout)
+
+        def stack(layer: type[EncoderLayer] | type[DecoderLayer], n: int) -> nn.ModuleList:
+            return nn.ModuleList(
+                layer(
+                    c.d_model,
+                    c.heads,
+                    c.d_ff,
+                    dropout=c.dropout,
+                    attention_dropout=c.attention_dropout,
+                    activation=c.activation,
+                    norm_first=c.norm_first,
+                    layer_norm_eps=c.layer_norm_eps,
+                )
+                for _ in range(n)
+            )
+
+        self.encoder = stack(EncoderLayer, c.encoder_layers)
+        self.decoder = stack(DecoderLayer, c.decoder_layers)
+        self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else None
+        self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else None
+        self.output_proj = None if c.tie_output else nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        if self.output_proj is not None:
+            nn.init.normal_(self.output_proj.weight, std=c.d_model**-0.5)
+        self.length_proj = nn.Linear(c.d_model, 2 * c.max_length_offset + 1)
+
+    # -- encoder and length predictor -----------------------------------------------------------
+    def encode(self, src_ids: Tensor, *, need_weights: bool = False, fused: bool = True) -> Encoded:
+        """Run the encoder stack, as the autoregressive model does.
+
+        Shapes: src_ids (batch, src_len) -> Encoded(memory (batch, src_len, d_model), ...).
+        """
+        may_attend = masks.padding(src_ids, self.config.pad_id)  # (batch, 1, 1, src_len)
+        x = self.dropout(self.src_embed(src_ids) + self.positions(src_ids.shape[1]))
+        weights: list[Tensor] | None = [] if need_weights else None
+        for layer in self.encoder:
+            x, w = layer(x, may_attend, need_weights=need_weights, fused=fused)
+            if weights is not None and w is not None:
+                weights.append(w)
+        if self.encoder_norm is not None:
+            x = self.encoder_norm(x)
+        return Encoded(x, may_attend, weights)
+
+    def length_logits(self, encoded: Encoded) -> Tensor:
+        """Logits over the length offsets -K .. K (K = max_length_offset), from the mean of the encoder
+        output over the real source tokens.
+
+        Shapes: memory (batch, src_len, d_model) -> (batch, 2K + 1); class k is offset k - K.
+        """
+        is_real = encoded.may_attend[:, 0, 0, :, None].to(encoded.memory.dtype)  # (batch, src_len, 1)
+        pooled = (encoded.memory * is_real).sum(dim=1) / is_real.sum(dim=1).clamp(min=1.0)  # (batch, d)
+        return self.length_proj(pooled)  # type: ignore[no-any-return]
+
+    def lengths_of_classes(self, classes: Tensor, src_lengths: Tensor) -> Tensor:
+        """Target lengths of length classes, at least 1 and at most max_positions.
+
+        Shapes: classes (batch, n), src_lengths (batch,) -> (batch, n) long.
+        """
+        lengths = src_lengths[:, None] + classes - self.config.max_length_offset
+        return lengths.clamp(1, self.config.max_positions)
+
+    def source_lengths(self, src_ids: Tensor) -> Tensor:
+        """Real (non-pad) source tokens per sentence, </s> included. Shapes: (batch, src_len) -> (batch,)."""
+        return (src_ids != self.config.pad_id).sum(dim=1)
+
+    # -- decoder ---------------------------------------------------------------------------------
+    def decode(
+        self, tgt_ids: Tensor, encoded: Encoded, *, need_weights: bool = False, fused: bool = True
+    ) -> Decoded:
+        """Predict every target position at once from a partly masked target.
+
+        ``tgt_ids`` holds known tokens, ``config.mask_id`` where the token is to be predicted and
+        ``pad_id`` after each sentence's end. Every real position attends to every real position; padded
+        ones are never attended to (their own outputs are meaningless and must be ignored).
+
+        Shapes: tgt_ids (batch, tgt_len) -> Decoded(logits (batch, tgt_len, tgt_vocab), cache None,
+        self/cross weights per layer (batch, heads, tgt_len, tgt_len / src_len) when asked for).
+        """
+        self_may_attend = masks.padding(tgt_ids, self.config.pad_id)  # (batch, 1, 1, tgt_len): no triangle
+        x = self.dropout(self.tgt_embed(tgt_ids) + self.positions(tgt_ids.shape[1]))
+        self_weights: list[Tensor] | None = [] if need_weights else None
+        cross_weights: list[Tensor] | None = [] if need_weights else None
+        for layer in self.decoder:
+            x, sw, cw = layer(
+                x, encoded.memory, self_may_attend, encoded.may_attend, need_weights=need_weights, fused=fused
+            )
+            if self_weights is not None and cross_weights is not None and sw is not None and cw is not None:
+                self_weights.append(sw)
+                cross_weights.append(cw)
+        if self.decoder_norm is not None:
+            x = self.decoder_norm(x)
+        return Decoded(self.logits(x), None, self_weights, cross_weights)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The pre-softmax projection. Shapes: (batch, len, d_model) -> (batch, len, tgt_vocab)."""
+        if self.output_proj is not None:
+            return self.output_proj(x)  # type: ignore[no-any-return]
+        return self.tgt_embed.logits(x)
+
+    def forward(self, src_ids: Tensor, tgt_in_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Training: token logits for a masked target, and the length logits.
+
+        Shapes: src_ids (batch, src_len), tgt_in_ids (batch, tgt_len) with [MASK]s and padding ->
+        (token logits (batch, tgt_len, tgt_vocab), length logits (batch, 2K + 1)).
+        """
+        encoded = self.encode(src_ids)
+        return self.decode(tgt_in_ids, encoded).logits, self.length_logits(encoded)
+
+    def num_parameters(self) -> int:
+        """Distinct trainable parameters (a tied matrix counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def summary(self) -> str:
+        c = self.config
+        return (
+            f"NATransformer (non-autoregressive, mask-predict): {c.encoder_layers}+{c.decoder_layers} layers, "
+            f"d_model {c.d_model}, {c.heads} heads of {c.d_head}, d_ff {c.d_ff}, "
+            f"vocab {c.src_vocab_size}/{c.tgt_vocab_size}, length offsets +-{c.max_length_offset}, "
+            f"{'pre' if c.norm_first else 'post'}-LN, {self.num_parameters():,} parameters"
+        )

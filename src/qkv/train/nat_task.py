@@ -1,0 +1,97 @@
+"""Training the non-autoregressive model: the conditional masked LM loss of Mask-Predict plus a length loss.
+
+For each target sentence of n tokens, a number m is drawn uniformly from 1..n and m positions chosen at
+random are replaced by [MASK] (Ghazvininejad et al., 2019, section 3.2); the decoder predicts them from the
+source and the n - m tokens left in place. The loss is the label-smoothed cross-entropy on the masked
+positions plus ``length_weight`` times the cross-entropy of the length predictor (fairseq's cmlm recipe
+uses 0.1), both per masked token on average:
+
+    loss = sum_masked CE(token) / M  +  length_weight * sum_sentences CE(length) / B
+
+The masks are drawn from torch's global generator, which the trainer reseeds from (seed, step) before
+every step, so training stays reproducible and resumable to the bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qkv.data.batching import collate
+from qkv.models.nat import length_classes
+from qkv.train.loss import label_smoothed_loss
+from qkv.train.task import Example
+
+DEFAULT_LENGTH_WEIGHT = 0.1
+
+
+def random_masks(tgt: Tensor, pad_id: int, generator: torch.Generator | None = None) -> Tensor:
+    """Which target positions to mask: for a sentence of n tokens, m ~ Uniform{1..n} random positions.
+
+    Shapes: tgt (batch, tgt_len), padded with ``pad_id`` -> bool (batch, tgt_len), True = masked (never
+    a padded position; nothing in an empty sentence).
+    """
+    is_real = tgt != pad_id
+    n = is_real.sum(dim=1)  # (batch,)
+    keys = torch.rand(tgt.shape, generator=generator, device=tgt.device).masked_fill(~is_real, 2.0)
+    ranks = keys.argsort(dim=1).argsort(dim=1)  # a random order of each row's real positions first
+    m = (torch.rand(n.shape, generator=generator, device=tgt.device) * n).floor().long() + 1  # 1..n
+    return (ranks < m[:, None]) & is_real
+
+
+class NATTask:
+    """What the trainer needs to train a :class:`~qkv.models.nat.NATransformer`.
+
+    An example is the seq2seq one: (source ids ending in </s>, target ids without <s> or </s>).
+    """
+
+    def __init__(
+        self,
+        pad_id: int,
+        mask_id: int,
+        max_length_offset: int,
+        *,
+        length_weight: float = DEFAULT_LENGTH_WEIGHT,
+    ) -> None:
+        if length_weight < 0:
+            raise ValueError(f"length_weight={length_weight} must not be negative")
+        self.pad_id, self.mask_id = pad_id, mask_id
+        self.max_length_offset = max_length_offset
+        self.length_weight = length_weight
+
+    def lengths(self, data: Sequence[Example]) -> tuple[list[int], list[int]]:
+        return [len(s) for s, _ in data], [max(len(t), 1) for _, t in data]
+
+    def tensors(
+        self, data: Sequence[Example], indices: Sequence[int], device: torch.device
+    ) -> tuple[Tensor, ...]:
+        """(src (batch, src_len), tgt_in (batch, tgt_len) with [MASK]s, tgt_out (batch, tgt_len): the gold
+        token where masked, pad elsewhere, length classes (batch,))."""
+        src = collate([data[i][0] for i in indices], self.pad_id)
+        tgt = collate([data[i][1] for i in indices], self.pad_id)
+        masked = random_masks(tgt, self.pad_id)
+        tgt_in = tgt.masked_fill(masked, self.mask_id)
+        tgt_out = tgt.masked_fill(~masked, self.pad_id)
+        classes = length_classes(
+            (tgt != self.pad_id).sum(dim=1), (src != self.pad_id).sum(dim=1), self.max_length_offset
+        )
+        return src.to(device), tgt_in.to(device), tgt_out.to(device), classes.to(device)
+
+    def count(self, batch: tuple[Tensor, ...]) -> int:
+        """Masked target tokens: the loss is their mean (the trainer divides by this)."""
+        return int((batch[2] != self.pad_id).sum())
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, ...], smoothing: float) -> tuple[Tensor, Tensor]:
+        """(token loss + weighted length loss, token NLL), both summed so that dividing by the masked token
+        count gives the per-token mean plus length_weight times the per-sentence length loss."""
+        src, tgt_in, tgt_out, classes = batch
+        logits, length_logits = model(src, tgt_in)  # (batch, tgt_len, vocab), (batch, 2K + 1)
+        loss, nll = label_smoothed_loss(logits, tgt_out, smoothing=smoothing, pad_id=self.pad_id)
+        if self.length_weight > 0:
+            tokens_per_sentence = (tgt_out != self.pad_id).sum() / max(src.shape[0], 1)
+            length_loss = F.cross_entropy(length_logits.float(), classes, reduction="sum")
+            loss = loss + self.length_weight * length_loss * tokens_per_sentence
+        return loss, nll.detach()

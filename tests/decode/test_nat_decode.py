@@ -1,0 +1,124 @@
+"""Non-autoregressive decoding: mask-predict with one pass is the single pass, the re-masking schedule,
+the length beam, batching invariance, special tokens, and the teacher's rescoring against a hand loop."""
+
+from __future__ import annotations
+
+import torch
+
+from qkv.config import NATConfig, preset
+from qkv.decode.nat import NATIteration, mask_predict, single_pass, teacher_scores, translate_ids
+from qkv.models.nat import NATransformer
+from qkv.models.seq2seq import Transformer
+from tests.reference import randomize_norms_and_biases
+
+VOCAB, PAD, BOS, EOS = 29, 0, 1, 2
+
+
+def tiny_nat(rng: torch.Generator) -> NATransformer:
+    config = NATConfig.from_dict(preset("tiny", VOCAB, dropout=0.0).to_dict())
+    model = NATransformer(config)  # type: ignore[arg-type]
+    randomize_norms_and_biases(model, rng)
+    return model.eval()
+
+
+def sources(rng: torch.Generator, lengths: list[int]) -> torch.Tensor:
+    ids = torch.randint(3, VOCAB, (len(lengths), max(lengths)), generator=rng)
+    for row, n in enumerate(lengths):
+        ids[row, n - 1] = EOS
+        ids[row, n:] = PAD
+    return ids
+
+
+@torch.inference_mode()
+def test_mask_predict_with_one_iteration_is_the_single_pass(rng: torch.Generator) -> None:
+    model = tiny_nat(rng)
+    src = sources(rng, [6, 3, 8])
+    for beam in (1, 3):
+        assert mask_predict(model, src, iterations=1, length_beam=beam) == single_pass(
+            model, src, length_beam=beam
+        )
+
+
+@torch.inference_mode()
+def test_each_pass_remasks_the_least_confident_and_keeps_the_rest(rng: torch.Generator) -> None:
+    model = tiny_nat(rng)
+    src = sources(rng, [7, 4])
+    iterations = 4
+    trace: list[NATIteration] = []
+    mask_predict(model, src, iterations=iterations, trace=trace)
+    lengths = (trace[0].inputs != PAD).sum(dim=1)
+    assert torch.equal((trace[0].inputs == BOS).sum(dim=1), lengths)  # pass 1: all [MASK] (= <s> id)
+    for t in range(1, len(trace)):
+        step, before = trace[t], trace[t - 1]
+        remasked = step.inputs == BOS
+        assert torch.equal(remasked.sum(dim=1), lengths * (iterations - t) // iterations)
+        assert torch.equal(step.inputs[~remasked], before.tokens[~remasked])  # the rest is kept
+        assert torch.equal(step.tokens[~remasked], before.tokens[~remasked])
+
+
+@torch.inference_mode()
+def test_remasking_picks_the_lowest_probabilities(rng: torch.Generator) -> None:
+    """Recompute pass 1's token probabilities by hand (softmax of the logits) and check pass 2 masks the
+    n lowest of them."""
+    model = tiny_nat(rng)
+    src = sources(rng, [9])
+    trace: list[NATIteration] = []
+    mask_predict(model, src, iterations=3, trace=trace)
+    first = trace[0]
+    logits = model.decode(first.inputs, model.encode(src)).logits[0]  # (tgt_len, vocab)
+    probs = torch.softmax(logits.double(), dim=-1)
+    chosen = [float(probs[i, tok]) for i, tok in enumerate(first.tokens[0].tolist())]
+    n = len(chosen) * 2 // 3
+    lowest = sorted(range(len(chosen)), key=lambda i: chosen[i])[:n]
+    assert sorted(torch.nonzero(trace[1].inputs[0] == BOS).flatten().tolist()) == sorted(lowest)
+
+
+@torch.inference_mode()
+def test_length_beam_ranks_candidates_and_never_does_worse(rng: torch.Generator) -> None:
+    model = tiny_nat(rng)
+    src = sources(rng, [5, 9])
+    one = single_pass(model, src, length_beam=1)
+    five = single_pass(model, src, length_beam=5)
+    for a, b in zip(one, five, strict=True):
+        assert len(b) == 5
+        assert [h.score for h in b] == sorted((h.score for h in b), reverse=True)
+        assert a[0] in b  # the most probable length is among the candidates
+        assert b[0].score >= a[0].score
+        for h in b:
+            assert abs(h.score - h.log_prob / max(len(h.tokens), 1)) < 1e-5
+
+
+@torch.inference_mode()
+def test_outputs_never_hold_special_tokens(rng: torch.Generator) -> None:
+    model = tiny_nat(rng)
+    with torch.no_grad():  # make the specials the most likely tokens everywhere
+        model.src_embed.weight[[PAD, BOS, EOS]] *= 50
+    for hyps in mask_predict(model, sources(rng, [6, 4]), iterations=3, length_beam=2):
+        for h in hyps:
+            assert not {PAD, BOS, EOS} & set(h.tokens)
+
+
+def test_translate_ids_is_batch_invariant_and_keeps_order(rng: torch.Generator) -> None:
+    model = tiny_nat(rng)
+    src = [[5, 6, 7, EOS], [], [8, EOS], [9, 10, 11, 12, 13, EOS], [EOS]]
+    together = translate_ids(model, src, iterations=3, length_beam=2, batch_size=32)
+    alone = [translate_ids(model, [s], iterations=3, length_beam=2)[0] for s in src]
+    assert [h[0].tokens for h in together] == [h[0].tokens for h in alone]
+    for a, b in zip(together, alone, strict=True):
+        assert abs(a[0].score - b[0].score) < 1e-5
+    assert together[1][0].tokens == [] and together[4][0].tokens == []
+    assert model.training is False
+
+
+def test_teacher_scores_match_a_per_sentence_loop(rng: torch.Generator) -> None:
+    """Reference: for each sentence alone, sum over positions of log softmax at the gold token, in float64."""
+    teacher = Transformer(preset("tiny", VOCAB, dropout=0.0)).eval()
+    srcs = [[5, 6, EOS], [7, 8, 9, 10, EOS]]
+    outs = [[11, 12, 13], [14]]
+    got = teacher_scores(teacher, srcs, outs)
+    for s, o, value in zip(srcs, outs, got, strict=True):
+        with torch.no_grad():
+            logits = teacher(torch.tensor([s]), torch.tensor([[BOS, *o]]))[0].double()
+        gold = [*o, EOS]
+        total = sum(float(torch.log_softmax(logits[i], -1)[tok]) for i, tok in enumerate(gold))
+        assert abs(value - total / len(gold)) < 1e-5

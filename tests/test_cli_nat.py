@@ -1,0 +1,76 @@
+"""The NAT commands end to end, in-process: distill with an AT teacher, train a tiny NAT on the output for a
+few steps, translate with --decoder nat, draw its attention per mask-predict pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from qkv import checkpoint
+from qkv.cli import main
+from qkv.config import preset
+from qkv.data import demo
+from qkv.models import saved
+from qkv.models.nat import NATransformer
+from qkv.models.seq2seq import Transformer
+from qkv.tokenize import train_bpe
+
+
+@pytest.fixture(scope="module")
+def corpus_and_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 200-pair demo TSV (column 1 English, column 2 Chinese) and a random tiny AT model for it."""
+    root = tmp_path_factory.mktemp("nat")
+    pairs = demo.generate(size=200)
+    demo.write_tsv(root / "train.tsv", pairs)
+    tok = train_bpe([t for pair in pairs for t in pair], 300)
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny", tok.vocab_size, dropout=0.0, max_positions=64))
+    checkpoint.save_directory(
+        root / "teacher",
+        tensors={checkpoint.MODEL_FILE: model.state_dict()},
+        json={checkpoint.CONFIG_FILE: {"model": model.config.to_dict()}},
+        text=saved.tokenizer_files(tok, tok),
+    )
+    return root / "train.tsv", root / "teacher"
+
+
+def test_distill_train_translate_attention(
+    corpus_and_teacher: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, teacher = corpus_and_teacher
+    distilled = tmp_path / "distilled.tsv"
+    common = ["--src-col", "2", "--tgt-col", "1"]
+    assert main(["distill", "--teacher", str(teacher), "--data", str(data), *common, "--out", str(distilled),
+                 "--beam", "1", "--quiet"]) == 0  # fmt: skip
+    lines = distilled.read_text(encoding="utf-8").split("\n")[:-1]
+    originals = data.read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(lines) == len(originals) == 200
+    for line, original in zip(lines, originals, strict=True):
+        en, zh = line.split("\t")
+        assert zh == original.split("\t")[1]  # the source stays in its column
+
+    run = tmp_path / "nat"
+    assert main(["train", "--model-type", "nat", "--data", str(distilled), *common, "--preset", "tiny",
+                 "--vocab-size", "300", "--max-steps", "3", "--max-tokens", "512", "--quiet",
+                 "--out", str(run), "--threads", "1"]) == 0  # fmt: skip
+    assert isinstance(saved.load(run).model, NATransformer)
+    capsys.readouterr()
+
+    assert main(["translate", "--model", str(run), "--decoder", "nat", "--iterations", "3",
+                 "--length-beam", "2", "我爱你", "", "他很高。"]) == 0  # fmt: skip
+    assert len(capsys.readouterr().out.split("\n")) == 4  # three lines out, empty in -> empty out
+    assert main(["translate", "--model", str(run), "--length-beam", "2", "--rescore-model", str(teacher),
+                 "我爱你"]) == 0  # fmt: skip
+    assert main(["attention", "--model", str(run), "--iterations", "2", "我爱你",
+                 "--out", str(tmp_path / "attn.png"), "--layers", "0", "--heads", "0"]) == 0  # fmt: skip
+    assert (tmp_path / "attn-iter1.png").is_file()  # one image per pass (a 1-token output stops after 1)
+
+
+def test_decoder_kind_must_match_the_model(
+    corpus_and_teacher: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, teacher = corpus_and_teacher
+    assert main(["translate", "--model", str(teacher), "--decoder", "nat", "我爱你"]) == 2
+    assert "is an autoregressive model" in capsys.readouterr().err
