@@ -29,8 +29,11 @@ class ScriptedState:
     key: Tensor
     prefix: Tensor
 
-    def select(self, indices: Tensor) -> ScriptedState:
-        return ScriptedState(self.key.index_select(0, indices), self.prefix.index_select(0, indices))
+    def select(self, indices: Tensor, *, same_sources: bool = False) -> ScriptedState:
+        key = self.key.index_select(0, indices)
+        if same_sources:  # the caller's promise: every row keeps its sentence; check it
+            assert torch.equal(key, self.key), "same_sources=True but rows changed sentence"
+        return ScriptedState(key, self.prefix.index_select(0, indices))
 
 
 class ScriptedStepper:

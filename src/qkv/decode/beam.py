@@ -153,7 +153,8 @@ def beam_search(
             bound = torch.maximum(best_live / shortest, best_live / longest)
             is_done = (is_full & (bound <= fin_score[:, -1])) | ~has_live
 
-        if bool(is_done.any()):
+        some_done = bool(is_done.any())
+        if some_done:
             _collect(
                 results,
                 sentence[is_done],
@@ -171,7 +172,9 @@ def beam_search(
             fin_score, fin_log_prob = fin_score[still], fin_log_prob[still]
             fin_tokens, fin_length = fin_tokens[still], fin_length[still]
             rows = rows.view(n, k)[still].view(-1)
-        state = state.select(rows)
+        # Rows only trade places within their sentence unless a sentence left: then the encoder output
+        # and cross-attention keys/values (the same for all beams of a sentence) need not be copied.
+        state = state.select(rows, same_sources=not some_done)
         tokens = live_tokens[:, :, -1].reshape(-1, 1)  # (n' * k, 1)
     return results
 

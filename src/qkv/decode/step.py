@@ -37,8 +37,13 @@ _Self = TypeVar("_Self", bound="DecodeState")
 class DecodeState(Protocol):
     """Whatever a stepper carries from step to step for a batch of rows (encoder output, cache, prefix)."""
 
-    def select(self: _Self, indices: Tensor) -> _Self:
-        """Keep rows ``indices`` (batch,) in that order; an index may repeat (one row per beam)."""
+    def select(self: _Self, indices: Tensor, *, same_sources: bool = False) -> _Self:
+        """Keep rows ``indices`` (batch,) in that order; an index may repeat (one row per beam).
+
+        ``same_sources=True`` promises that new row i decodes the same source sentence as old row i (beam
+        search reordering the beams of each sentence, no sentence leaving): what depends only on the
+        source (encoder output, cross-attention keys and values) may then stay where it is.
+        """
         ...
 
 
@@ -80,8 +85,9 @@ class CachedState:
     encoded: Encoded
     cache: KVCache
 
-    def select(self, indices: Tensor) -> CachedState:
-        return CachedState(self.encoded.select(indices), self.cache.select(indices))
+    def select(self, indices: Tensor, *, same_sources: bool = False) -> CachedState:
+        encoded = self.encoded if same_sources else self.encoded.select(indices)
+        return CachedState(encoded, self.cache.select(indices, same_sources=same_sources))
 
 
 @dataclass
@@ -91,8 +97,9 @@ class UncachedState:
     encoded: Encoded
     prefix: Tensor
 
-    def select(self, indices: Tensor) -> UncachedState:
-        return UncachedState(self.encoded.select(indices), self.prefix.index_select(0, indices))
+    def select(self, indices: Tensor, *, same_sources: bool = False) -> UncachedState:
+        encoded = self.encoded if same_sources else self.encoded.select(indices)
+        return UncachedState(encoded, self.prefix.index_select(0, indices))
 
 
 class _ModelStepper:
@@ -185,13 +192,8 @@ def constrain(
 
     Shapes: log_probs (rows, vocab); max_lens (rows,) -> (rows, vocab).
     """
-    vocab = log_probs.shape[-1]
-    banned = torch.zeros(vocab, dtype=torch.bool, device=log_probs.device)
-    banned[pad_id] = True
-    banned[bos_id] = True
-    if steps_done < min_len:
-        banned[eos_id] = True
-    constrained = log_probs.masked_fill(banned, float("-inf"))
+    banned = [pad_id, bos_id, eos_id] if steps_done < min_len else [pad_id, bos_id]
+    constrained = log_probs.index_fill(1, torch.tensor(banned, device=log_probs.device), float("-inf"))
     at_max = steps_done >= max_lens  # (rows,)
     if bool(at_max.any()):
         may_end_only = torch.full_like(log_probs, float("-inf"))

@@ -52,15 +52,21 @@ class LayerCache:
         self.self_len = needed
         return self.self_k[:, :, :needed], self.self_v[:, :, :needed]
 
-    def select(self, indices: Tensor) -> LayerCache:
-        """Keep batch rows ``indices`` (in that order), e.g. the surviving beams."""
+    def select(self, indices: Tensor, *, same_sources: bool = False) -> LayerCache:
+        """Keep batch rows ``indices`` (in that order), e.g. the surviving beams.
+
+        ``same_sources=True`` promises that new row i reads the same source as old row i (beams of one
+        sentence trading places): the cross-attention keys and values are then kept as they are, not
+        copied, since they depend on the source only.
+        """
 
         def pick(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.index_select(0, indices)
 
-        return LayerCache(
-            pick(self.self_k), pick(self.self_v), self.self_len, pick(self.cross_k), pick(self.cross_v)
+        cross_k, cross_v = (
+            (self.cross_k, self.cross_v) if same_sources else (pick(self.cross_k), pick(self.cross_v))
         )
+        return LayerCache(pick(self.self_k), pick(self.self_v), self.self_len, cross_k, cross_v)
 
 
 @dataclass
@@ -80,7 +86,8 @@ class KVCache:
     def length(self) -> int:
         return self.layers[0].self_len if self.layers else 0
 
-    def select(self, indices: Tensor) -> KVCache:
-        """Reorder or subset the batch dimension of every layer (beam search)."""
+    def select(self, indices: Tensor, *, same_sources: bool = False) -> KVCache:
+        """Reorder or subset the batch dimension of every layer (beam search); see
+        :meth:`LayerCache.select` for ``same_sources``."""
         indices = indices.to(torch.long)
-        return KVCache([layer.select(indices) for layer in self.layers])
+        return KVCache([layer.select(indices, same_sources=same_sources) for layer in self.layers])
