@@ -43,6 +43,10 @@ def attend(
     otherwise ``fused`` picks the path. ``dropout`` applies to the weights (pass 0.0 in eval mode).
     """
     if not need_weights and fused:
+        if may_attend is not None and may_attend.device.type == "cpu" and bool(may_attend.all()):
+            # Nothing is masked (a batch without padding, a single sentence): the kernel without a mask
+            # is faster, and on a CPU the check costs one pass over the small bool mask.
+            may_attend = None
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=may_attend, dropout_p=dropout)
         if may_attend is not None:
             # Kernels differ on rows with no allowed key (some give NaN): make them zero, as documented.
