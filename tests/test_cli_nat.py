@@ -10,12 +10,13 @@ import torch
 
 from qkv import checkpoint
 from qkv.cli import main
-from qkv.config import preset
+from qkv.config import NATConfig, preset
 from qkv.data import demo
 from qkv.models import saved
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
 from qkv.tokenize import train_bpe
+from qkv.train.pipeline import warm_start
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,44 @@ def test_decoder_kind_must_match_the_model(
     _, teacher = corpus_and_teacher
     assert main(["translate", "--model", str(teacher), "--decoder", "nat", "我爱你"]) == 2
     assert "is an autoregressive model" in capsys.readouterr().err
+
+
+def test_warm_start_copies_exactly_the_tensors_both_models_have() -> None:
+    torch.manual_seed(0)
+    teacher = Transformer(preset("tiny", 50, max_positions=32))
+    nat = NATransformer(NATConfig.from_dict(teacher.config.to_dict()))
+    copied, fresh = warm_start(nat, teacher)
+    assert sorted(fresh) == ["length_proj.bias", "length_proj.weight"]
+    theirs = teacher.state_dict()
+    assert all(torch.equal(nat.state_dict()[name], theirs[name]) for name in copied)
+    layers = teacher.config.encoder_layers
+    deep = Transformer(preset("tiny", 50, max_positions=32, encoder_layers=layers + 1, decoder_layers=1))
+    copied, fresh = warm_start(deep, teacher)
+    assert {name.split(".")[1] for name in fresh if name.startswith("encoder.")} == {str(layers)}
+    assert not [name for name in fresh if not name.startswith("encoder.")]
+    assert torch.equal(deep.state_dict()["decoder.0.ffn.fc_in.weight"], theirs["decoder.0.ffn.fc_in.weight"])
+
+
+def test_init_from_takes_the_teachers_tokenizers_and_says_what_is_new(
+    corpus_and_teacher: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, teacher = corpus_and_teacher
+    common = ["--data", str(data), "--src-col", "2", "--tgt-col", "1", "--max-steps", "1", "--quiet",
+              "--threads", "1", "--init-from", str(teacher)]  # fmt: skip
+    source = saved.load(teacher)
+    nat_run = tmp_path / "nat"
+    assert main(["train", "--model-type", "nat", *common, "--out", str(nat_run)]) == 0
+    assert "new: length_proj (2)" in capsys.readouterr().out
+    nat = saved.load(nat_run)
+    assert isinstance(nat.model, NATransformer)
+    assert nat.src_tokenizer.to_json() == source.src_tokenizer.to_json()  # no new BPE was trained
+
+    layers = source.model.config.encoder_layers
+    deep_run = tmp_path / "deep-shallow"
+    assert main(["train", *common, "--encoder-layers", str(layers + 1), "--decoder-layers", "1",
+                 "--out", str(deep_run)]) == 0  # fmt: skip
+    deep = saved.load(deep_run).model
+    assert (deep.config.encoder_layers, deep.config.decoder_layers) == (layers + 1, 1)
+    assert f"new: encoder.{layers} (" in capsys.readouterr().out
+    # --resume continues a run from its own checkpoint: --init-from beside it is a usage error.
+    assert main(["train", "--resume", str(nat_run), "--init-from", str(teacher)]) == 2

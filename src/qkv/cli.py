@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from qkv.allocator import keep_freed_memory
-from qkv.config import BERT_PRESETS, PRESETS, ConfigError, ModelConfig, preset
+from qkv.config import (
+    BERT_PRESETS,
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    NATConfig,
+    model_config_from_dict,
+    preset,
+)
 
 
 class UsageError(Exception):
@@ -32,11 +40,12 @@ def _model_config_from_dir(path: Path) -> ModelConfig:
         data = json.loads(config_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{config_path}: not valid JSON ({e})") from e
-    return ModelConfig.from_dict(data.get("model", data))
+    return model_config_from_dict(data.get("model", data))
 
 
 def cmd_params(args: argparse.Namespace) -> int:
     from qkv import params
+    from qkv.models.nat import NATransformer
     from qkv.models.seq2seq import Transformer
 
     if args.model is None and args.preset in BERT_PRESETS:
@@ -51,7 +60,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     rows = params.seq2seq_rows(config)
     print(params.format_table(rows, title=f"Parameters of {title}"))
     if args.check:
-        model = Transformer(config)
+        model = NATransformer(config) if isinstance(config, NATConfig) else Transformer(config)
         counted = params.total(params.module_rows(model))
         formula = params.total(rows)
         verdict = "agrees" if counted == formula else "DISAGREES"
@@ -105,6 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("give either --data FILE (TSV or JSONL) or --src FILE --tgt FILE, not both")
     if bool(args.src) != bool(args.tgt):
         raise UsageError("--src and --tgt go together: two aligned plain-text files")
+    if args.resume and args.init_from:
+        raise UsageError("--resume continues a run from its own checkpoint; --init-from starts a new one")
     if args.resume and args.out and Path(args.resume) != Path(args.out):
         raise UsageError("--resume DIR continues the run in DIR; leave out --out")
     run_dir = args.resume or args.out
@@ -174,6 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             make_hooks=_bleu_hook(args.valid_bleu) if args.valid_bleu else None,
             model_type=args.model_type,
             length_weight=args.length_weight,
+            init_from=args.init_from,
         )
     except TrainingInterrupted as stop:
         print(f"qkv train: {stop}; continue with: qkv train --resume {run_dir}", file=sys.stderr)
@@ -704,6 +716,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.1,
         help="nat: weight of the length-prediction loss (default 0.1)",
+    )
+    g.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="start from a trained model (model or run dir): its tokenizers, its architecture (the flags "
+        "below may change e.g. the depth) and every weight whose name and shape match. A NAT learns much "
+        "faster from its autoregressive teacher's weights than from scratch",
     )
     g.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model shape (default small)")
     g.add_argument("--d-model", type=int, help="override the preset's model width")

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from qkv.config import BertConfig, ModelConfig
+from qkv.config import BertConfig, ModelConfig, NATConfig
 from qkv.models.bert import AnyBert
+from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
 
 
@@ -62,6 +63,9 @@ def seq2seq_rows(c: ModelConfig) -> list[Row]:
         rows.append(Row("output projection", "tied to the target embeddings", 0))
     else:
         rows.append(Row("output projection", f"d x V_tgt = {d} x {c.tgt_vocab_size:,}", d * c.tgt_vocab_size))
+    if isinstance(c, NATConfig):
+        classes = 2 * c.max_length_offset + 1
+        rows.append(Row("length predictor (NAT)", f"{d} x {classes} + {classes}", d * classes + classes))
     return rows
 
 
@@ -78,6 +82,8 @@ def _seq2seq_component(name: str, shared_embeddings: bool) -> str:
         return "final LayerNorms (pre-LN)"
     if stack == "output_proj":
         return "output projection"
+    if stack == "length_proj":
+        return "length predictor (NAT)"
     if stack in ("encoder", "decoder"):
         part = rest.split(".")[1]
         label = {"self_attn": "self-attention", "cross_attn": "cross-attention", "ffn": "feed-forward"}.get(
@@ -89,8 +95,8 @@ def _seq2seq_component(name: str, shared_embeddings: bool) -> str:
     return name
 
 
-def module_rows(model: Transformer) -> list[Row]:
-    """Count an instantiated qkv Transformer by walking its parameters (a tied matrix counts once)."""
+def module_rows(model: Transformer | NATransformer) -> list[Row]:
+    """Count an instantiated qkv Transformer (or NAT) by walking its parameters (a tied matrix counts once)."""
     counts: OrderedDict[str, int] = OrderedDict()
     for name, p in model.named_parameters():  # named_parameters() already yields a shared tensor once
         key = _seq2seq_component(name, model.config.share_embeddings)

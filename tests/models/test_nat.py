@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from qkv import checkpoint
+from qkv import checkpoint, params
 from qkv.config import ConfigError, ModelConfig, NATConfig, model_config_from_dict, preset
 from qkv.models import saved
 from qkv.models.nat import NATransformer, length_classes
@@ -209,3 +209,13 @@ def test_saved_load_returns_the_kind_in_config_json(tmp_path: object, rng: torch
         assert type(loaded.model) is type(model)
         for name, tensor in model.state_dict().items():
             assert torch.equal(loaded.model.state_dict()[name], tensor), name
+
+
+def test_parameter_formula_counts_the_length_predictor() -> None:
+    config = NATConfig.from_dict(preset("tiny", 60).to_dict())
+    rows = params.seq2seq_rows(config)
+    classes = 2 * config.max_length_offset + 1
+    assert rows[-1].component == "length predictor (NAT)"
+    assert rows[-1].count == config.d_model * classes + classes
+    model = NATransformer(config)
+    assert params.total(rows) == params.total(params.module_rows(model)) == model.num_parameters()

@@ -4,6 +4,7 @@ and run the :class:`~qkv.train.trainer.Trainer`. ``qkv train`` is a thin layer o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed
+from torch import nn
 
 from qkv import checkpoint
 from qkv.config import ModelConfig, NATConfig, preset
@@ -184,6 +186,36 @@ def model_config_for(
     return preset(preset_name, src_tok.vocab_size, None if joint else tgt_tok.vocab_size, **overrides)
 
 
+def warm_start(model: nn.Module, source: nn.Module) -> tuple[list[str], list[str]]:
+    """Copy every tensor of ``source`` whose name and shape ``model`` has too; return (copied, left as
+    initialised) parameter names of ``model``.
+
+    A NAT starts from a trained autoregressive model this way (the encoder, embeddings and decoder layers
+    have the same names; only the length predictor is new), and an autoregressive model of another depth
+    from the layers the two share.
+    """
+    theirs = source.state_dict()
+    copied, fresh = [], []
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name in theirs and theirs[name].shape == tensor.shape:
+                tensor.copy_(theirs[name])
+                copied.append(name)
+            else:
+                fresh.append(name)
+    return copied, fresh
+
+
+def _summarise(names: Sequence[str]) -> str:
+    """Parameter names grouped by module: 'encoder.3 (12), length_proj (2)'."""
+    groups: dict[str, int] = {}
+    for name in names:
+        parts = name.split(".")
+        key = ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(f"{k} ({n})" for k, n in groups.items()) or "none"
+
+
 def train(
     run_dir: str | os.PathLike[str],
     *,
@@ -201,6 +233,7 @@ def train(
     keep_stops: bool = False,
     model_type: ModelType = "seq2seq",
     length_weight: float = DEFAULT_LENGTH_WEIGHT,
+    init_from: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train (or resume) a translation model in ``run_dir``; see ``qkv train --help``.
 
@@ -212,11 +245,17 @@ def train(
     ``model_type="nat"`` trains the non-autoregressive model (:mod:`qkv.models.nat`) with the
     conditional masked LM loss plus ``length_weight`` times the length loss (:mod:`qkv.train.nat_task`);
     a resumed run keeps the kind of model it was started with.
+
+    ``init_from`` (a model or run directory) starts a new run from a trained model: its tokenizers and
+    architecture (``model_overrides`` may change e.g. the depth) and every weight whose name and shape
+    match (:func:`warm_start`); ``preset_name`` and ``tok`` are then not used.
     """
     run = Path(run_dir)
     latest = checkpoint.latest_checkpoint(run) if resume else None
     if resume and latest is None:
         raise FileNotFoundError(f"{run}: no checkpoint to resume from (checkpoints/LATEST is missing)")
+    if resume and init_from is not None:
+        raise ValueError("a resumed run continues from its own checkpoint; leave out the initial model")
     if not resume and checkpoint.latest_checkpoint(run) is not None:
         raise FileExistsError(
             f"{run}: already holds a training run; pass --resume {run} to continue it, "
@@ -239,6 +278,21 @@ def train(
             eos_id=model_config.eos_id,
             tokenizers=(loaded.src_tokenizer, loaded.tgt_tokenizer),
         )
+    elif init_from is not None:
+        source = saved.load(init_from)
+        fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        base = {k: v for k, v in source.model.config.to_dict().items() if k in fields}
+        model_config = ModelConfig.from_dict({**base, **model_overrides})
+        prepared = prepare(
+            data,
+            tok,
+            max_len=model_config.max_positions,
+            eos_id=model_config.eos_id,
+            tokenizers=(source.src_tokenizer, source.tgt_tokenizer),
+        )
+        if model_type == "nat":
+            model_config = NATConfig.from_dict(model_config.to_dict())
+        torch.manual_seed(train_config.seed)
     else:
         max_len = model_overrides.get("max_positions", preset(preset_name, 32).max_positions)
         prepared = prepare(data, tok, max_len=max_len, tokenizers=_shared_tokenizers(run, data, tok))
@@ -268,6 +322,12 @@ def train(
         if isinstance(model, NATransformer)
         else Seq2SeqTask(model_config.pad_id, model_config.bos_id, model_config.eos_id)
     )
+    if init_from is not None and latest is None:
+        copied, fresh = warm_start(model, source.model)
+        say(
+            f"initialised {len(copied)} of {len(copied) + len(fresh)} tensors from {init_from}; "
+            f"new: {_summarise(fresh)}"
+        )
     say(model.summary())
     all_hooks = [*hooks, *(make_hooks(prepared) if make_hooks else [])]
     trainer = Trainer(
