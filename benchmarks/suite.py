@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks import bert, decode, peak, train
 from benchmarks.common import FULL, QUICK, Table, machine, pick_device, quiet_transformers
+from qkv.allocator import keep_freed_memory
 
 SECTIONS = ("peak", "train", "decode", "bert")
 
@@ -58,6 +59,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # The `qkv` command sets glibc's malloc to keep freed memory (qkv.allocator). In this process it helps
+    # every PyTorch system alike (qkv, torch.nn.Transformer, Hugging Face), so it is set for all of them.
+    malloc_tuned = keep_freed_memory()
     sizes = QUICK if args.quick else FULL
     device = pick_device(args.device, args.threads)
     info = machine(device)
@@ -67,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"transformers {info['transformers']}, ctranslate2 {info['ctranslate2']}"
         + ("   [--quick: smoke-test sizes, the numbers mean nothing]" if args.quick else "")
     )
+    info["malloc_keeps_freed_memory"] = malloc_tuned
     tables: list[Table] = []
     started = time.perf_counter()
     with quiet_transformers(), tempfile.TemporaryDirectory(prefix="qkv-bench-") as tmp:

@@ -115,8 +115,10 @@ def single_pass(model: NATransformer, src_ids: Tensor, *, length_beam: int = 1) 
     beam = lengths.shape[1]
     rows = torch.arange(batch, device=src_ids.device).repeat_interleave(beam)  # (batch * beam,)
     lengths = lengths.reshape(-1)
+    if beam > 1:
+        encoded = encoded.select(rows)  # one row per candidate length
     log_probs = banned_log_probs(
-        model, model.decode(_masked_template(lengths, c.mask_id, c.pad_id), encoded.select(rows)).logits
+        model, model.decode(_masked_template(lengths, c.mask_id, c.pad_id), encoded).logits
     )
     token_log_probs, tokens = log_probs.max(dim=-1)  # (rows, tgt_len)
     return _candidates(tokens, token_log_probs, lengths, batch, beam)
