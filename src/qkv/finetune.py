@@ -36,6 +36,7 @@ from qkv.models.bert import (
     load_pretrained,
     save_pretrained,
 )
+from qkv.nn.modes import eval_mode
 from qkv.tokenize import Tokenizer
 from qkv.train.trainer import TrainConfig, Trainer, TrainResult
 
@@ -158,20 +159,18 @@ def predict(
     model: HeadModel, examples: Sequence[Example], pad_id: int, batch_size: int = 64
 ) -> list[list[int]]:
     """Predicted label ids: one per example (classification) or one per labelled position (tagging)."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     out: list[list[int]] = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        ids = collate([ids for ids, _ in chunk], pad_id).to(device)
-        best = model(ids, (ids != pad_id).long()).argmax(-1).cpu()
-        for row, (_, labels) in enumerate(chunk):
-            if isinstance(model, BertForSequenceClassification):
-                out.append([int(best[row])])
-            else:
-                out.append([int(best[row, p]) for p, label in enumerate(labels) if label != IGNORE])
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            ids = collate([ids for ids, _ in chunk], pad_id).to(device)
+            best = model(ids, (ids != pad_id).long()).argmax(-1).cpu()
+            for row, (_, labels) in enumerate(chunk):
+                if isinstance(model, BertForSequenceClassification):
+                    out.append([int(best[row])])
+                else:
+                    out.append([int(best[row, p]) for p, label in enumerate(labels) if label != IGNORE])
     return out
 
 

@@ -35,6 +35,7 @@ from qkv.decode.step import (
     max_output_lengths,
 )
 from qkv.models.seq2seq import Transformer
+from qkv.nn.modes import eval_mode
 
 Method = Literal["greedy", "beam", "sample"]
 
@@ -191,34 +192,29 @@ def decode(
     generator = torch.Generator(device=device).manual_seed(seed)
     stepper: Stepper[Any] = CachedStepper(model) if cached else UncachedStepper(model)
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                indices = order[start : start + batch_size]
-                src_ids = pad_batch([prepared[i] for i in indices], config.pad_id, device)
-                found = _search(
-                    stepper,
-                    src_ids,
-                    method=method,
-                    beam=beam,
-                    n_best=n_best,
-                    alpha=alpha,
-                    early_stopping=early_stopping,
-                    max_len_a=max_len_a,
-                    max_len_b=max_len_b,
-                    max_len=max_len,
-                    min_len=min_len,
-                    temperature=temperature,
-                    top_k=top_k,
-                    top_p=top_p,
-                    generator=generator,
-                )
-                for index, hyps in zip(indices, found, strict=True):
-                    results[index] = hyps
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            src_ids = pad_batch([prepared[i] for i in indices], config.pad_id, device)
+            found = _search(
+                stepper,
+                src_ids,
+                method=method,
+                beam=beam,
+                n_best=n_best,
+                alpha=alpha,
+                early_stopping=early_stopping,
+                max_len_a=max_len_a,
+                max_len_b=max_len_b,
+                max_len=max_len,
+                min_len=min_len,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+            )
+            for index, hyps in zip(indices, found, strict=True):
+                results[index] = hyps
     return results
 
 

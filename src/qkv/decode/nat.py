@@ -30,6 +30,7 @@ from torch import Tensor
 from qkv.decode.hypothesis import Hypothesis
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Encoded, Transformer
+from qkv.nn.modes import eval_mode
 
 
 @dataclass
@@ -241,24 +242,19 @@ def translate_ids(
             ids = ids[: c.max_positions - 1] + [c.eos_id] if ids[-1] == c.eos_id else ids[: c.max_positions]
         prepared[index] = ids
     order = sorted(prepared, key=lambda i: len(prepared[i]), reverse=True)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                indices = order[start : start + batch_size]
-                longest = max(len(prepared[i]) for i in indices)
-                src_ids = torch.tensor(
-                    [[*prepared[i], *[c.pad_id] * (longest - len(prepared[i]))] for i in indices],
-                    device=device,
-                )
-                found = (
-                    single_pass(model, src_ids, length_beam=length_beam)
-                    if iterations == 1
-                    else mask_predict(model, src_ids, iterations=iterations, length_beam=length_beam)
-                )
-                for index, hyps in zip(indices, found, strict=True):
-                    results[index] = hyps
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            longest = max(len(prepared[i]) for i in indices)
+            src_ids = torch.tensor(
+                [[*prepared[i], *[c.pad_id] * (longest - len(prepared[i]))] for i in indices],
+                device=device,
+            )
+            found = (
+                single_pass(model, src_ids, length_beam=length_beam)
+                if iterations == 1
+                else mask_predict(model, src_ids, iterations=iterations, length_beam=length_beam)
+            )
+            for index, hyps in zip(indices, found, strict=True):
+                results[index] = hyps
     return results

@@ -8,6 +8,7 @@ positional   sinusoidal and learned positional encodings
 embedding    token embeddings scaled by sqrt(d_model)
 feedforward  the position-wise feed-forward network
 layers       EncoderLayer and DecoderLayer (Add & Norm, post-LN or pre-LN)
+modes        eval_mode(model): dropout off for a block, without walking the model when already off
 """
 
 from qkv.nn import masks
