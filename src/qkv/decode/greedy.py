@@ -75,7 +75,7 @@ def left_to_right(
             eos_id=stepper.eos_id,
         )
         # A row with no allowed token (only a scripted model can do that) ends, with log-prob -inf.
-        stuck = ~torch.isfinite(log_probs).any(dim=-1)  # (rows,)
+        stuck = log_probs.amax(dim=-1) == float("-inf")  # (rows,); one pass, not isfinite + any
         choice = pick(log_probs.masked_fill(stuck[:, None], 0.0))  # (rows,)
         choice = torch.where(stuck, stepper.eos_id, choice)
         log_prob[alive] += log_probs.gather(1, choice[:, None]).squeeze(1)
