@@ -4,6 +4,8 @@ Rows (each at batch size 1 and 32, sentences sorted by length inside the decoder
     AT greedy, AT beam 4                      the autoregressive model (--at)
     NAT single pass                           predict the length, one decoder pass, argmax everywhere
     NAT length beam L                         L candidate lengths, best average log-prob
+    NAT length beam L + AT                    the same candidates, the best by the AT's score (one
+                                              teacher-forced AT pass: "noisy parallel decoding")
     NAT mask-predict K                        K decoder passes (Ghazvininejad et al., 2019)
     deep-shallow AT greedy, beam 4            a deep encoder and a 1-layer decoder (Kasai et al., 2021):
                                               the honest baseline a NAT must beat (--deep-shallow)
@@ -122,6 +124,17 @@ def benchmark(
             "NAT",
             f"length beam {length_beam}",
             Translator(nat.model, nat.src_tokenizer, nat.tgt_tokenizer, length_beam=length_beam),
+        ),
+        (
+            "NAT",
+            f"length beam {length_beam} + AT",
+            Translator(
+                nat.model,
+                nat.src_tokenizer,
+                nat.tgt_tokenizer,
+                length_beam=length_beam,
+                teacher=(at.model, at.src_tokenizer, at.tgt_tokenizer),
+            ),
         ),
     ]
     for k in iterations:
@@ -266,7 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/nat-demo", help="--demo: where the runs go (reused if present)")
     p.add_argument("--minutes", type=float, default=3.0, help="--demo: minutes of training per model")
     p.add_argument("--steps", type=int, default=600, help="--demo: most training steps per model")
-    p.add_argument("--length-weight", type=float, default=0.1, help="--demo: the NAT's length loss weight")
+    p.add_argument(
+        "--length-weight",
+        type=float,
+        default=1.0,
+        help="--demo: the NAT's length loss weight (default 1.0: with 600 steps, exact lengths 66.6%% "
+        "of the time against 57.8%% with the CLI's 0.1)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

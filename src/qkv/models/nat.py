@@ -106,8 +106,7 @@ class NATransformer(nn.Module):
 
         A sum, not fairseq's mean: the offset is itself a sum of per-word contributions (a word that
         translates into two adds one, a particle with no translation takes one away), which a linear
-        layer reads off a sum but not off a mean (dividing by the length hides the count). On the demo
-        corpus this took the exact-length accuracy from 57% to NN% at the same training budget.
+        layer reads off a sum but not off a mean (dividing by the length hides the count).
 
         Shapes: memory (batch, src_len, d_model) -> (batch, 2K + 1); class k is offset k - K.
         """
