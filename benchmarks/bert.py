@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import Column, Device, Sizes, Table, best_time, optional
+from benchmarks.common import Column, Device, Sizes, Table, best_time_over_threads, optional
 from qkv.config import BertConfig
 from qkv.models import bert
 
@@ -78,9 +78,12 @@ def run(sizes: Sizes, device: Device, peak: float, workdir: Path) -> Table:
 
         runs["HF BertModel (sdpa)"] = hf_forward
 
-    # Every system at its best of 1 and all threads, as in the decoding section.
-    thread_options = sorted({1, device.threads}) if not device.is_cuda else [device.threads]
-    current_threads = [device.threads]
+    # Every system at its best of device.thread_options(), as in the decoding section.
+    current_threads = [device.threads]  # which CTranslate2 instance runs
+
+    def use_threads(threads: int) -> None:
+        current_threads[0] = threads
+
     ctranslate2 = optional("ctranslate2")
     if ctranslate2 is None:
         table.skipped["CTranslate2 Encoder"] = "ctranslate2 is not installed (pip install -e '.[bench]')"
@@ -98,7 +101,7 @@ def run(sizes: Sizes, device: Device, peak: float, workdir: Path) -> Table:
                 compute_type="bfloat16" if device.is_cuda else "float32",
                 intra_threads=threads,
             )
-            for threads in thread_options
+            for threads in device.thread_options()
         }
         id_lists = ids.tolist()
 
@@ -117,15 +120,9 @@ def run(sizes: Sizes, device: Device, peak: float, workdir: Path) -> Table:
 
     used: list[str] = []
     for system, forward in runs.items():
-        seconds, best_threads = float("inf"), thread_options[0]
-        for threads in thread_options:
-            current_threads[0] = threads
-            torch.set_num_threads(threads)
-            took = best_time(forward, device, repeats=sizes.bert_repeats)
-            if took < seconds:
-                seconds, best_threads = took, threads
-        torch.set_num_threads(device.threads)
-        current_threads[0] = device.threads
+        seconds, best_threads = best_time_over_threads(
+            forward, device, repeats=sizes.bert_repeats, on_threads=use_threads
+        )
         used.append(f"{system} {best_threads}")
         table.rows[system] = {"seq_s": b / seconds, "mfu": flops / seconds / peak}
         hidden[system] = readers.get(system, forward)().float().cpu()
@@ -136,7 +133,9 @@ def run(sizes: Sizes, device: Device, peak: float, workdir: Path) -> Table:
     table.notes.append(
         f"{forward_flops(c, b, n) / 1e9:,.1f} GFLOPs per batch; MFU against {peak / 1e9:,.1f} GFLOP/s"
     )
-    if len(thread_options) > 1:
-        table.notes.append(f"best of {' and '.join(map(str, thread_options))} threads: {', '.join(used)}")
+    if len(device.thread_options()) > 1:
+        table.notes.append(
+            f"best of {' and '.join(map(str, device.thread_options()))} threads: {', '.join(used)}"
+        )
     table.notes.append(FLOP_FORMULA)
     return table

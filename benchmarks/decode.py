@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from benchmarks.common import Column, Device, Sizes, Table, best_time, optional
+from benchmarks.common import Column, Device, Sizes, Table, best_time_over_threads, optional
 from qkv.config import preset
 from qkv.decode import decode, pad_batch
 from qkv.models.seq2seq import Transformer
@@ -155,13 +155,14 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
         return go
 
     # -- CTranslate2 --------------------------------------------------------------------------------
-    # Each system runs each case at 1 thread and at all threads, and keeps its best: on 2 cores a
-    # single-sentence step is too small to split, and CTranslate2 runs 2x faster on 1 thread here.
-    thread_options = sorted({1, device.threads}) if not device.is_cuda else [device.threads]
-    translators, ct2_missing = _ct2_translators(model, workdir / "ct2", device, thread_options)
+    # Each system runs each case at each of device.thread_options() and keeps its best.
+    translators, ct2_missing = _ct2_translators(model, workdir / "ct2", device, device.thread_options())
     vocab = _vocabulary(v)
     index = {t: i for i, t in enumerate(vocab)}
-    current_threads = [device.threads]
+    current_threads = [device.threads]  # which CTranslate2 instance runs
+
+    def use_threads(threads: int) -> None:
+        current_threads[0] = threads
 
     def ct2_run(srcs: list[list[int]], method: str, beam: int) -> Callable[[], list[list[int]]]:
         tokens = [[vocab[i] for i in s[:-1]] for s in srcs]  # the export appends </s> itself
@@ -205,20 +206,15 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
         for batch_name, method, beam in CASES:
             srcs = batches[batch_name]
             go = make(srcs, method, beam)
-            best_seconds, best_threads = float("inf"), thread_options[0]
-            for n in thread_options:
-                current_threads[0] = n
-                torch.set_num_threads(n)
-                seconds = best_time(go, device, repeats=sizes.decode_repeats)
-                if seconds < best_seconds:
-                    best_seconds, best_threads = seconds, n
-            torch.set_num_threads(device.threads)
+            best_seconds, best_threads = best_time_over_threads(
+                go, device, repeats=sizes.decode_repeats, on_threads=use_threads
+            )
             row[f"{batch_name}_{method}"] = len(srcs) * steps / best_seconds
             used.append(f"{len(srcs)}x {method}{'' if beam == 1 else beam}: {best_threads}")
             if batch_name == "batch" and method == "greedy":
                 outputs[system] = [t[: steps - 1] for t in go()]
         table.rows[system] = row
-        if len(thread_options) > 1:
+        if len(device.thread_options()) > 1:
             table.notes.append(f"{system}: best threads per case ({', '.join(used)})")
     for system, found in outputs.items():
         if system == "qkv":

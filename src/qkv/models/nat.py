@@ -22,12 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from qkv.config import NATConfig
-from qkv.models.seq2seq import Decoded, Encoded
+from qkv.models.seq2seq import Decoded, Encoded, EncoderDecoder
 from qkv.nn import masks
-from qkv.nn.dropout import Dropout
-from qkv.nn.embedding import TokenEmbedding
-from qkv.nn.layers import DecoderLayer, EncoderLayer
-from qkv.nn.positional import LearnedPositions, SinusoidalPositions
 
 
 def length_classes(tgt_lengths: Tensor, src_lengths: Tensor, max_offset: int) -> Tensor:
@@ -39,67 +35,16 @@ def length_classes(tgt_lengths: Tensor, src_lengths: Tensor, max_offset: int) ->
     return (tgt_lengths - src_lengths).clamp(-max_offset, max_offset) + max_offset
 
 
-class NATransformer(nn.Module):
+class NATransformer(EncoderDecoder):
     """Encoder, length predictor and a decoder without the causal mask (a conditional masked LM)."""
 
+    config: NATConfig
+
     def __init__(self, config: NATConfig) -> None:
-        super().__init__()
-        self.config = config
-        c = config
-        self.src_embed = TokenEmbedding(c.src_vocab_size, c.d_model, pad_id=c.pad_id)
-        self.tgt_embed = (
-            self.src_embed
-            if c.share_embeddings
-            else TokenEmbedding(c.tgt_vocab_size, c.d_model, pad_id=c.pad_id)
-        )
-        self.positions: SinusoidalPositions | LearnedPositions = (
-            SinusoidalPositions(c.d_model, c.max_positions)
-            if c.positions == "sinusoidal"
-            else LearnedPositions(c.d_model, c.max_positions)
-        )
-        self.dropout = Dropout(c.dropout)
+        super().__init__(config)
+        self.length_proj = nn.Linear(config.d_model, 2 * config.max_length_offset + 1)
 
-        def stack(layer: type[EncoderLayer] | type[DecoderLayer], n: int) -> nn.ModuleList:
-            return nn.ModuleList(
-                layer(
-                    c.d_model,
-                    c.heads,
-                    c.d_ff,
-                    dropout=c.dropout,
-                    attention_dropout=c.attention_dropout,
-                    activation=c.activation,
-                    norm_first=c.norm_first,
-                    layer_norm_eps=c.layer_norm_eps,
-                )
-                for _ in range(n)
-            )
-
-        self.encoder = stack(EncoderLayer, c.encoder_layers)
-        self.decoder = stack(DecoderLayer, c.decoder_layers)
-        self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else None
-        self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else None
-        self.output_proj = None if c.tie_output else nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
-        if self.output_proj is not None:
-            nn.init.normal_(self.output_proj.weight, std=c.d_model**-0.5)
-        self.length_proj = nn.Linear(c.d_model, 2 * c.max_length_offset + 1)
-
-    # -- encoder and length predictor -----------------------------------------------------------
-    def encode(self, src_ids: Tensor, *, need_weights: bool = False, fused: bool = True) -> Encoded:
-        """Run the encoder stack, as the autoregressive model does.
-
-        Shapes: src_ids (batch, src_len) -> Encoded(memory (batch, src_len, d_model), ...).
-        """
-        may_attend = masks.padding(src_ids, self.config.pad_id)  # (batch, 1, 1, src_len)
-        x = self.dropout(self.src_embed(src_ids) + self.positions(src_ids.shape[1]))
-        weights: list[Tensor] | None = [] if need_weights else None
-        for layer in self.encoder:
-            x, w = layer(x, may_attend, need_weights=need_weights, fused=fused)
-            if weights is not None and w is not None:
-                weights.append(w)
-        if self.encoder_norm is not None:
-            x = self.encoder_norm(x)
-        return Encoded(x, may_attend, weights)
-
+    # -- length predictor (the encoder is EncoderDecoder.encode) -----------------------------------
     def length_logits(self, encoded: Encoded) -> Tensor:
         """Logits over the length offsets -K .. K (K = max_length_offset), from the sum of the encoder
         output over the real source tokens.
@@ -154,12 +99,6 @@ class NATransformer(nn.Module):
             x = self.decoder_norm(x)
         return Decoded(self.logits(x), None, self_weights, cross_weights)
 
-    def logits(self, x: Tensor) -> Tensor:
-        """The pre-softmax projection. Shapes: (batch, len, d_model) -> (batch, len, tgt_vocab)."""
-        if self.output_proj is not None:
-            return self.output_proj(x)  # type: ignore[no-any-return]
-        return self.tgt_embed.logits(x)
-
     def forward(self, src_ids: Tensor, tgt_in_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Training: token logits for a masked target, and the length logits.
 
@@ -168,10 +107,6 @@ class NATransformer(nn.Module):
         """
         encoded = self.encode(src_ids)
         return self.decode(tgt_in_ids, encoded).logits, self.length_logits(encoded)
-
-    def num_parameters(self) -> int:
-        """Distinct trainable parameters (a tied matrix counts once)."""
-        return sum(p.numel() for p in self.parameters())
 
     @torch.no_grad()
     def summary(self) -> str:

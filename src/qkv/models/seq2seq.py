@@ -54,8 +54,14 @@ class Decoded:
     cross_weights: list[Tensor] | None = None
 
 
-class Transformer(nn.Module):
-    """Encoder stack, decoder stack and the (optionally tied) output projection."""
+class EncoderDecoder(nn.Module):
+    """What every qkv translation model has: embeddings and positions, the encoder stack and
+    :meth:`encode`, a decoder stack, and the (optionally tied) output projection :meth:`logits`.
+
+    :class:`Transformer` decodes left to right (causal mask, KV cache); the non-autoregressive model
+    (:class:`qkv.models.nat.NATransformer`) decodes every position at once. Both keep these parameter
+    names, so one can start from the other's weights.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -128,6 +134,21 @@ class Transformer(nn.Module):
             x = self.encoder_norm(x)
         return Encoded(x, may_attend, weights)
 
+    def logits(self, x: Tensor) -> Tensor:
+        """The pre-softmax projection. Shapes: (batch, len, d_model) -> (batch, len, tgt_vocab)."""
+        if self.output_proj is not None:
+            return self.output_proj(x)  # type: ignore[no-any-return]
+        return self.tgt_embed.logits(x)
+
+    def num_parameters(self) -> int:
+        """Distinct trainable parameters (a tied matrix counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+class Transformer(EncoderDecoder):
+    """The autoregressive encoder-decoder: the decoder reads the target shifted right under a causal
+    mask, all positions at once (training) or one new position at a time with a KV cache (decoding)."""
+
     # -- decoder ---------------------------------------------------------------------------------
     def decode(
         self,
@@ -191,12 +212,6 @@ class Transformer(nn.Module):
             x = self.decoder_norm(x)
         return Decoded(self.logits(x), cache, self_weights, cross_weights)
 
-    def logits(self, x: Tensor) -> Tensor:
-        """The pre-softmax projection. Shapes: (batch, len, d_model) -> (batch, len, tgt_vocab)."""
-        if self.output_proj is not None:
-            return self.output_proj(x)  # type: ignore[no-any-return]
-        return self.tgt_embed.logits(x)
-
     def new_cache(self) -> KVCache:
         """An empty key/value cache for incremental decoding."""
         return KVCache.empty(len(self.decoder))
@@ -209,10 +224,6 @@ class Transformer(nn.Module):
         logits (positions where True, tgt_vocab).
         """
         return self.decode(tgt_in_ids, self.encode(src_ids), logits_at=logits_at).logits
-
-    def num_parameters(self) -> int:
-        """Distinct trainable parameters (a tied matrix counts once)."""
-        return sum(p.numel() for p in self.parameters())
 
     @torch.no_grad()
     def summary(self) -> str:
