@@ -110,6 +110,7 @@ def beam_search(
             pad_id=stepper.pad_id,
             bos_id=stepper.bos_id,
             eos_id=stepper.eos_id,
+            inplace=True,
         )
         # 1. Extend every live hypothesis by every token; keep the best 2k per sentence.
         candidates = (live_score.view(n * k, 1) + log_probs).view(n, k * vocab)

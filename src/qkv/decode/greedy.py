@@ -73,11 +73,15 @@ def left_to_right(
             pad_id=stepper.pad_id,
             bos_id=stepper.bos_id,
             eos_id=stepper.eos_id,
+            inplace=True,
         )
         # A row with no allowed token (only a scripted model can do that) ends, with log-prob -inf.
         stuck = log_probs.amax(dim=-1) == float("-inf")  # (rows,); one pass, not isfinite + any
-        choice = pick(log_probs.masked_fill(stuck[:, None], 0.0))  # (rows,)
-        choice = torch.where(stuck, stepper.eos_id, choice)
+        if bool(stuck.any()):
+            choice = pick(log_probs.masked_fill(stuck[:, None], 0.0))  # (rows,)
+            choice = torch.where(stuck, stepper.eos_id, choice)
+        else:
+            choice = pick(log_probs)
         log_prob[alive] += log_probs.gather(1, choice[:, None]).squeeze(1)
         out[alive, steps_done] = choice
 

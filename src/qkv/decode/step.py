@@ -28,6 +28,7 @@ from typing import Protocol, TypeVar
 import torch
 from torch import Tensor
 
+from qkv.decode.fast import FastDecoder, can_use_fast_decoder, fast_decoder
 from qkv.models.seq2seq import Encoded, Transformer
 from qkv.nn.cache import KVCache
 
@@ -71,6 +72,7 @@ class Stepper(Protocol[S]):
         """Feed each row's newest token; return the log-probabilities of the next one and the new state.
 
         Shapes: tokens (rows, 1) -> log_probs (rows, vocab_size) float32, state of ``rows`` rows.
+        The log-probs are a new tensor that the caller owns: strategies write the decoding rules into it.
         """
         ...
 
@@ -127,12 +129,27 @@ class _ModelStepper:
 
 
 class CachedStepper(_ModelStepper):
-    """Incremental decoding: one decoder position per step, earlier keys and values from the cache."""
+    """Incremental decoding: one decoder position per step, earlier keys and values from the cache.
+
+    On a CPU in float32 without gradients, steps run through :class:`~qkv.decode.fast.FastDecoder` (the
+    same function as ``model.decode``, packed weights, fewer calls), its weights packed for the rows of
+    the first step; ``fast=False`` always takes ``model.decode``, the reference.
+    """
+
+    def __init__(self, model: Transformer, *, fast: bool = True) -> None:
+        super().__init__(model)
+        self.fast = fast
+        self._fast_decoder: FastDecoder | None = None
 
     def encode(self, src_ids: Tensor) -> CachedState:
         return CachedState(self.model.encode(src_ids), self.model.new_cache())
 
     def step(self, tokens: Tensor, state: CachedState) -> tuple[Tensor, CachedState]:
+        if self.fast and tokens.shape[1] == 1 and can_use_fast_decoder(self.model, state.encoded.memory):
+            if self._fast_decoder is None:
+                self._fast_decoder = fast_decoder(self.model, tokens.shape[0])
+            logits = self._fast_decoder.step(tokens, state.encoded, state.cache)  # (rows, vocab)
+            return torch.log_softmax(logits, dim=-1), state
         decoded = self.model.decode(tokens, state.encoded, cache=state.cache)  # logits (rows, 1, vocab)
         if decoded.cache is None:
             raise RuntimeError("model.decode(..., cache=cache) must hand the cache back")
@@ -177,6 +194,7 @@ def constrain(
     pad_id: int,
     bos_id: int,
     eos_id: int,
+    inplace: bool = False,
 ) -> Tensor:
     """Apply the decoding rules to one step's log-probs; banned tokens get -inf.
 
@@ -188,15 +206,18 @@ def constrain(
       over ``min_len``.
 
     The allowed log-probs are not renormalised. ``steps_done`` is the number of tokens produced before
-    this step (the same for every row).
+    this step (the same for every row). ``inplace=True`` writes into ``log_probs`` (the strategies own
+    the step's log-probs; a (rows, vocab) copy per step is not free) and returns it.
 
     Shapes: log_probs (rows, vocab); max_lens (rows,) -> (rows, vocab).
     """
     banned = [pad_id, bos_id, eos_id] if steps_done < min_len else [pad_id, bos_id]
-    constrained = log_probs.index_fill(1, torch.tensor(banned, device=log_probs.device), float("-inf"))
     at_max = steps_done >= max_lens  # (rows,)
-    if bool(at_max.any()):
-        may_end_only = torch.full_like(log_probs, float("-inf"))
-        may_end_only[:, eos_id] = log_probs[:, eos_id]
-        constrained = torch.where(at_max[:, None], may_end_only, constrained)
+    some_at_max = bool(at_max.any())
+    eos_log_prob = log_probs[:, eos_id].clone() if some_at_max else None  # (rows,), before any ban
+    constrained = log_probs if inplace else log_probs.clone()
+    constrained.index_fill_(1, torch.tensor(banned, device=log_probs.device), float("-inf"))
+    if eos_log_prob is not None:
+        constrained.masked_fill_(at_max[:, None], float("-inf"))
+        constrained[:, eos_id] = torch.where(at_max, eos_log_prob, constrained[:, eos_id])
     return constrained

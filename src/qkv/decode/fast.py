@@ -1,0 +1,210 @@
+"""The decoder step for CPU inference: the same computation as ``Transformer.decode``, fewer and faster calls.
+
+A decoding step feeds one new token per row through the decoder stack. ``Transformer.decode`` (the
+reference, which training and attention heat maps use) runs every layer's modules; on a CPU a step of a
+small model is then bound by dispatch and by small matrix products, not by arithmetic. :class:`FastDecoder`
+computes the same function for exactly that case (one new position, a key/value cache, no gradients, no
+attention weights, float32 on a CPU) with:
+
+* every weight packed once for MKL's GEMM (:class:`~qkv.nn.packed.PackedLinear`), tuned for the step's
+  number of rows;
+* W_Q, W_K, W_V of self-attention as one product, and W_K, W_V of cross-attention as one (computed once
+  per sentence, on the first step, as in the reference);
+* plain functions instead of module calls, in-place residual adds, the source mask checked once per step
+  instead of once per layer.
+
+It reads and writes the same :class:`~qkv.nn.cache.KVCache` as the reference, so the two can be mixed
+step by step; tests check them against each other (logits, greedy and beam outputs). Weights are a
+snapshot: :func:`fast_decoder` rebuilds the snapshot whenever a parameter of the model has changed
+(training, ``load_state_dict``) or moved.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qkv.models.seq2seq import Encoded, Transformer
+from qkv.nn.cache import KVCache, LayerCache
+from qkv.nn.layers import DecoderLayer
+from qkv.nn.packed import PackedLinear
+
+_Norm = tuple[Tensor, Tensor, float]  # LayerNorm weight, bias, eps
+
+
+def _norm(module: nn.LayerNorm) -> _Norm:
+    return module.weight.detach(), module.bias.detach(), module.eps
+
+
+class _FrozenDecoderLayer:
+    """One decoder layer's weights, packed; :meth:`__call__` is the layer on one new position per row."""
+
+    def __init__(self, layer: DecoderLayer, rows_hint: int) -> None:
+        self_attn, cross_attn, ffn = layer.self_attn, layer.cross_attn, layer.ffn
+        self.heads = self_attn.heads
+        self.d_model = self_attn.d_model
+        self.norm_first = layer.norm_first
+        self.gelu = ffn.activation == "gelu"
+        self.self_qkv = PackedLinear.stacked(
+            [self_attn.q_proj, self_attn.k_proj, self_attn.v_proj], rows_hint=rows_hint
+        )
+        self.self_out = PackedLinear(self_attn.out_proj.weight, self_attn.out_proj.bias, rows_hint=rows_hint)
+        self.cross_q = PackedLinear(cross_attn.q_proj.weight, cross_attn.q_proj.bias, rows_hint=rows_hint)
+        self.cross_kv = PackedLinear.stacked([cross_attn.k_proj, cross_attn.v_proj], rows_hint=256)
+        self.cross_out = PackedLinear(
+            cross_attn.out_proj.weight, cross_attn.out_proj.bias, rows_hint=rows_hint
+        )
+        self.fc_in = PackedLinear(ffn.fc_in.weight, ffn.fc_in.bias, rows_hint=rows_hint)
+        self.fc_out = PackedLinear(ffn.fc_out.weight, ffn.fc_out.bias, rows_hint=rows_hint)
+        self.norms = (_norm(layer.norm_self_attn), _norm(layer.norm_cross_attn), _norm(layer.norm_ffn))
+
+    def __call__(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        memory_mask: Tensor | None,
+        empty_rows: Tensor | None,
+        cache: LayerCache,
+    ) -> Tensor:
+        """Shapes: x (rows, d_model), the new position of each row; memory (rows, src_len, d_model);
+        memory_mask None (every key allowed) or (rows, 1, 1, src_len); empty_rows None or (rows, 1, 1, 1),
+        True where a row may attend to no source key -> (rows, d_model)."""
+        x = self._sublayer(x, self.norms[0], lambda h: self._self_attention(h, cache))
+        x = self._sublayer(
+            x, self.norms[1], lambda h: self._cross_attention(h, memory, memory_mask, empty_rows, cache)
+        )
+        return self._sublayer(x, self.norms[2], self._ffn)
+
+    def _sublayer(self, x: Tensor, norm: _Norm, sublayer: object) -> Tensor:
+        weight, bias, eps = norm
+        if self.norm_first:  # x + Sublayer(LayerNorm(x))
+            return sublayer(F.layer_norm(x, (self.d_model,), weight, bias, eps)).add_(x)  # type: ignore[operator, no-any-return]
+        return F.layer_norm(sublayer(x).add_(x), (self.d_model,), weight, bias, eps)  # type: ignore[operator]
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """(rows, d_model) -> (rows, heads, 1, d_head), a view."""
+        return x.view(x.shape[0], self.heads, 1, self.d_model // self.heads)
+
+    def _self_attention(self, h: Tensor, cache: LayerCache) -> Tensor:
+        q, k, v = self.self_qkv(h).split(self.d_model, dim=-1)  # each (rows, d_model)
+        keys, values = cache.append_self(self._heads(k), self._heads(v))  # (rows, heads, steps, d_head)
+        # The newest position may see every cached one: no mask (as in the reference).
+        context = F.scaled_dot_product_attention(self._heads(q), keys, values)  # (rows, heads, 1, d_head)
+        return self.self_out(context.reshape(h.shape[0], self.d_model))
+
+    def _cross_attention(
+        self,
+        h: Tensor,
+        memory: Tensor,
+        memory_mask: Tensor | None,
+        empty_rows: Tensor | None,
+        cache: LayerCache,
+    ) -> Tensor:
+        if cache.cross_k is None or cache.cross_v is None:
+            rows, src_len, _ = memory.shape
+            kv = self.cross_kv(memory).view(rows, src_len, 2, self.heads, self.d_model // self.heads)
+            cache.cross_k = kv[:, :, 0].transpose(1, 2).contiguous()  # (rows, heads, src_len, d_head)
+            cache.cross_v = kv[:, :, 1].transpose(1, 2).contiguous()
+        context = F.scaled_dot_product_attention(
+            self._heads(self.cross_q(h)), cache.cross_k, cache.cross_v, attn_mask=memory_mask
+        )
+        if empty_rows is not None:  # a row with no source key attends to nothing (see qkv.nn.attention)
+            context = context.masked_fill(empty_rows, 0.0)
+        return self.cross_out(context.reshape(h.shape[0], self.d_model))
+
+    def _ffn(self, h: Tensor) -> Tensor:
+        hidden = self.fc_in(h)  # (rows, d_ff)
+        hidden = F.gelu(hidden) if self.gelu else hidden.relu_()
+        return self.fc_out(hidden)
+
+
+class FastDecoder:
+    """A :class:`~qkv.models.seq2seq.Transformer`'s decoder, frozen for one-token steps on a CPU.
+
+    ``rows_hint`` is the number of rows the packed weights are tuned for (any number works).
+    """
+
+    def __init__(self, model: Transformer, rows_hint: int) -> None:
+        # The embedding and position modules, not the model: a snapshot must not keep its model alive.
+        self.embed = model.tgt_embed
+        self.positions = model.positions
+        self.rows_hint = rows_hint
+        self.layers = [_FrozenDecoderLayer(layer, rows_hint) for layer in model.decoder]  # type: ignore[arg-type]
+        self.final_norm = None if model.decoder_norm is None else _norm(model.decoder_norm)
+        output = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
+        self.output = PackedLinear(output, None, rows_hint=rows_hint)
+
+    def step(self, tokens: Tensor, encoded: Encoded, cache: KVCache) -> Tensor:
+        """Feed one token per row; return the logits of the next one. The cache is updated in place.
+
+        Shapes: tokens (rows, 1) -> logits (rows, tgt_vocab).
+        """
+        rows = tokens.shape[0]
+        x = (self.embed(tokens) + self.positions(1, cache.length)).view(rows, -1)  # (rows, d_model)
+        memory_mask: Tensor | None = encoded.may_attend  # (rows, 1, 1, src_len)
+        empty_rows: Tensor | None = None
+        if bool(encoded.may_attend.all()):
+            memory_mask = None  # nothing is masked: the kernel without a mask is faster
+        else:
+            has_key = encoded.may_attend.any(dim=-1, keepdim=True)  # (rows, 1, 1, 1)
+            empty_rows = None if bool(has_key.all()) else ~has_key
+        for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
+            x = layer(x, encoded.memory, memory_mask, empty_rows, layer_cache)
+        if self.final_norm is not None:
+            weight, bias, eps = self.final_norm
+            x = F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+        return self.output(x)
+
+
+def can_use_fast_decoder(model: Transformer, memory: Tensor) -> bool:
+    """Whether :class:`FastDecoder` computes what ``model.decode`` would, here and now: a float32 model on
+    a CPU, in eval mode, with no gradients wanted and CPU autocast off."""
+    return (
+        memory.device.type == "cpu"
+        and memory.dtype == torch.float32
+        and not model.training
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+# Per model: a few snapshots by (rows, threads), each with the parameter versions it was built from.
+_Key = tuple[int, int]
+_SNAPSHOTS: weakref.WeakKeyDictionary[Transformer, OrderedDict[_Key, tuple[tuple[int, ...], FastDecoder]]]
+_SNAPSHOTS = weakref.WeakKeyDictionary()
+_KEPT_PER_MODEL = 3
+
+
+def _parameter_versions(model: nn.Module) -> tuple[int, ...]:
+    """Changes when any parameter is updated in place, replaced or moved."""
+    return tuple(v for p in model.parameters() for v in (id(p), p._version, p.data_ptr()))
+
+
+def fast_decoder(model: Transformer, rows: int) -> FastDecoder:
+    """The model's decoder packed for ``rows`` rows, built once and reused while the weights stay the
+    same (the three most recently used snapshots are kept per model).
+
+    MKL's packed product runs only when the rows match the packing; other row counts (greedy search
+    drops finished sentences) get the plain product, the same numbers. MKL also packs for the number
+    of threads torch has when it packs: a weight packed on one thread and used on two ran 1.3x slower
+    here, so the thread count is part of what a snapshot is for.
+    """
+    key = (rows, torch.get_num_threads())
+    versions = _parameter_versions(model)
+    snapshots = _SNAPSHOTS.setdefault(model, OrderedDict())
+    found = snapshots.get(key)
+    if found is not None and found[0] == versions:
+        snapshots.move_to_end(key)
+        return found[1]
+    fresh = FastDecoder(model, key[0])
+    snapshots[key] = (versions, fresh)
+    snapshots.move_to_end(key)
+    for stale in [k for k, (v, _) in snapshots.items() if v != versions]:
+        del snapshots[stale]
+    while len(snapshots) > _KEPT_PER_MODEL:
+        snapshots.popitem(last=False)
+    return fresh

@@ -1,0 +1,159 @@
+"""The fast CPU decoder step equals the reference ``Transformer.decode`` step, and is used only where it may be."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from qkv.config import preset
+from qkv.decode import decode, pad_batch
+from qkv.decode.beam import beam_search
+from qkv.decode.fast import _SNAPSHOTS, fast_decoder
+from qkv.decode.greedy import greedy_search
+from qkv.decode.step import CachedStepper
+from qkv.models.seq2seq import Transformer
+from tests.decode.conftest import random_model
+
+# The fast step does the reference's float32 arithmetic with the same BLAS (packed weights, Q/K/V as one
+# product): equal up to rounding.
+ATOL = 1e-5
+
+
+def _variant(**changes: object) -> Transformer:
+    """The tiny preset with some config fields changed, random weights, eval mode."""
+    torch.manual_seed(4)
+    config = dataclasses.replace(preset("tiny", 23, dropout=0.0), **changes)  # type: ignore[arg-type]
+    return Transformer(config).eval()
+
+
+VARIANTS = {
+    "post-LN": dict(norm_first=False),
+    "pre-LN": dict(norm_first=True),
+    "tied output": dict(tie_output=True, share_embeddings=True),
+    "gelu": dict(activation="gelu"),
+    "learned positions": dict(positions="learned"),
+}
+
+
+@pytest.mark.parametrize("changes", VARIANTS.values(), ids=list(VARIANTS))
+def test_fast_steps_equal_reference_steps(changes: dict[str, object]) -> None:
+    """Step by step, with padded sources, a reorder with repeated rows, and a row with no source key."""
+    model = _variant(**changes)
+    src = pad_batch([[5, 6, 7, 2], [8, 9, 2], [2], [10] * 12 + [2]], model.config.pad_id)
+    src[2, 0] = model.config.pad_id  # row 2 has no real source token: its cross-attention is empty
+    fast, reference = CachedStepper(model), CachedStepper(model, fast=False)
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        fast_state, ref_state = fast.encode(src), reference.encode(src)
+        tokens = torch.full((4, 1), model.config.bos_id)
+        for step in range(7):
+            fast_lp, fast_state = fast.step(tokens, fast_state)
+            ref_lp, ref_state = reference.step(tokens, ref_state)
+            torch.testing.assert_close(fast_lp, ref_lp, atol=ATOL, rtol=0)
+            if step == 3:
+                order = torch.tensor([3, 3, 0, 2])
+                fast_state = fast_state.select(order)
+                ref_state = ref_state.select(order)
+            tokens = torch.randint(3, 23, (4, 1), generator=generator)
+    assert fast._fast_decoder is not None  # the fast path really ran
+    assert reference._fast_decoder is None
+
+
+def test_fast_and_reference_steps_share_one_cache() -> None:
+    """The two paths read and write the same KVCache, so they can take turns on one state."""
+    model = _variant()
+    src = pad_batch([[5, 6, 7, 2], [8, 2]], model.config.pad_id)
+    fast, reference = CachedStepper(model), CachedStepper(model, fast=False)
+    with torch.inference_mode():
+        mixed, ref_state = fast.encode(src), reference.encode(src)
+        tokens = torch.full((2, 1), model.config.bos_id)
+        for step in range(6):
+            stepper = fast if step % 2 else reference
+            mixed_lp, mixed = stepper.step(tokens, mixed)
+            ref_lp, ref_state = reference.step(tokens, ref_state)
+            torch.testing.assert_close(mixed_lp, ref_lp, atol=ATOL, rtol=0)
+            tokens = ref_lp.argmax(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_greedy_and_beam_outputs_equal_the_reference(norm_first: bool, sources: list[list[int]]) -> None:
+    model = random_model(norm_first=norm_first)
+    src = pad_batch(sources, model.config.pad_id)
+    with torch.inference_mode():
+        fast_greedy = greedy_search(CachedStepper(model), src)
+        ref_greedy = greedy_search(CachedStepper(model, fast=False), src)
+        fast_beam = beam_search(CachedStepper(model), src, beam=3)
+        ref_beam = beam_search(CachedStepper(model, fast=False), src, beam=3)
+    assert [h.tokens for h in fast_greedy] == [h.tokens for h in ref_greedy]
+    assert [h.log_prob for h in fast_greedy] == pytest.approx([h.log_prob for h in ref_greedy], abs=1e-4)
+    assert [[h.tokens for h in hs] for hs in fast_beam] == [[h.tokens for h in hs] for hs in ref_beam]
+
+
+def test_the_reference_path_runs_when_gradients_or_training_are_on(
+    model: Transformer, sources: list[list[int]]
+) -> None:
+    src = pad_batch(sources, model.config.pad_id)
+    with torch.no_grad():  # no inference mode, but no gradients: fast
+        stepper = CachedStepper(model)
+        stepper.step(torch.full((len(sources), 1), 1), stepper.encode(src))
+        assert stepper._fast_decoder is not None
+    stepper = CachedStepper(model)  # gradients on: the reference (the fast step has no backward)
+    log_probs, _ = stepper.step(torch.full((len(sources), 1), 1), stepper.encode(src))
+    assert stepper._fast_decoder is None and log_probs.requires_grad
+    model.train()
+    try:
+        with torch.no_grad():
+            stepper = CachedStepper(model)
+            stepper.step(torch.full((len(sources), 1), 1), stepper.encode(src))
+            assert stepper._fast_decoder is None  # training mode (dropout): the reference
+    finally:
+        model.eval()
+
+
+def test_snapshot_is_reused_and_follows_weight_changes(model: Transformer, sources: list[list[int]]) -> None:
+    _SNAPSHOTS.pop(model, None)
+    first = fast_decoder(model, 6)
+    assert fast_decoder(model, 6) is first
+    assert fast_decoder(model, 7) is not first  # packed for another number of rows
+    assert fast_decoder(model, 6) is first  # still kept
+
+    src = pad_batch(sources, model.config.pad_id)
+    before = decode(model, sources, method="greedy")
+    with torch.no_grad():
+        assert model.output_proj is not None
+        model.output_proj.weight.neg_()  # each step's most likely token becomes its least likely
+    assert fast_decoder(model, 6) is not first  # the in-place update is seen
+    after = decode(model, sources, method="greedy")
+    with torch.inference_mode():
+        reference = greedy_search(CachedStepper(model, fast=False), src)
+    assert [h[0].tokens for h in after] == [h.tokens for h in reference]
+    assert [h[0].tokens for h in after] != [h[0].tokens for h in before]
+
+
+def test_snapshot_depends_on_the_thread_count(model: Transformer) -> None:
+    """MKL packs for the thread count it packs with; a snapshot packed on 1 thread is not reused on 2."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fast_decoder(model, 4)
+        torch.set_num_threads(2)
+        two = fast_decoder(model, 4)
+        assert two is not one
+        torch.set_num_threads(1)
+        assert fast_decoder(model, 4) is one
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_snapshot_does_not_keep_its_model_alive() -> None:
+    import gc
+    import weakref
+
+    model = _variant()
+    fast_decoder(model, 2)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

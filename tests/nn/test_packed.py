@@ -1,0 +1,78 @@
+"""PackedLinear computes x W^T + b (float64 reference), for any number of rows, with or without MKL."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from qkv.nn import packed
+from qkv.nn.packed import PackedLinear, mkl_packing_available
+
+
+def _reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    out = x.double() @ weight.double().T
+    return out if bias is None else out + bias.double()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 32, 100])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_packed_linear_matches_float64(rows: int, with_bias: bool) -> None:
+    generator = torch.Generator().manual_seed(rows)
+    weight = torch.randn(48, 40, generator=generator)
+    bias = torch.randn(48, generator=generator) if with_bias else None
+    linear = PackedLinear(weight, bias, rows_hint=32)
+    x = torch.randn(rows, 40, generator=generator)
+    torch.testing.assert_close(linear(x).double(), _reference(x, weight, bias), atol=1e-4, rtol=0)
+    x3 = torch.randn(2, rows, 40, generator=generator)  # leading dimensions are kept
+    assert linear(x3).shape == (2, rows, 48)
+    torch.testing.assert_close(linear(x3).double(), _reference(x3, weight, bias), atol=1e-4, rtol=0)
+
+
+def test_the_packed_copy_is_what_runs_at_the_hinted_rows() -> None:
+    """At ``rows_hint`` rows the packed copy computes (it no longer sees the original weight); at other
+    row counts the plain product on the original weight does: both give x W^T."""
+    if not mkl_packing_available():
+        pytest.skip("this torch build has no MKL packed GEMM")
+    weight = torch.randn(8, 4)
+    original = weight.clone()
+    linear = PackedLinear(weight, rows_hint=2)
+    weight.add_(1.0)  # what the contract forbids, to see which copy runs
+    x2, x3 = torch.randn(2, 4), torch.randn(3, 4)
+    torch.testing.assert_close(linear(x2), x2 @ original.T)
+    torch.testing.assert_close(linear(x3), x3 @ weight.T)
+
+
+def test_packing_is_used_where_mkl_has_it() -> None:
+    linear = PackedLinear(torch.randn(8, 4))
+    assert (linear.packed is not None) == mkl_packing_available()
+    if torch.backends.mkl.is_available():  # the x86 CPU build this project pins
+        assert linear.packed is not None
+
+
+def test_without_mkl_packing_it_is_plain_linear(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packed, "mkl_packing_available", lambda: False)
+    weight, bias = torch.randn(6, 5), torch.randn(6)
+    linear = PackedLinear(weight, bias)
+    assert linear.packed is None
+    x = torch.randn(3, 5)
+    torch.testing.assert_close(linear(x).double(), _reference(x, weight, bias), atol=1e-5, rtol=0)
+
+
+def test_other_dtypes_are_not_packed() -> None:
+    weight = torch.randn(6, 5, dtype=torch.float64)
+    linear = PackedLinear(weight)
+    assert linear.packed is None
+    x = torch.randn(3, 5, dtype=torch.float64)
+    torch.testing.assert_close(linear(x), x @ weight.T)
+
+
+def test_stacked_is_the_outputs_side_by_side() -> None:
+    torch.manual_seed(0)
+    q, k, v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8, bias=False)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        expected = torch.cat([q(x), k(x), v(x)], dim=-1)
+        torch.testing.assert_close(
+            PackedLinear.stacked([q, k, v], rows_hint=5)(x), expected, atol=1e-5, rtol=0
+        )
