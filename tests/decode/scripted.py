@@ -35,6 +35,9 @@ class ScriptedState:
             assert torch.equal(key, self.key), "same_sources=True but rows changed sentence"
         return ScriptedState(key, self.prefix.index_select(0, indices))
 
+    def repeat_each(self, times: int) -> ScriptedState:
+        return self.select(torch.arange(self.key.shape[0]).repeat_interleave(times))
+
 
 class ScriptedStepper:
     """Implements qkv.decode.step.Stepper from a script; records how many rows each step ran on."""

@@ -97,7 +97,7 @@ def beam_search(
     fin_length = torch.zeros(batch, k, dtype=torch.long, device=device)  # tokens including </s>
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
 
-    state = stepper.encode(src_ids).select(torch.arange(batch, device=device).repeat_interleave(k))
+    state = stepper.encode(src_ids).repeat_each(k)  # (batch * k) rows, sentence-major
     tokens = torch.full((batch * k, 1), stepper.bos_id, dtype=torch.long, device=device)
     for steps_done in count():
         n = sentence.numel()

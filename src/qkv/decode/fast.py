@@ -70,9 +70,10 @@ class _FrozenDecoderLayer:
         empty_rows: Tensor | None,
         cache: LayerCache,
     ) -> Tensor:
-        """Shapes: x (rows, d_model), the new position of each row; memory (rows, src_len, d_model);
-        memory_mask None (every key allowed) or (rows, 1, 1, src_len); empty_rows None or (rows, 1, 1, 1),
-        True where a row may attend to no source key -> (rows, d_model)."""
+        """Shapes: x (rows, d_model), the new position of each row, ``rows = sources * beams`` with a
+        source's beams consecutive; memory (sources, src_len, d_model); memory_mask None (every key
+        allowed) or (sources, 1, 1, src_len); empty_rows None or (sources, 1, 1, 1), True where a source
+        has no key -> (rows, d_model)."""
         x = self._sublayer(x, self.norms[0], lambda h: self._self_attention(h, cache))
         x = self._sublayer(
             x, self.norms[1], lambda h: self._cross_attention(h, memory, memory_mask, empty_rows, cache)
@@ -109,12 +110,14 @@ class _FrozenDecoderLayer:
             kv = self.cross_kv(memory).view(rows, src_len, 2, self.heads, self.d_model // self.heads)
             cache.cross_k = kv[:, :, 0].transpose(1, 2).contiguous()  # (rows, heads, src_len, d_head)
             cache.cross_v = kv[:, :, 1].transpose(1, 2).contiguous()
-        context = F.scaled_dot_product_attention(
-            self._heads(self.cross_q(h)), cache.cross_k, cache.cross_v, attn_mask=memory_mask
-        )
-        if empty_rows is not None:  # a row with no source key attends to nothing (see qkv.nn.attention)
+        # The beams of a source are its queries: (sources, heads, beams, d_head) against the source's
+        # keys, which are stored once (see CachedState.beams). With one beam this is the usual layout.
+        sources = memory.shape[0]
+        q = self.cross_q(h).view(sources, -1, self.heads, self.d_model // self.heads).transpose(1, 2)
+        context = F.scaled_dot_product_attention(q, cache.cross_k, cache.cross_v, attn_mask=memory_mask)
+        if empty_rows is not None:  # a source with no key is attended to by nothing (see qkv.nn.attention)
             context = context.masked_fill(empty_rows, 0.0)
-        return self.cross_out(context.reshape(h.shape[0], self.d_model))
+        return self.cross_out(context.transpose(1, 2).reshape(h.shape[0], self.d_model))
 
     def _ffn(self, h: Tensor) -> Tensor:
         hidden = self.fc_in(h)  # (rows, d_ff)
@@ -138,12 +141,17 @@ class FastDecoder:
         output = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
         self.output = PackedLinear(output, None, rows_hint=rows_hint)
 
-    def step(self, tokens: Tensor, encoded: Encoded, cache: KVCache) -> Tensor:
+    def step(self, tokens: Tensor, encoded: Encoded, cache: KVCache, *, beams: int = 1) -> Tensor:
         """Feed one token per row; return the logits of the next one. The cache is updated in place.
 
-        Shapes: tokens (rows, 1) -> logits (rows, tgt_vocab).
+        ``beams`` consecutive rows share one source: ``encoded`` and the cache's cross-attention keys and
+        values hold one row per source (see :class:`~qkv.decode.step.CachedState`).
+
+        Shapes: tokens (rows, 1), encoded.memory (rows / beams, src_len, d_model) -> logits (rows, vocab).
         """
         rows = tokens.shape[0]
+        if rows != encoded.memory.shape[0] * beams:
+            raise ValueError(f"{rows} rows for {encoded.memory.shape[0]} sources of {beams} beams each")
         x = (self.embed(tokens) + self.positions(1, cache.length)).view(rows, -1)  # (rows, d_model)
         memory_mask: Tensor | None = encoded.may_attend  # (rows, 1, 1, src_len)
         empty_rows: Tensor | None = None

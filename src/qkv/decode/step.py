@@ -6,6 +6,7 @@ A strategy sees a model only through a :class:`Stepper`::
     log_probs, state = stepper.step(tokens, state)   # tokens (rows, 1), the newest token of each row
                                                      #   -> log_probs (rows, vocab) of the token after it
     state = state.select(indices)                    # keep, reorder or repeat rows (beam search)
+    state = state.repeat_each(beam)                  # row i -> rows i*beam .. i*beam+beam-1 (beam start)
 
 The first token fed is <s>; each later one is the token the strategy chose. :class:`CachedStepper` runs
 one decoder position per step with the key/value cache (the prefix is never re-run);
@@ -47,6 +48,14 @@ class DecodeState(Protocol):
         """
         ...
 
+    def repeat_each(self: _Self, times: int) -> _Self:
+        """Each row ``times`` times in a row: row i becomes rows ``i * times`` to ``i * times + times - 1``,
+        all decoding source i (beam search's start: one row per beam). The same as
+        ``select(arange(rows).repeat_interleave(times))``; a state may store what depends only on the
+        source once per source instead of once per row.
+        """
+        ...
+
 
 S = TypeVar("S", bound=DecodeState)
 
@@ -82,14 +91,59 @@ class Stepper(Protocol[S]):
 
 @dataclass
 class CachedState:
-    """The encoder output and the decoder's key/value cache for the rows being decoded."""
+    """The encoder output and the decoder's key/value cache for the rows being decoded.
+
+    ``beams`` consecutive rows decode one source (beam search, after :meth:`repeat_each`): the encoder
+    output and the cross-attention keys and values then hold one row per source, not per beam, and the
+    fast decoder step lets a source's beams attend to them together (``rows / beams`` sources).
+    """
 
     encoded: Encoded
     cache: KVCache
+    beams: int = 1
 
     def select(self, indices: Tensor, *, same_sources: bool = False) -> CachedState:
-        encoded = self.encoded if same_sources else self.encoded.select(indices)
-        return CachedState(encoded, self.cache.select(indices, same_sources=same_sources))
+        if same_sources:
+            return CachedState(self.encoded, self.cache.select(indices, same_sources=True), self.beams)
+        if self.beams == 1:
+            return CachedState(self.encoded.select(indices), self.cache.select(indices))
+        sources = _sources_of(indices, self.beams)
+        return CachedState(
+            self.encoded.select(sources), self.cache.select(indices, sources=sources), self.beams
+        )
+
+    def repeat_each(self, times: int) -> CachedState:
+        rows = self.cache_rows()
+        if self.beams != 1 or self.cache.length:
+            # Only a fresh, ungrouped state is grouped; anything else repeats rows plainly.
+            return self.ungrouped().select(torch.arange(rows).repeat_interleave(times))
+        return CachedState(self.encoded, self.cache, times)
+
+    def cache_rows(self) -> int:
+        """The number of decoder rows (sources times beams)."""
+        return int(self.encoded.memory.shape[0]) * self.beams
+
+    def ungrouped(self) -> CachedState:
+        """The same state with one encoder row per decoder row (what ``Transformer.decode`` reads)."""
+        if self.beams == 1:
+            return self
+        rows = torch.arange(self.cache_rows(), device=self.encoded.memory.device)
+        sources = rows // self.beams
+        return CachedState(self.encoded.select(sources), self.cache.select(rows, sources=sources))
+
+
+def _sources_of(indices: Tensor, beams: int) -> Tensor:
+    """The source of each group of ``beams`` new rows, for a selection that keeps groups whole.
+
+    Shapes: indices (rows,) -> (rows / beams,). Beam search only reorders beams within a sentence or drops
+    whole sentences; a selection that splits a group is a bug and raises.
+    """
+    if indices.numel() % beams:
+        raise ValueError(f"selecting {indices.numel()} rows from groups of {beams} beams")
+    groups = torch.div(indices.view(-1, beams), beams, rounding_mode="floor")  # (sources, beams)
+    if not bool((groups == groups[:, :1]).all()):
+        raise ValueError("a selection mixes beams of different sources")
+    return groups[:, 0]
 
 
 @dataclass
@@ -102,6 +156,10 @@ class UncachedState:
     def select(self, indices: Tensor, *, same_sources: bool = False) -> UncachedState:
         encoded = self.encoded if same_sources else self.encoded.select(indices)
         return UncachedState(encoded, self.prefix.index_select(0, indices))
+
+    def repeat_each(self, times: int) -> UncachedState:
+        rows = self.prefix.shape[0]
+        return self.select(torch.arange(rows, device=self.prefix.device).repeat_interleave(times))
 
 
 class _ModelStepper:
@@ -148,8 +206,9 @@ class CachedStepper(_ModelStepper):
         if self.fast and tokens.shape[1] == 1 and can_use_fast_decoder(self.model, state.encoded.memory):
             if self._fast_decoder is None:
                 self._fast_decoder = fast_decoder(self.model, tokens.shape[0])
-            logits = self._fast_decoder.step(tokens, state.encoded, state.cache)  # (rows, vocab)
-            return torch.log_softmax(logits, dim=-1), state
+            logits = self._fast_decoder.step(tokens, state.encoded, state.cache, beams=state.beams)
+            return torch.log_softmax(logits, dim=-1), state  # (rows, vocab)
+        state = state.ungrouped()  # the reference reads one encoder row per decoder row
         decoded = self.model.decode(tokens, state.encoded, cache=state.cache)  # logits (rows, 1, vocab)
         if decoded.cache is None:
             raise RuntimeError("model.decode(..., cache=cache) must hand the cache back")

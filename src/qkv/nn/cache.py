@@ -52,21 +52,28 @@ class LayerCache:
         self.self_len = needed
         return self.self_k[:, :, :needed], self.self_v[:, :, :needed]
 
-    def select(self, indices: Tensor, *, same_sources: bool = False) -> LayerCache:
+    def select(
+        self, indices: Tensor, *, same_sources: bool = False, sources: Tensor | None = None
+    ) -> LayerCache:
         """Keep batch rows ``indices`` (in that order), e.g. the surviving beams.
 
         ``same_sources=True`` promises that new row i reads the same source as old row i (beams of one
         sentence trading places): the cross-attention keys and values are then kept as they are, not
-        copied, since they depend on the source only.
+        copied, since they depend on the source only. ``sources`` picks the cross-attention rows
+        separately, for a cache that holds them once per source and the self-attention ones per beam.
         """
 
-        def pick(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.index_select(0, indices)
+        def pick(t: Tensor | None, rows: Tensor) -> Tensor | None:
+            return None if t is None else t.index_select(0, rows)
 
-        cross_k, cross_v = (
-            (self.cross_k, self.cross_v) if same_sources else (pick(self.cross_k), pick(self.cross_v))
+        if same_sources:
+            cross_k, cross_v = self.cross_k, self.cross_v
+        else:
+            cross_rows = indices if sources is None else sources
+            cross_k, cross_v = pick(self.cross_k, cross_rows), pick(self.cross_v, cross_rows)
+        return LayerCache(
+            pick(self.self_k, indices), pick(self.self_v, indices), self.self_len, cross_k, cross_v
         )
-        return LayerCache(pick(self.self_k), pick(self.self_v), self.self_len, cross_k, cross_v)
 
 
 @dataclass
@@ -86,8 +93,13 @@ class KVCache:
     def length(self) -> int:
         return self.layers[0].self_len if self.layers else 0
 
-    def select(self, indices: Tensor, *, same_sources: bool = False) -> KVCache:
+    def select(
+        self, indices: Tensor, *, same_sources: bool = False, sources: Tensor | None = None
+    ) -> KVCache:
         """Reorder or subset the batch dimension of every layer (beam search); see
-        :meth:`LayerCache.select` for ``same_sources``."""
+        :meth:`LayerCache.select` for ``same_sources`` and ``sources``."""
         indices = indices.to(torch.long)
-        return KVCache([layer.select(indices, same_sources=same_sources) for layer in self.layers])
+        sources = None if sources is None else sources.to(torch.long)
+        return KVCache(
+            [layer.select(indices, same_sources=same_sources, sources=sources) for layer in self.layers]
+        )
