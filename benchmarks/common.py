@@ -212,11 +212,15 @@ class Table:
     rows: dict[str, dict[str, float | None]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # system -> why it did not run
     notes: list[str] = field(default_factory=list)
+    # A row that is a mode of another system (e.g. "qkv int8" of "qkv"): system -> that system. Rows of
+    # one system are never each other's "other".
+    variant_of: dict[str, str] = field(default_factory=dict)
 
     def ratio(self, system: str, key: str) -> float | None:
-        """The row's value over the best value of the other rows (None if either is missing)."""
+        """The row's value over the best value of the other systems' rows (None if either is missing)."""
         value = self.rows[system].get(key)
-        others = [r.get(key) for s, r in self.rows.items() if s != system]
+        family = self.variant_of.get(system, system)
+        others = [r.get(key) for s, r in self.rows.items() if self.variant_of.get(s, s) != family]
         best = max((v for v in others if v is not None), default=None)
         if value is None or not best:
             return None

@@ -199,3 +199,16 @@ def test_average_of_checkpoints_is_the_elementwise_mean(model_dir: Path, tmp_pat
     assert saved.load(out).model.config == saved.load(model_dir).model.config
     with pytest.raises(ValueError, match="only 3 exist"):
         average_run(run, 5, tmp_path / "avg5")
+
+
+def test_int8_translates_like_float32_and_refuses_a_gpu(model_dir: Path) -> None:
+    """--int8 on a random tiny model: outputs line up with the input; a GPU request is refused."""
+    lines = ["我爱你", "你好吗？", "", "他们在学校。"]
+    stdin = "\n".join(lines).encode() + b"\n"
+    plain = qkv("translate", "--model", str(model_dir), "--beam", "1", stdin=stdin)
+    int8 = qkv("translate", "--model", str(model_dir), "--beam", "1", "--int8", stdin=stdin)
+    assert plain.returncode == 0 and int8.returncode == 0, int8.stderr.decode()
+    assert len(int8.stdout.decode().split("\n")) == len(plain.stdout.decode().split("\n")) == len(lines) + 1
+    refused = qkv("translate", "--model", str(model_dir), "--int8", "--device", "cuda", "x")
+    assert refused.returncode != 0
+    assert b"--int8" in refused.stderr or b"cuda" in refused.stderr.lower()

@@ -219,6 +219,15 @@ def _load_translator(args: argparse.Namespace) -> Any:
         raise UsageError(f"--decoder at: {model.path} is a non-autoregressive model; use --decoder nat")
     if args.iterations < 1 or args.length_beam < 1:
         raise UsageError("--iterations and --length-beam must be at least 1")
+    if args.int8:
+        from qkv.nn.packed import int8_available
+
+        if is_nat:
+            raise UsageError("--int8 is for autoregressive decoding; a NAT model decodes in float32")
+        if next(model.model.parameters()).device.type != "cpu":
+            raise UsageError("--int8 runs on a CPU; add --device cpu")
+        if not int8_available():
+            raise UsageError("--int8: this torch build has no fbgemm/x86 int8 kernels")
     teacher = None
     if args.rescore_model is not None:
         if not is_nat:
@@ -241,6 +250,7 @@ def _load_translator(args: argparse.Namespace) -> Any:
         iterations=args.iterations,
         length_beam=args.length_beam,
         teacher=teacher,
+        int8=args.int8,
     )
 
 
@@ -817,6 +827,12 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--max-len-b", type=int, default=10, help="see --max-len-a (default b=10)")
         g.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
         g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+        g.add_argument(
+            "--int8",
+            action="store_true",
+            help="CPU: decode with int8 weights and dynamically quantised activations (faster, "
+            "approximate: check BLEU with qkv evaluate --int8)",
+        )
         g = p.add_argument_group("non-autoregressive decoding (models trained with --model-type nat)")
         g.add_argument(
             "--decoder",

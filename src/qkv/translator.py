@@ -30,7 +30,8 @@ class Translator:
     (:class:`~qkv.models.nat.NATransformer`) with mask-predict: ``iterations`` passes (1 = the single
     pass) for each of its ``length_beam`` most probable lengths. With a ``teacher`` (an autoregressive
     model with its tokenizers), the length beam's candidates are rescored by it instead of by the NAT's
-    own average log-probability.
+    own average log-probability. ``int8`` decodes an autoregressive model with int8 weights and
+    dynamically quantised activations (CPU).
     """
 
     model: Transformer | NATransformer
@@ -46,6 +47,7 @@ class Translator:
     iterations: int = 1
     length_beam: int = 1
     teacher: tuple[Transformer, Tokenizer, Tokenizer] | None = None
+    int8: bool = False
 
     def translate(self, texts: Sequence[str], *, first_line: int = 1) -> list[str]:
         """One translation per text, in order. ``first_line`` numbers the texts in warnings."""
@@ -73,6 +75,7 @@ class Translator:
                 max_len_a=self.max_len_a,
                 max_len_b=self.max_len_b,
                 batch_size=self.batch_size,
+                int8=self.int8,
             )
         return [_LINE_BREAKS.sub(" ", self.tgt_tokenizer.decode(ids)).strip() for ids in outputs]
 

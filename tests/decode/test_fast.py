@@ -14,6 +14,7 @@ from qkv.decode.fast import _SNAPSHOTS, fast_decoder
 from qkv.decode.greedy import greedy_search
 from qkv.decode.step import CachedStepper
 from qkv.models.seq2seq import Transformer
+from qkv.nn.packed import Int8Linear, int8_available
 from tests.decode.conftest import random_model
 
 # The fast step does the reference's float32 arithmetic with the same BLAS (packed weights, Q/K/V as one
@@ -157,3 +158,46 @@ def test_snapshot_does_not_keep_its_model_alive() -> None:
     del model
     gc.collect()
     assert alive() is None
+
+
+needs_int8 = pytest.mark.skipif(not int8_available(), reason="no fbgemm/x86 int8 kernels in this torch")
+
+
+@needs_int8
+@pytest.mark.parametrize("rows", [4, 16])  # 16 rows: every product in int8; 4: the output projection
+def test_int8_steps_are_close_to_float32_steps(rows: int) -> None:
+    model = random_model()
+    generator = torch.Generator().manual_seed(rows)
+    src = torch.randint(4, 20, (rows, 7), generator=generator)
+    src[:, -1] = model.config.eos_id
+    int8, reference = CachedStepper(model, int8=True), CachedStepper(model, fast=False)
+    agree = total = 0
+    with torch.inference_mode():
+        int8_state, ref_state = int8.encode(src), reference.encode(src)
+        tokens = torch.full((rows, 1), model.config.bos_id)
+        for _ in range(6):
+            int8_lp, int8_state = int8.step(tokens, int8_state)
+            ref_lp, ref_state = reference.step(tokens, ref_state)
+            assert float((int8_lp.exp() - ref_lp.exp()).abs().max()) < 0.05  # probabilities
+            assert not torch.equal(int8_lp, ref_lp)
+            agree += int((int8_lp.argmax(-1) == ref_lp.argmax(-1)).sum())
+            total += rows
+            tokens = ref_lp.argmax(-1, keepdim=True)
+    assert agree >= 0.9 * total
+    assert int8._fast_decoder is not None and int8._fast_decoder.int8
+    assert isinstance(int8._fast_decoder.output, Int8Linear)
+    assert isinstance(int8._fast_decoder.layers[0].fc_in, Int8Linear) == (rows >= 8)
+
+
+@needs_int8
+def test_int8_decode_and_its_errors(sources: list[list[int]]) -> None:
+    model = random_model()
+    found = decode(model, sources, method="beam", beam=3, int8=True)
+    assert len(found) == len(sources) and all(hyps for hyps in found)
+    with pytest.raises(ValueError, match="cached"):
+        decode(model, sources, int8=True, cached=False)
+    with pytest.raises(ValueError, match="fast=True"):
+        CachedStepper(model, fast=False, int8=True)
+    stepper = CachedStepper(model, int8=True)  # gradients on: the fast step cannot run, int8 refuses
+    with pytest.raises(ValueError, match="int8 decoding runs on a CPU"):
+        stepper.step(torch.full((1, 1), 1), stepper.encode(torch.tensor([[5, 2]])))

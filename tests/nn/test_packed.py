@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from qkv.nn import packed
-from qkv.nn.packed import PackedLinear, mkl_packing_available
+from qkv.nn.packed import Int8Linear, PackedLinear, int8_available, mkl_packing_available
 
 
 def _reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -76,3 +76,33 @@ def test_stacked_is_the_outputs_side_by_side() -> None:
         torch.testing.assert_close(
             PackedLinear.stacked([q, k, v], rows_hint=5)(x), expected, atol=1e-5, rtol=0
         )
+
+
+# -- int8 ---------------------------------------------------------------------------------------------
+needs_int8 = pytest.mark.skipif(not int8_available(), reason="no fbgemm/x86 int8 kernels in this torch")
+
+
+@needs_int8
+@pytest.mark.parametrize("full_range", [True, False])
+def test_int8_linear_is_close_to_float64(full_range: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-row int8 weights, 8-bit (or 7-bit) activations: ~1% (2%) root-mean-square error."""
+    monkeypatch.setattr(packed, "full_range_activations", lambda: full_range)
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(300, 256, generator=generator) * 0.05
+    bias = torch.randn(300, generator=generator) * 0.1
+    layer = Int8Linear(weight, bias)
+    assert layer.reduce_range is not full_range
+    x = torch.randn(2, 32, 256, generator=generator)
+    expected = _reference(x, weight, bias)
+    out = layer(x)
+    assert out.shape == (2, 32, 300) and out.dtype == torch.float32
+    error = float((out.double() - expected).norm() / expected.norm())
+    assert error < (0.015 if full_range else 0.03)
+    assert error > 1e-4  # it really is quantised, not a float32 product
+
+
+@needs_int8
+def test_int8_linear_without_bias() -> None:
+    weight = torch.eye(8) * 0.5
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(Int8Linear(weight)(x), x * 0.5, atol=0.02 * float(x.abs().max()), rtol=0)

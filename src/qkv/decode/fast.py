@@ -31,9 +31,14 @@ from torch import Tensor, nn
 from qkv.models.seq2seq import Encoded, Transformer
 from qkv.nn.cache import KVCache, LayerCache
 from qkv.nn.layers import DecoderLayer
-from qkv.nn.packed import PackedLinear
+from qkv.nn.packed import Int8Linear, PackedLinear, int8_available, stack_linears
 
 _Norm = tuple[Tensor, Tensor, float]  # LayerNorm weight, bias, eps
+Linear = PackedLinear | Int8Linear
+
+
+def _linear(weight: Tensor, bias: Tensor | None, *, rows_hint: int, int8: bool) -> Linear:
+    return Int8Linear(weight, bias) if int8 else PackedLinear(weight, bias, rows_hint=rows_hint)
 
 
 def _norm(module: nn.LayerNorm) -> _Norm:
@@ -43,23 +48,26 @@ def _norm(module: nn.LayerNorm) -> _Norm:
 class _FrozenDecoderLayer:
     """One decoder layer's weights, packed; :meth:`__call__` is the layer on one new position per row."""
 
-    def __init__(self, layer: DecoderLayer, rows_hint: int) -> None:
+    def __init__(self, layer: DecoderLayer, rows_hint: int, *, int8: bool = False) -> None:
         self_attn, cross_attn, ffn = layer.self_attn, layer.cross_attn, layer.ffn
         self.heads = self_attn.heads
         self.d_model = self_attn.d_model
         self.norm_first = layer.norm_first
         self.gelu = ffn.activation == "gelu"
-        self.self_qkv = PackedLinear.stacked(
-            [self_attn.q_proj, self_attn.k_proj, self_attn.v_proj], rows_hint=rows_hint
-        )
-        self.self_out = PackedLinear(self_attn.out_proj.weight, self_attn.out_proj.bias, rows_hint=rows_hint)
-        self.cross_q = PackedLinear(cross_attn.q_proj.weight, cross_attn.q_proj.bias, rows_hint=rows_hint)
-        self.cross_kv = PackedLinear.stacked([cross_attn.k_proj, cross_attn.v_proj], rows_hint=256)
-        self.cross_out = PackedLinear(
-            cross_attn.out_proj.weight, cross_attn.out_proj.bias, rows_hint=rows_hint
-        )
-        self.fc_in = PackedLinear(ffn.fc_in.weight, ffn.fc_in.bias, rows_hint=rows_hint)
-        self.fc_out = PackedLinear(ffn.fc_out.weight, ffn.fc_out.bias, rows_hint=rows_hint)
+        # int8 pays for the layer's products from ~8 rows up; below, float32 packed products are faster
+        # (quantising the activations costs more than the smaller weights save).
+        int8 = int8 and rows_hint >= 8
+
+        def linear(*linears: nn.Linear, rows: int = rows_hint) -> Linear:
+            return _linear(*stack_linears(list(linears)), rows_hint=rows, int8=int8)
+
+        self.self_qkv = linear(self_attn.q_proj, self_attn.k_proj, self_attn.v_proj)
+        self.self_out = linear(self_attn.out_proj)
+        self.cross_q = linear(cross_attn.q_proj)
+        self.cross_kv = linear(cross_attn.k_proj, cross_attn.v_proj, rows=256)  # sources x src_len rows
+        self.cross_out = linear(cross_attn.out_proj)
+        self.fc_in = linear(ffn.fc_in)
+        self.fc_out = linear(ffn.fc_out)
         self.norms = (_norm(layer.norm_self_attn), _norm(layer.norm_cross_attn), _norm(layer.norm_ffn))
 
     def __call__(
@@ -131,15 +139,24 @@ class FastDecoder:
     ``rows_hint`` is the number of rows the packed weights are tuned for (any number works).
     """
 
-    def __init__(self, model: Transformer, rows_hint: int) -> None:
+    def __init__(self, model: Transformer, rows_hint: int, *, int8: bool = False) -> None:
+        if int8 and not int8_available():
+            raise RuntimeError(
+                "int8 decoding needs torch's fbgemm/x86 quantised kernels, which this torch build lacks"
+            )
         # The embedding and position modules, not the model: a snapshot must not keep its model alive.
         self.embed = model.tgt_embed
         self.positions = model.positions
         self.rows_hint = rows_hint
-        self.layers = [_FrozenDecoderLayer(layer, rows_hint) for layer in model.decoder]  # type: ignore[arg-type]
+        self.int8 = int8
+        self.layers = [
+            _FrozenDecoderLayer(layer, rows_hint, int8=int8)  # type: ignore[arg-type]
+            for layer in model.decoder
+        ]
         self.final_norm = None if model.decoder_norm is None else _norm(model.decoder_norm)
         output = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
-        self.output = PackedLinear(output, None, rows_hint=rows_hint)
+        # The output projection (d_model x vocab) is the largest product: int8 pays at every size.
+        self.output = _linear(output, None, rows_hint=rows_hint, int8=int8)
 
     def step(self, tokens: Tensor, encoded: Encoded, cache: KVCache, *, beams: int = 1) -> Tensor:
         """Feed one token per row; return the logits of the next one. The cache is updated in place.
@@ -180,8 +197,8 @@ def can_use_fast_decoder(model: Transformer, memory: Tensor) -> bool:
     )
 
 
-# Per model: a few snapshots by (rows, threads), each with the parameter versions it was built from.
-_Key = tuple[int, int]
+# Per model: a few snapshots by (rows, threads, int8), each with the parameter versions it was built from.
+_Key = tuple[int, int, bool]
 _SNAPSHOTS: weakref.WeakKeyDictionary[Transformer, OrderedDict[_Key, tuple[tuple[int, ...], FastDecoder]]]
 _SNAPSHOTS = weakref.WeakKeyDictionary()
 _KEPT_PER_MODEL = 3
@@ -192,7 +209,7 @@ def _parameter_versions(model: nn.Module) -> tuple[int, ...]:
     return tuple(v for p in model.parameters() for v in (id(p), p._version, p.data_ptr()))
 
 
-def fast_decoder(model: Transformer, rows: int) -> FastDecoder:
+def fast_decoder(model: Transformer, rows: int, *, int8: bool = False) -> FastDecoder:
     """The model's decoder packed for ``rows`` rows, built once and reused while the weights stay the
     same (the three most recently used snapshots are kept per model).
 
@@ -201,14 +218,14 @@ def fast_decoder(model: Transformer, rows: int) -> FastDecoder:
     of threads torch has when it packs: a weight packed on one thread and used on two ran 1.3x slower
     here, so the thread count is part of what a snapshot is for.
     """
-    key = (rows, torch.get_num_threads())
+    key = (rows, torch.get_num_threads(), int8)
     versions = _parameter_versions(model)
     snapshots = _SNAPSHOTS.setdefault(model, OrderedDict())
     found = snapshots.get(key)
     if found is not None and found[0] == versions:
         snapshots.move_to_end(key)
         return found[1]
-    fresh = FastDecoder(model, key[0])
+    fresh = FastDecoder(model, rows, int8=int8)
     snapshots[key] = (versions, fresh)
     snapshots.move_to_end(key)
     for stale in [k for k, (v, _) in snapshots.items() if v != versions]:

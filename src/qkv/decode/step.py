@@ -191,12 +191,17 @@ class CachedStepper(_ModelStepper):
 
     On a CPU in float32 without gradients, steps run through :class:`~qkv.decode.fast.FastDecoder` (the
     same function as ``model.decode``, packed weights, fewer calls), its weights packed for the rows of
-    the first step; ``fast=False`` always takes ``model.decode``, the reference.
+    each batch's first step; ``fast=False`` always takes ``model.decode``, the reference. ``int8=True``
+    runs the fast step with int8 weights and dynamically quantised activations (an approximation:
+    ``qkv evaluate --int8`` measures what it costs in BLEU); it needs the fast step's conditions.
     """
 
-    def __init__(self, model: Transformer, *, fast: bool = True) -> None:
+    def __init__(self, model: Transformer, *, fast: bool = True, int8: bool = False) -> None:
         super().__init__(model)
+        if int8 and not fast:
+            raise ValueError("int8 decoding is a mode of the fast step: it needs fast=True")
         self.fast = fast
+        self.int8 = int8
         self._fast_decoder: FastDecoder | None = None
 
     def encode(self, src_ids: Tensor) -> CachedState:
@@ -204,10 +209,15 @@ class CachedStepper(_ModelStepper):
 
     def step(self, tokens: Tensor, state: CachedState) -> tuple[Tensor, CachedState]:
         if self.fast and tokens.shape[1] == 1 and can_use_fast_decoder(self.model, state.encoded.memory):
-            if self._fast_decoder is None:
-                self._fast_decoder = fast_decoder(self.model, tokens.shape[0])
+            if self._fast_decoder is None or state.cache.length == 0:  # a new batch: packed for its rows
+                self._fast_decoder = fast_decoder(self.model, tokens.shape[0], int8=self.int8)
             logits = self._fast_decoder.step(tokens, state.encoded, state.cache, beams=state.beams)
             return torch.log_softmax(logits, dim=-1), state  # (rows, vocab)
+        if self.int8:
+            raise ValueError(
+                "int8 decoding runs on a CPU, in float32, without gradients, one token per step "
+                f"(here: {state.encoded.memory.device.type}, {state.encoded.memory.dtype})"
+            )
         state = state.ungrouped()  # the reference reads one encoder row per decoder row
         decoded = self.model.decode(tokens, state.encoded, cache=state.cache)  # logits (rows, 1, vocab)
         if decoded.cache is None:
