@@ -195,17 +195,20 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
     ] = [
         ("qkv", qkv_run, None),
         (
+            "qkv int8",
+            lambda srcs, method, beam: qkv_run(srcs, method, beam, int8=True),
+            "a CPU mode" if device.is_cuda else (None if int8_available() else "no fbgemm/x86 int8 kernels"),
+        ),
+        (
             "HF generate()",
             hf_run,
             None if hf is not None else "transformers is not installed (pip install -e '.[bench]')",
         ),
         ("CTranslate2", ct2_run, ct2_missing),
-        (
-            "qkv int8",
-            lambda srcs, method, beam: qkv_run(srcs, method, beam, int8=True),
-            "a CPU mode" if device.is_cuda else (None if int8_available() else "no fbgemm/x86 int8 kernels"),
-        ),
     ]
+    # CTranslate2 runs last: once one of its translators has run on 2 threads, torch work in the same
+    # process ran 2.6x slower here for as long as that translator lived (its idle threads keep a core
+    # busy), so it would tax whoever came after it.
     table.variant_of["qkv int8"] = "qkv"
     for system, make, missing in systems:
         if missing is not None:

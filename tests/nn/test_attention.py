@@ -237,3 +237,28 @@ def test_attention_dropout_is_off_in_eval_mode(rng: torch.Generator) -> None:
 def test_mha_rejects_heads_not_dividing_d_model() -> None:
     with pytest.raises(ValueError, match="d_model=10 must be divisible by heads=4"):
         MultiHeadAttention(10, 4)
+
+
+def test_inference_self_attention_with_one_qkv_product_matches_torch(rng: torch.Generator) -> None:
+    """Without gradients, self-attention projects Q, K, V with one stacked product: torch's MHA (copied
+    weights, computed with gradients on) is the reference; padding masked."""
+    ours = MultiHeadAttention(D_MODEL, 4)
+    randomize_norms_and_biases(ours, rng)
+    theirs = nn.MultiheadAttention(D_MODEL, 4, batch_first=True)
+    copy_attention(ours, theirs)
+    ours.eval(), theirs.eval()
+    x = torch.randn(3, 5, D_MODEL, generator=rng)
+    key_padding_mask = key_padding([5, 3, 1], 5)
+    expected, _ = theirs(x, x, x, key_padding_mask=key_padding_mask, need_weights=False)
+    with torch.no_grad():
+        stacked, _ = ours(x, None, masks.from_key_padding_mask(key_padding_mask))
+    torch.testing.assert_close(stacked, expected, atol=ATTENTION_ATOL, rtol=0)
+
+
+def test_inference_qkv_product_without_biases_equals_three_products(rng: torch.Generator) -> None:
+    ours = MultiHeadAttention(D_MODEL, 4, bias=False).eval()
+    x = torch.randn(2, 4, D_MODEL, generator=rng)
+    separate, _ = ours(x)  # gradients on: three products
+    with torch.no_grad():
+        stacked, _ = ours(x)
+    torch.testing.assert_close(stacked, separate.detach(), atol=1e-6, rtol=0)
