@@ -54,9 +54,8 @@ class _FrozenDecoderLayer:
         self.d_model = self_attn.d_model
         self.norm_first = layer.norm_first
         self.gelu = ffn.activation == "gelu"
-        # int8 pays for the layer's products from ~8 rows up; below, float32 packed products are faster
-        # (quantising the activations costs more than the smaller weights save).
-        int8 = int8 and rows_hint >= 8
+        # int8 pays at every row count here, even 1: a step's weights do not stay in cache between
+        # steps, and int8 reads a quarter of the bytes (a single sentence: 955 -> 1,037 tokens/s).
 
         def linear(*linears: nn.Linear, rows: int = rows_hint) -> Linear:
             return _linear(*stack_linears(list(linears)), rows_hint=rows, int8=int8)
@@ -155,7 +154,6 @@ class FastDecoder:
         ]
         self.final_norm = None if model.decoder_norm is None else _norm(model.decoder_norm)
         output = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
-        # The output projection (d_model x vocab) is the largest product: int8 pays at every size.
         self.output = _linear(output, None, rows_hint=rows_hint, int8=int8)
 
     def step(self, tokens: Tensor, encoded: Encoded, cache: KVCache, *, beams: int = 1) -> Tensor:
