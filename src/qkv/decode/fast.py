@@ -6,12 +6,17 @@ small model is then bound by dispatch and by small matrix products, not by arith
 computes the same function for exactly that case (one new position, a key/value cache, no gradients, no
 attention weights, float32 on a CPU) with:
 
-* every weight packed once for MKL's GEMM (:class:`~qkv.nn.packed.PackedLinear`), tuned for the step's
-  number of rows;
+* every weight packed once for MKL's GEMM (:class:`~qkv.nn.packed.PackedLinear`), for the batch's number
+  of rows (other row counts, as greedy search drops finished sentences, get the plain product);
 * W_Q, W_K, W_V of self-attention as one product, and W_K, W_V of cross-attention as one (computed once
   per sentence, on the first step, as in the reference);
+* beam search's beams of one sentence as one block of queries against the sentence's cross-attention keys
+  and values, stored once per sentence (:class:`~qkv.decode.step.CachedState` ``beams``);
 * plain functions instead of module calls, in-place residual adds, the source mask checked once per step
   instead of once per layer.
+
+With ``int8=True`` every product is an :class:`~qkv.nn.packed.Int8Linear` instead (int8 weights,
+activations quantised per call): an approximation, ``qkv translate --int8``.
 
 It reads and writes the same :class:`~qkv.nn.cache.KVCache` as the reference, so the two can be mixed
 step by step; tests check them against each other (logits, greedy and beam outputs). Weights are a
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -57,13 +63,13 @@ class _FrozenDecoderLayer:
         # int8 pays at every row count here, even 1: a step's weights do not stay in cache between
         # steps, and int8 reads a quarter of the bytes (a single sentence: 955 -> 1,037 tokens/s).
 
-        def linear(*linears: nn.Linear, rows: int = rows_hint) -> Linear:
-            return _linear(*stack_linears(list(linears)), rows_hint=rows, int8=int8)
+        def linear(*linears: nn.Linear) -> Linear:
+            return _linear(*stack_linears(list(linears)), rows_hint=rows_hint, int8=int8)
 
         self.self_qkv = linear(self_attn.q_proj, self_attn.k_proj, self_attn.v_proj)
         self.self_out = linear(self_attn.out_proj)
         self.cross_q = linear(cross_attn.q_proj)
-        self.cross_kv = linear(cross_attn.k_proj, cross_attn.v_proj, rows=256)  # sources x src_len rows
+        self.cross_kv = linear(cross_attn.k_proj, cross_attn.v_proj)  # once per batch, on the memory
         self.cross_out = linear(cross_attn.out_proj)
         self.fc_in = linear(ffn.fc_in)
         self.fc_out = linear(ffn.fc_out)
@@ -87,11 +93,13 @@ class _FrozenDecoderLayer:
         )
         return self._sublayer(x, self.norms[2], self._ffn)
 
-    def _sublayer(self, x: Tensor, norm: _Norm, sublayer: object) -> Tensor:
+    def _sublayer(self, x: Tensor, norm: _Norm, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        """Add & Norm around ``sublayer``, as :class:`~qkv.nn.layers.DecoderLayer` does (post- or pre-LN);
+        the sublayer's output is a fresh tensor, so the residual is added in place."""
         weight, bias, eps = norm
         if self.norm_first:  # x + Sublayer(LayerNorm(x))
-            return sublayer(F.layer_norm(x, (self.d_model,), weight, bias, eps)).add_(x)  # type: ignore[operator, no-any-return]
-        return F.layer_norm(sublayer(x).add_(x), (self.d_model,), weight, bias, eps)  # type: ignore[operator]
+            return sublayer(F.layer_norm(x, (self.d_model,), weight, bias, eps)).add_(x)
+        return F.layer_norm(sublayer(x).add_(x), (self.d_model,), weight, bias, eps)
 
     def _heads(self, x: Tensor) -> Tensor:
         """(rows, d_model) -> (rows, heads, 1, d_head), a view."""
@@ -135,7 +143,8 @@ class _FrozenDecoderLayer:
 class FastDecoder:
     """A :class:`~qkv.models.seq2seq.Transformer`'s decoder, frozen for one-token steps on a CPU.
 
-    ``rows_hint`` is the number of rows the packed weights are tuned for (any number works).
+    ``rows_hint`` is the number of rows the packed weights are for: products at exactly that many rows
+    run packed, any other number runs the plain product (the same numbers).
     """
 
     def __init__(self, model: Transformer, rows_hint: int, *, int8: bool = False) -> None:

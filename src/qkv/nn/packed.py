@@ -1,10 +1,10 @@
-"""A linear map whose weight is stored pre-packed for the CPU's matrix multiply: inference only.
+"""Linear maps for CPU inference: the weight pre-packed for the matrix multiply, or stored in int8.
 
 ``F.linear`` hands the weight to the BLAS in its plain layout, and the BLAS re-packs it into its blocked
 layout on every call. For the small products of a decoding step (a batch of 1-128 rows times a 256-1024
 wide weight) that re-packing is a large part of the work: on this project's 2-core Xeon, a (32, 256) x
 (256, 8000) product takes 0.73 ms through ``F.linear`` and 0.47 ms with the weight packed once
-(``benchmarks/`` has the numbers). :class:`PackedLinear` packs once, with MKL's packed GEMM — the operator
+(measured with ``torch.ops.mkl`` directly). :class:`PackedLinear` packs once, with MKL's packed GEMM — the operator
 PyTorch's own compiler uses for frozen CPU linears (``torch.ops.mkl._mkl_linear``).
 
 MKL packs for one number of rows (``rows_hint``) and uses the packed copy only for inputs with exactly
@@ -12,7 +12,10 @@ that many rows; any other number of rows runs the plain product on the original 
 without the speed-up. Where MKL's packed GEMM is missing (a build without MKL, a non-x86 CPU) or the
 weight is not a float32 CPU tensor, :class:`PackedLinear` computes ``F.linear``.
 
-The weight must not change while a :class:`PackedLinear` is in use (the packed copy would not follow it);
+:class:`Int8Linear` stores the weight in int8 and quantises the input on every call (dynamic
+quantisation): a quarter of the weight bytes, an approximation (``qkv translate --int8``).
+
+The weight must not change while either is in use (the packed copy would not follow it);
 :func:`qkv.decode.fast.fast_decoder` rebuilds its snapshot when a parameter changes. Nothing here has a
 gradient.
 """
