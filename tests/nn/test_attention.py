@@ -262,3 +262,33 @@ def test_inference_qkv_product_without_biases_equals_three_products(rng: torch.G
     with torch.no_grad():
         stacked, _ = ours(x)
     torch.testing.assert_close(stacked, separate.detach(), atol=1e-6, rtol=0)
+
+
+def test_inference_stacked_weights_follow_in_place_changes(rng: torch.Generator) -> None:
+    """Inference stacks Q/K/V (and cross K/V) weights: the results follow a projection changed in place
+    (even through .data, which torch's version counter does not see) or replaced; weights made in
+    inference mode work too."""
+    ours = MultiHeadAttention(D_MODEL, 4).eval()
+    x, memory = torch.randn(2, 3, D_MODEL, generator=rng), torch.randn(2, 5, D_MODEL, generator=rng)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return ours(x)[0], ours(x, memory)[0]
+
+    def reference() -> tuple[torch.Tensor, torch.Tensor]:
+        return ours(x)[0].detach(), ours(x, memory)[0].detach()  # gradients on: separate products
+
+    for change in (
+        lambda: ours.k_proj.weight.data.mul_(2.0),  # in place
+        lambda: setattr(ours.v_proj, "weight", nn.Parameter(torch.randn(D_MODEL, D_MODEL))),  # replaced
+    ):
+        both()
+        change()
+        for got, expected in zip(both(), reference(), strict=True):
+            torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    with torch.inference_mode():
+        made_here = MultiHeadAttention(D_MODEL, 4).eval()
+        assert made_here.q_proj.weight.is_inference()
+        out, _ = made_here(x)
+    with torch.no_grad():
+        torch.testing.assert_close(out, made_here(x)[0], atol=1e-6, rtol=0)

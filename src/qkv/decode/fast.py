@@ -220,6 +220,10 @@ def fast_decoder(model: Transformer, rows: int, *, int8: bool = False) -> FastDe
     """The model's decoder packed for ``rows`` rows, built once and reused while the weights stay the
     same (the three most recently used snapshots are kept per model).
 
+    Changes are seen through torch's version counters: an optimizer step, ``load_state_dict``, any
+    in-place update. A change made through ``.data`` is not counted by torch; after one, decode with
+    ``CachedStepper(model, fast=False)`` or a fresh copy of the model.
+
     MKL's packed product runs only when the rows match the packing; other row counts (greedy search
     drops finished sentences) get the plain product, the same numbers. MKL also packs for the number
     of threads torch has when it packs: a weight packed on one thread and used on two ran 1.3x slower

@@ -84,13 +84,15 @@ class NATransformer(EncoderDecoder):
         Shapes: tgt_ids (batch, tgt_len) -> Decoded(logits (batch, tgt_len, tgt_vocab), cache None,
         self/cross weights per layer (batch, heads, tgt_len, tgt_len / src_len) when asked for).
         """
-        self_may_attend = masks.padding(tgt_ids, self.config.pad_id)  # (batch, 1, 1, tgt_len): no triangle
+        # (batch, 1, 1, tgt_len): no triangle; None (on a CPU) where nothing is padded
+        self_may_attend = masks.none_if_all_allowed(masks.padding(tgt_ids, self.config.pad_id))
+        memory_may_attend = masks.none_if_all_allowed(encoded.may_attend)
         x = self.dropout(self.tgt_embed(tgt_ids) + self.positions(tgt_ids.shape[1]))
         self_weights: list[Tensor] | None = [] if need_weights else None
         cross_weights: list[Tensor] | None = [] if need_weights else None
         for layer in self.decoder:
             x, sw, cw = layer(
-                x, encoded.memory, self_may_attend, encoded.may_attend, need_weights=need_weights, fused=fused
+                x, encoded.memory, self_may_attend, memory_may_attend, need_weights=need_weights, fused=fused
             )
             if self_weights is not None and cross_weights is not None and sw is not None and cw is not None:
                 self_weights.append(sw)

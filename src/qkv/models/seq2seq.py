@@ -123,11 +123,12 @@ class EncoderDecoder(nn.Module):
         Shapes: src_ids (batch, src_len) -> Encoded(memory (batch, src_len, d_model), ...).
         """
         may_attend = masks.padding(src_ids, self.config.pad_id)  # (batch, 1, 1, src_len)
+        layer_mask = masks.none_if_all_allowed(may_attend)
         x = self.src_embed(src_ids) + self.positions(src_ids.shape[1])
         x = self.dropout(x)
         weights: list[Tensor] | None = [] if need_weights else None
         for layer in self.encoder:
-            x, w = layer(x, may_attend, need_weights=need_weights, fused=fused)
+            x, w = layer(x, layer_mask, need_weights=need_weights, fused=fused)
             if weights is not None and w is not None:
                 weights.append(w)
         if self.encoder_norm is not None:
@@ -191,6 +192,7 @@ class Transformer(EncoderDecoder):
 
         x = self.tgt_embed(tgt_ids) + self.positions(new, offset)
         x = self.dropout(x)
+        memory_may_attend = masks.none_if_all_allowed(encoded.may_attend)
         self_weights: list[Tensor] | None = [] if need_weights else None
         cross_weights: list[Tensor] | None = [] if need_weights else None
         for i, layer in enumerate(self.decoder):
@@ -198,7 +200,7 @@ class Transformer(EncoderDecoder):
                 x,
                 encoded.memory,
                 self_may_attend,
-                encoded.may_attend,
+                memory_may_attend,
                 cache=None if cache is None else cache.layers[i],
                 need_weights=need_weights,
                 fused=fused,

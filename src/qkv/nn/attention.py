@@ -110,14 +110,19 @@ class MultiHeadAttention(nn.Module):
             if proj.bias is not None:
                 nn.init.zeros_(proj.bias)
 
-    def _stacked_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x W_Q + b_Q, x W_K + b_K, x W_V + b_V as one product. Shapes: (batch, len, d_model) -> 3 x same."""
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        weight = torch.cat([p.weight for p in projections])  # (3 d_model, d_model)
+    def _stacked(self, x: Tensor, projections: tuple[nn.Linear, ...]) -> tuple[Tensor, ...]:
+        """Several projections of the same input as one product (inference): W_Q, W_K, W_V of
+        self-attention, W_K, W_V of cross-attention; the same numbers as separate products.
+
+        Shapes: x (batch, len, d_model) -> one (batch, len, d_model) per projection.
+
+        The weights are stacked on every call (a copy of a few d_model x d_model matrices): a copy kept
+        between calls would go stale, unseen, if a weight were changed through ``.data``.
+        """
+        weight = torch.cat([p.weight for p in projections])  # (n d_model, d_model)
         biases = [p.bias for p in projections]
         bias = None if any(b is None for b in biases) else torch.cat(biases)  # type: ignore[arg-type]
-        q, k, v = F.linear(x, weight, bias).split(self.d_model, dim=-1)
-        return q, k, v
+        return F.linear(x, weight, bias).split(self.d_model, dim=-1)
 
     def forward(
         self,
@@ -142,7 +147,8 @@ class MultiHeadAttention(nn.Module):
             else:
                 # Inference: W_Q, W_K, W_V as one product (3 d_model outputs), the same numbers as
                 # three; ~3% faster on BERT-MiniLM's forward here. Training keeps three.
-                q, k, v = (split_heads(t, self.heads) for t in self._stacked_qkv(x))
+                qkv = self._stacked(x, (self.q_proj, self.k_proj, self.v_proj))
+                q, k, v = (split_heads(t, self.heads) for t in qkv)
             # each (batch, heads, q_len, d_head)
             if cache is not None:
                 k, v = cache.append_self(k, v)  # (batch, heads, cached + q_len, d_head)
@@ -150,11 +156,14 @@ class MultiHeadAttention(nn.Module):
             q = split_heads(self.q_proj(x), self.heads)
             if cache is not None and cache.cross_k is not None and cache.cross_v is not None:
                 k, v = cache.cross_k, cache.cross_v  # the memory does not change while decoding
-            else:
+            elif torch.is_grad_enabled():
                 k = split_heads(self.k_proj(memory), self.heads)
                 v = split_heads(self.v_proj(memory), self.heads)
-                if cache is not None:
-                    cache.cross_k, cache.cross_v = k, v
+            else:  # inference: W_K, W_V as one product
+                kv = self._stacked(memory, (self.k_proj, self.v_proj))
+                k, v = (split_heads(t, self.heads) for t in kv)
+            if cache is not None:
+                cache.cross_k, cache.cross_v = k, v
         dropout = self.dropout if self.training else 0.0
         context, weights = attend(
             q, k, v, may_attend, dropout=dropout, need_weights=need_weights, fused=fused

@@ -25,6 +25,17 @@ def padding(ids: Tensor, pad_id: int) -> Tensor:
     return (ids != pad_id)[:, None, None, :]
 
 
+def none_if_all_allowed(may_attend: Tensor) -> Tensor | None:
+    """None where the mask allows every key (a batch without padding), else the mask itself.
+
+    Attention without a mask is faster, and a stack checks once instead of once per layer. On a CPU
+    only: on an accelerator the check would make the host wait for the device, so the mask is kept.
+    """
+    if may_attend.device.type == "cpu" and bool(may_attend.all()):
+        return None
+    return may_attend
+
+
 def causal(q_len: int, k_len: int | None = None, device: torch.device | None = None) -> Tensor:
     """Which keys each query may see when it must not look ahead (decoder self-attention).
 
