@@ -203,3 +203,19 @@ def test_int8_decode_and_its_errors(sources: list[list[int]]) -> None:
     stepper = CachedStepper(model, int8=True)  # gradients on: the fast step cannot run, int8 refuses
     with pytest.raises(ValueError, match="int8 decoding runs on a CPU"):
         stepper.step(torch.full((1, 1), 1), stepper.encode(torch.tensor([[5, 2]])))
+
+
+def test_grouped_beam_state_refuses_selections_that_split_a_sentence(model: Transformer) -> None:
+    stepper = CachedStepper(model)
+    with torch.inference_mode():
+        state = stepper.encode(pad_batch([[5, 6, 2], [7, 2]], model.config.pad_id)).repeat_each(3)
+        assert state.beams == 3 and state.cache_rows() == 6
+        kept = state.select(torch.tensor([5, 3, 4]))  # sentence 1's beams, reordered
+        assert kept.encoded.memory.shape[0] == 1 and kept.beams == 3
+        with pytest.raises(ValueError, match="mixes beams"):
+            state.select(torch.tensor([0, 1, 3]))
+        with pytest.raises(ValueError, match="groups of 3"):
+            state.select(torch.tensor([0, 1]))
+        flat = state.ungrouped()
+        assert flat.beams == 1 and flat.encoded.memory.shape[0] == 6
+        torch.testing.assert_close(flat.encoded.memory[3], state.encoded.memory[1])

@@ -64,3 +64,10 @@ def test_key_padding_mask_conversion_round_trip() -> None:
 
 def test_from_key_padding_mask_accepts_non_bool() -> None:
     assert masks.from_key_padding_mask(torch.tensor([[0, 1]]))[0, 0, 0].tolist() == [T, F]
+
+
+def test_none_if_all_allowed_drops_only_masks_that_allow_everything() -> None:
+    everything = masks.padding(torch.tensor([[5, 6, 7]]), pad_id=0)
+    assert masks.none_if_all_allowed(everything) is None
+    padded = masks.padding(torch.tensor([[5, 6, 0]]), pad_id=0)
+    assert masks.none_if_all_allowed(padded) is padded
