@@ -97,8 +97,7 @@ def run(sizes: Sizes, device: Device, peak: float, workdir: Path) -> Table:
         encoders = {
             threads: ctranslate2.Encoder(
                 str(out),
-                device="cuda" if device.is_cuda else "cpu",
-                compute_type="bfloat16" if device.is_cuda else "float32",
+                **device.ctranslate2_options(),
                 intra_threads=threads,
             )
             for threads in device.thread_options()

@@ -91,6 +91,12 @@ class Device:
         if self.is_cuda:
             torch.cuda.synchronize(self.torch_device)
 
+    def ctranslate2_options(self) -> dict[str, str]:
+        """Where and in what precision CTranslate2 runs: bfloat16 on a GPU, float32 on the CPU."""
+        if self.is_cuda:
+            return {"device": "cuda", "compute_type": "bfloat16"}
+        return {"device": "cpu", "compute_type": "float32"}
+
     def thread_options(self) -> list[int]:
         """Thread counts every system is timed at (its best is kept): 1 and all of them on a CPU (on 2
         cores a single-sentence step is too small to split, and CTranslate2 runs 2x faster on one thread

@@ -67,8 +67,7 @@ def _ct2_translators(
     translators = {
         n: ctranslate2.Translator(
             str(directory),
-            device="cuda" if device.is_cuda else "cpu",
-            compute_type="bfloat16" if device.is_cuda else "float32",
+            **device.ctranslate2_options(),
             intra_threads=n,
             inter_threads=1,
         )

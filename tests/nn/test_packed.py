@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from qkv.nn import packed
-from qkv.nn.packed import Int8Linear, PackedLinear, int8_available, mkl_packing_available
+from qkv.nn.packed import Int8Linear, PackedLinear, int8_available, mkl_packing_available, stack_linears
 
 
 def _reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -67,14 +67,14 @@ def test_other_dtypes_are_not_packed() -> None:
     torch.testing.assert_close(linear(x), x @ weight.T)
 
 
-def test_stacked_is_the_outputs_side_by_side() -> None:
+def test_stacked_linears_are_the_outputs_side_by_side() -> None:
     torch.manual_seed(0)
     q, k, v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8, bias=False)
     x = torch.randn(5, 8)
     with torch.no_grad():
         expected = torch.cat([q(x), k(x), v(x)], dim=-1)
         torch.testing.assert_close(
-            PackedLinear.stacked([q, k, v], rows_hint=5)(x), expected, atol=1e-5, rtol=0
+            PackedLinear(*stack_linears([q, k, v]), rows_hint=5)(x), expected, atol=1e-5, rtol=0
         )
 
 

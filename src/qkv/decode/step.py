@@ -113,10 +113,10 @@ class CachedState:
         )
 
     def repeat_each(self, times: int) -> CachedState:
-        rows = self.cache_rows()
         if self.beams != 1 or self.cache.length:
             # Only a fresh, ungrouped state is grouped; anything else repeats rows plainly.
-            return self.ungrouped().select(torch.arange(rows).repeat_interleave(times))
+            rows = torch.arange(self.cache_rows(), device=self.encoded.memory.device)
+            return self.ungrouped().select(rows.repeat_interleave(times))
         return CachedState(self.encoded, self.cache, times)
 
     def cache_rows(self) -> int:

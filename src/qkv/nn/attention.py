@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.nn.cache import LayerCache
+from qkv.nn.packed import stack_linears
 
 
 def attend(
@@ -119,9 +120,7 @@ class MultiHeadAttention(nn.Module):
         The weights are stacked on every call (a copy of a few d_model x d_model matrices): a copy kept
         between calls would go stale, unseen, if a weight were changed through ``.data``.
         """
-        weight = torch.cat([p.weight for p in projections])  # (n d_model, d_model)
-        biases = [p.bias for p in projections]
-        bias = None if any(b is None for b in biases) else torch.cat(biases)  # type: ignore[arg-type]
+        weight, bias = stack_linears(list(projections))  # (n d_model, d_model), (n d_model,)
         return F.linear(x, weight, bias).split(self.d_model, dim=-1)
 
     def forward(

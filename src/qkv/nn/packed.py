@@ -70,17 +70,10 @@ class PackedLinear:
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, self.rows_hint)  # type: ignore[no-any-return]
 
-    @classmethod
-    def stacked(cls, linears: list[torch.nn.Linear], *, rows_hint: int = 1) -> PackedLinear:
-        """Several linear maps of the same input as one: their outputs side by side, in order.
-
-        E.g. W_Q, W_K, W_V of self-attention -> one (3 d_model, d_model) product instead of three.
-        """
-        return cls(*stack_linears(linears), rows_hint=rows_hint)
-
 
 def stack_linears(linears: list[torch.nn.Linear]) -> tuple[Tensor, Tensor | None]:
-    """The weight and bias of several linear maps of one input, computed as one: (sum of outs, in)."""
+    """The weight and bias of several linear maps of one input, computed as one: their outputs side by
+    side, in order (e.g. W_Q, W_K, W_V -> one (3 d_model, d_model) product). Weight (sum of outs, in)."""
     weight = torch.cat([linear.weight.detach() for linear in linears], dim=0)
     if all(linear.bias is None for linear in linears):
         return weight, None
