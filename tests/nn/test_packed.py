@@ -7,7 +7,15 @@ import torch
 from torch import nn
 
 from qkv.nn import packed
-from qkv.nn.packed import Int8Linear, PackedLinear, int8_available, mkl_packing_available, stack_linears
+from qkv.nn.packed import (
+    Int8Linear,
+    OneDNNLinear,
+    PackedLinear,
+    int8_available,
+    mkl_packing_available,
+    onednn_packing_available,
+    stack_linears,
+)
 
 
 def _reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -65,6 +73,37 @@ def test_other_dtypes_are_not_packed() -> None:
     assert linear.packed is None
     x = torch.randn(3, 5, dtype=torch.float64)
     torch.testing.assert_close(linear(x), x @ weight.T)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 33])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_onednn_linear_matches_float64_at_any_rows(rows: int, with_bias: bool) -> None:
+    generator = torch.Generator().manual_seed(rows)
+    weight = torch.randn(300, 40, generator=generator)
+    bias = torch.randn(300, generator=generator) if with_bias else None
+    linear = OneDNNLinear(weight, bias)
+    if torch.backends.mkldnn.is_available():  # the x86 CPU build this project pins
+        assert linear.packed is not None and onednn_packing_available()
+    for x in (torch.randn(rows, 40, generator=generator), torch.randn(2, rows, 40, generator=generator)):
+        out = linear(x)
+        assert out.shape == (*x.shape[:-1], 300)
+        torch.testing.assert_close(out.double(), _reference(x, weight, bias), atol=1e-4, rtol=0)
+
+
+def test_onednn_linear_falls_back_where_it_cannot_pack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No oneDNN, another dtype, or an input that wants a gradient: plain ``F.linear``."""
+    x = torch.randn(3, 5, dtype=torch.float64)
+    weight = torch.randn(6, 5, dtype=torch.float64)
+    assert OneDNNLinear(weight).packed is None
+    torch.testing.assert_close(OneDNNLinear(weight)(x), x @ weight.T)
+    monkeypatch.setattr(packed, "onednn_packing_available", lambda: False)
+    assert OneDNNLinear(torch.randn(6, 5)).packed is None
+    monkeypatch.undo()
+    weight32 = torch.randn(6, 5)
+    x32 = torch.randn(3, 5, requires_grad=True)
+    OneDNNLinear(weight32)(x32).sum().backward()  # through F.linear: the gradient exists
+    assert x32.grad is not None
+    torch.testing.assert_close(x32.grad, weight32.sum(dim=0).expand(3, 5))
 
 
 def test_stacked_linears_are_the_outputs_side_by_side() -> None:

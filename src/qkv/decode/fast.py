@@ -28,11 +28,16 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.module import (
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
 from qkv.models.seq2seq import Encoded, Transformer
 from qkv.nn.cache import KVCache, LayerCache
@@ -192,9 +197,10 @@ class FastDecoder:
         return self.output(x)
 
 
-def can_use_fast_decoder(model: Transformer, memory: Tensor) -> bool:
-    """Whether :class:`FastDecoder` computes what ``model.decode`` would, here and now: a float32 model on
-    a CPU, in eval mode, with no gradients wanted and CPU autocast off."""
+def can_use_fast_decoder(model: nn.Module, memory: Tensor) -> bool:
+    """Whether the fast CPU paths (:class:`FastDecoder`, :mod:`qkv.decode.fast_sequence`) compute what the
+    model's modules would, here and now: a float32 model on a CPU, in eval mode, with no gradients wanted
+    and CPU autocast off. ``memory``: any activation of the pass (its device and dtype)."""
     return (
         memory.device.type == "cpu"
         and memory.dtype == torch.float32
@@ -204,39 +210,61 @@ def can_use_fast_decoder(model: Transformer, memory: Tensor) -> bool:
     )
 
 
-# Per model: a few snapshots by (rows, threads, int8), each with the parameter versions it was built from.
-_Key = tuple[int, int, bool]
-_SNAPSHOTS: weakref.WeakKeyDictionary[Transformer, OrderedDict[_Key, tuple[tuple[int, ...], FastDecoder]]]
+# Per model: a few snapshots by key, each with the parameter versions it was built from.
+_SNAPSHOTS: weakref.WeakKeyDictionary[nn.Module, OrderedDict[Hashable, tuple[tuple[int, ...] | None, Any]]]
 _SNAPSHOTS = weakref.WeakKeyDictionary()
 _KEPT_PER_MODEL = 3
+_T = TypeVar("_T")
 
 
-def _parameter_versions(model: nn.Module) -> tuple[int, ...]:
-    """Changes when any parameter is updated in place, replaced or moved."""
-    return tuple(v for p in model.parameters() for v in (id(p), p._version, p.data_ptr()))
+# A model's parameter list is read once and kept until any module anywhere registers or is assigned a
+# parameter or submodule (torch's global registration hooks count those): walking a model's ~100
+# modules took 0.1 ms, a tenth of a one-sentence NAT translation.
+_registrations = 0
+_PARAMETERS: weakref.WeakKeyDictionary[nn.Module, tuple[int, list[nn.Parameter], bool]]
+_PARAMETERS = weakref.WeakKeyDictionary()
 
 
-def fast_decoder(model: Transformer, rows: int, *, int8: bool = False) -> FastDecoder:
-    """The model's decoder packed for ``rows`` rows, built once and reused while the weights stay the
-    same (the three most recently used snapshots are kept per model).
+def _count_registration(*_: object) -> None:
+    global _registrations
+    _registrations += 1
+
+
+register_module_parameter_registration_hook(_count_registration)
+register_module_module_registration_hook(_count_registration)
+
+
+def _parameter_versions(model: nn.Module) -> tuple[int, ...] | None:
+    """Changes when any parameter is updated in place, replaced or moved; None where torch keeps no
+    version count (parameters made under ``torch.inference_mode()``)."""
+    found = _PARAMETERS.get(model)
+    if found is None or found[0] != _registrations:
+        parameters = list(model.parameters())
+        found = (_registrations, parameters, any(p.is_inference() for p in parameters))
+        _PARAMETERS[model] = found
+    read_at, parameters, inference = found
+    if inference:
+        return None
+    return (read_at, *[v for p in parameters for v in (p._version, p.data_ptr())])
+
+
+def model_snapshot(model: nn.Module, key: Hashable, build: Callable[[], _T]) -> _T:
+    """``build()``'s result for ``model`` and ``key``, kept and reused while the model's parameters stay
+    the same (the three most recently used keys are kept per model; none keeps its model alive).
 
     Changes are seen through torch's version counters: an optimizer step, ``load_state_dict``, any
-    in-place update. A change made through ``.data`` is not counted by torch; after one, decode with
-    ``CachedStepper(model, fast=False)`` or a fresh copy of the model.
-
-    MKL's packed product runs only when the rows match the packing; other row counts (greedy search
-    drops finished sentences) get the plain product, the same numbers. MKL also packs for the number
-    of threads torch has when it packs: a weight packed on one thread and used on two ran 1.3x slower
-    here, so the thread count is part of what a snapshot is for.
+    in-place update. A change made through ``.data`` is not counted by torch. A model whose parameters
+    were made under ``torch.inference_mode()`` has no version counts: it gets a fresh snapshot each call.
     """
-    key = (rows, torch.get_num_threads(), int8)
     versions = _parameter_versions(model)
+    if versions is None:
+        return build()
     snapshots = _SNAPSHOTS.setdefault(model, OrderedDict())
     found = snapshots.get(key)
     if found is not None and found[0] == versions:
         snapshots.move_to_end(key)
-        return found[1]
-    fresh = FastDecoder(model, rows, int8=int8)
+        return found[1]  # type: ignore[no-any-return]
+    fresh = build()
     snapshots[key] = (versions, fresh)
     snapshots.move_to_end(key)
     for stale in [k for k, (v, _) in snapshots.items() if v != versions]:
@@ -244,3 +272,19 @@ def fast_decoder(model: Transformer, rows: int, *, int8: bool = False) -> FastDe
     while len(snapshots) > _KEPT_PER_MODEL:
         snapshots.popitem(last=False)
     return fresh
+
+
+def fast_decoder(model: Transformer, rows: int, *, int8: bool = False) -> FastDecoder:
+    """The model's decoder packed for ``rows`` rows, built once and reused while the weights stay the
+    same (:func:`model_snapshot`).
+
+    A change made through ``.data`` is not seen; after one, decode with
+    ``CachedStepper(model, fast=False)`` or a fresh copy of the model.
+
+    MKL's packed product runs only when the rows match the packing; other row counts (greedy search
+    drops finished sentences) get the plain product, the same numbers. MKL also packs for the number
+    of threads torch has when it packs: a weight packed on one thread and used on two ran 1.3x slower
+    here, so the thread count is part of what a snapshot is for.
+    """
+    key = ("step", rows, torch.get_num_threads(), int8)
+    return model_snapshot(model, key, lambda: FastDecoder(model, rows, int8=int8))
