@@ -20,6 +20,7 @@ model: id lists in (sources end with </s>), hypotheses out, in input order, batc
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from qkv.decode.fast import can_use_fast_decoder
+from qkv.decode.fast_sequence import FastPasses, fast_passes
 from qkv.decode.hypothesis import Hypothesis
 from qkv.models.nat import NATransformer
-from qkv.models.seq2seq import Encoded, Transformer
+from qkv.models.seq2seq import Decoded, Encoded, Transformer
 from qkv.nn.modes import eval_mode
 
 
@@ -49,16 +52,70 @@ class NATIteration:
     cross_weights: list[Tensor]
 
 
+def _banned(model: NATransformer) -> list[int]:
+    """The ids a NAT never outputs: <pad>, <s>, </s>, [MASK]."""
+    c = model.config
+    return sorted({c.pad_id, c.bos_id, c.eos_id, c.mask_id})
+
+
 def banned_log_probs(model: NATransformer, logits: Tensor) -> Tensor:
     """log-softmax of the decoder's logits with the special tokens (<pad>, <s>, </s>, [MASK]) at -inf.
 
     Shapes: (rows, tgt_len, vocab) -> (rows, tgt_len, vocab) float32.
     """
-    c = model.config
     log_probs = torch.log_softmax(logits.float(), dim=-1)
-    banned = sorted({c.pad_id, c.bos_id, c.eos_id, c.mask_id})
-    log_probs[..., banned] = float("-inf")
+    log_probs[..., _banned(model)] = float("-inf")
     return log_probs
+
+
+class _Passes:
+    """The encoder and the decoder passes of one batch: the model's modules (the reference, and the only
+    way to get attention weights), or on a CPU at inference :class:`~qkv.decode.fast_sequence.FastPasses`,
+    which computes the cross-attention keys and values once for every pass and the logits of the
+    [MASK] positions only."""
+
+    def __init__(self, model: NATransformer, src_ids: Tensor, *, fast: bool) -> None:
+        self.model = model
+        self.fast: FastPasses | None = (
+            fast_passes(model) if fast and can_use_fast_decoder(model, model.src_embed.weight) else None
+        )
+        self.encoded = self.fast.encode(src_ids) if self.fast is not None else model.encode(src_ids)
+        self.cross: list[tuple[Tensor, Tensor]] | None = None
+        self.banned: Tensor | None = None
+
+    def select(self, rows: Tensor) -> None:
+        """Keep the encoder output of batch rows ``rows`` (one per length candidate), before any pass."""
+        self.encoded = self.encoded.select(rows)
+
+    def predict(self, inputs: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Tensor, Decoded | None]:
+        """One decoder pass: at every [MASK] of ``inputs``, the most probable allowed token and its
+        log-probability (elsewhere: 0); and, from the reference path, the :class:`Decoded` (with the
+        attention weights if asked for).
+
+        Shapes: inputs (rows, tgt_len) -> tokens (rows, tgt_len) long, log-probs (rows, tgt_len) float32.
+        """
+        is_masked = inputs == self.model.config.mask_id  # (rows, tgt_len)
+        if self.fast is None or need_weights:
+            decoded = self.model.decode(inputs, self.encoded, need_weights=need_weights)
+            log_probs, tokens = banned_log_probs(self.model, decoded.logits).max(dim=-1)
+            return tokens.masked_fill(~is_masked, 0), log_probs.masked_fill(~is_masked, 0.0), decoded
+        if self.cross is None:
+            self.cross = self.fast.cross_keys_values(self.encoded.memory)
+        hidden = self.fast.decode_hidden(inputs, self.cross, self.encoded.may_attend, causal=False)
+        everywhere = bool(is_masked.all())  # a first pass without padding: no gather, no scatter
+        logits = self.fast.logits(
+            hidden.flatten(0, 1) if everywhere else hidden[is_masked]
+        )  # (masked, vocab)
+        normaliser = torch.logsumexp(logits, dim=-1)  # log-softmax over every id, as the reference
+        if self.banned is None:
+            self.banned = torch.tensor(_banned(self.model), device=logits.device)
+        best_logits, best = logits.index_fill_(1, self.banned, float("-inf")).max(dim=-1)
+        best_log_probs = best_logits.sub_(normaliser)
+        if everywhere:
+            return best.view(inputs.shape), best_log_probs.view(inputs.shape), None
+        tokens = torch.zeros_like(inputs).masked_scatter_(is_masked, best)
+        log_probs = torch.zeros(inputs.shape, device=inputs.device).masked_scatter_(is_masked, best_log_probs)
+        return tokens, log_probs, None
 
 
 def predict_lengths(
@@ -77,7 +134,10 @@ def predict_lengths(
 
 def _masked_template(lengths: Tensor, mask_id: int, pad_id: int) -> Tensor:
     """All-[MASK] targets of the given lengths. Shapes: lengths (rows,) -> (rows, max length), padded."""
-    positions = torch.arange(int(lengths.max()), device=lengths.device)[None, :]  # (1, tgt_len)
+    longest = int(lengths.max())
+    if bool((lengths == longest).all()):  # one sentence, or all of one length: nothing to pad
+        return torch.full((lengths.shape[0], longest), mask_id, device=lengths.device)
+    positions = torch.arange(longest, device=lengths.device)[None, :]  # (1, tgt_len)
     is_real = positions < lengths[:, None]  # (rows, tgt_len)
     return torch.where(is_real, mask_id, pad_id)
 
@@ -89,39 +149,37 @@ def _candidates(
 
     Shapes: tokens, token_log_probs (batch * beam, tgt_len), lengths (batch * beam,).
     """
-    is_real = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]
-    summed = token_log_probs.masked_fill(~is_real, 0.0).sum(dim=1)  # (rows,)
-    mean = summed / lengths.clamp(min=1)
+    # In Python from three host copies: a few dozen numbers per row, fewer calls than tensor arithmetic.
+    rows_tokens, rows_log_probs, rows_lengths = tokens.tolist(), token_log_probs.tolist(), lengths.tolist()
     found: list[list[Hypothesis]] = []
-    rows_tokens = tokens.tolist()
-    rows_lengths, rows_summed, rows_mean = lengths.tolist(), summed.tolist(), mean.tolist()
     for i in range(batch):
-        hyps = [
-            Hypothesis(rows_tokens[r][: rows_lengths[r]], rows_summed[r], rows_mean[r])
-            for r in range(i * beam, (i + 1) * beam)
-        ]
+        hyps = []
+        for r in range(i * beam, (i + 1) * beam):
+            n = rows_lengths[r]
+            summed = math.fsum(rows_log_probs[r][:n])
+            hyps.append(Hypothesis(rows_tokens[r][:n], summed, summed / max(n, 1)))
         found.append(sorted(hyps, key=lambda h: -h.score))
     return found
 
 
-def single_pass(model: NATransformer, src_ids: Tensor, *, length_beam: int = 1) -> list[list[Hypothesis]]:
+def single_pass(
+    model: NATransformer, src_ids: Tensor, *, length_beam: int = 1, fast: bool = True
+) -> list[list[Hypothesis]]:
     """[MASK] at every position of each candidate length, one decoder pass, argmax at every position.
+
+    ``fast=False`` runs the model's modules even where the fast CPU passes could (tests compare the two).
 
     Shapes: src_ids (batch, src_len), padded -> per sentence, its ``length_beam`` candidates, best first.
     """
     c = model.config
     batch = src_ids.shape[0]
-    encoded = model.encode(src_ids)
-    lengths, _ = predict_lengths(model, encoded, src_ids, length_beam)  # (batch, beam)
+    passes = _Passes(model, src_ids, fast=fast)
+    lengths, _ = predict_lengths(model, passes.encoded, src_ids, length_beam)  # (batch, beam)
     beam = lengths.shape[1]
-    rows = torch.arange(batch, device=src_ids.device).repeat_interleave(beam)  # (batch * beam,)
     lengths = lengths.reshape(-1)
-    if beam > 1:
-        encoded = encoded.select(rows)  # one row per candidate length
-    log_probs = banned_log_probs(
-        model, model.decode(_masked_template(lengths, c.mask_id, c.pad_id), encoded).logits
-    )
-    token_log_probs, tokens = log_probs.max(dim=-1)  # (rows, tgt_len)
+    if beam > 1:  # one row per candidate length
+        passes.select(torch.arange(batch, device=src_ids.device).repeat_interleave(beam))
+    tokens, token_log_probs, _ = passes.predict(_masked_template(lengths, c.mask_id, c.pad_id))
     return _candidates(tokens, token_log_probs, lengths, batch, beam)
 
 
@@ -132,13 +190,15 @@ def mask_predict(
     iterations: int = 10,
     length_beam: int = 1,
     trace: list[NATIteration] | None = None,
+    fast: bool = True,
 ) -> list[list[Hypothesis]]:
     """Mask-predict with ``iterations`` decoder passes per candidate length (Ghazvininejad et al., 2019).
 
     Pass 1 predicts every position from [MASK]s (the single pass). Pass t + 1 (t = 1 .. K - 1) re-masks
     the ``floor(T * (K - t) / K)`` tokens of lowest probability in each candidate of length T and predicts
     those again; the other tokens and their probabilities stay. With ``trace`` (a list), each pass is
-    appended to it with its attention weights, for heat maps.
+    appended to it with its attention weights, for heat maps (the reference modules run then, as with
+    ``fast=False``).
 
     Shapes: src_ids (batch, src_len), padded -> per sentence, its ``length_beam`` candidates, best first.
     """
@@ -149,11 +209,10 @@ def mask_predict(
     c = model.config
     batch = src_ids.shape[0]
     need_weights = trace is not None
-    encoded = model.encode(src_ids)
-    lengths, _ = predict_lengths(model, encoded, src_ids, length_beam)
+    passes = _Passes(model, src_ids, fast=fast and not need_weights)
+    lengths, _ = predict_lengths(model, passes.encoded, src_ids, length_beam)
     beam = lengths.shape[1]
-    rows = torch.arange(batch, device=src_ids.device).repeat_interleave(beam)
-    encoded = encoded.select(rows)
+    passes.select(torch.arange(batch, device=src_ids.device).repeat_interleave(beam))
     lengths = lengths.reshape(-1)  # (rows,)
     inputs = _masked_template(lengths, c.mask_id, c.pad_id)  # (rows, tgt_len)
     is_real = inputs != c.pad_id
@@ -170,23 +229,29 @@ def mask_predict(
             remask = (ranks < n_masked[:, None]) & is_real
             inputs = tokens.masked_fill(remask, c.mask_id)
         is_masked = inputs == c.mask_id  # (rows, tgt_len)
-        decoded = model.decode(inputs, encoded, need_weights=need_weights)
-        best_log_probs, best = banned_log_probs(model, decoded.logits).max(dim=-1)  # (rows, tgt_len)
+        best, best_log_probs, decoded = passes.predict(inputs, need_weights=need_weights)
         tokens = torch.where(is_masked, best, tokens)
         token_log_probs = torch.where(is_masked, best_log_probs, token_log_probs)
-        if trace is not None and decoded.self_weights is not None and decoded.cross_weights is not None:
-            trace.append(NATIteration(inputs, tokens, decoded.self_weights, decoded.cross_weights))
+        if trace is not None and decoded is not None:
+            if decoded.self_weights is not None and decoded.cross_weights is not None:
+                trace.append(NATIteration(inputs, tokens, decoded.self_weights, decoded.cross_weights))
     return _candidates(tokens, token_log_probs, lengths, batch, beam)
 
 
 @torch.inference_mode()
 def teacher_scores(
-    teacher: Transformer, sources: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]]
+    teacher: Transformer,
+    sources: Sequence[Sequence[int]],
+    outputs: Sequence[Sequence[int]],
+    *,
+    fast: bool = True,
 ) -> list[float]:
     """Average log-probability per token (</s> included) of each output under an autoregressive model:
     how a length beam's candidates are rescored by the teacher (Gu et al., 2018, "noisy parallel decoding").
 
-    ``sources`` end with </s>; ``outputs`` are bare target ids; both in the teacher's vocabulary.
+    ``sources`` end with </s>; ``outputs`` are bare target ids; both in the teacher's vocabulary. Each
+    distinct source is encoded once (a length beam repeats it per candidate); one teacher-forced pass
+    scores every output, through :mod:`qkv.decode.fast_sequence` on a CPU unless ``fast=False``.
     """
     c = teacher.config
     if len(sources) != len(outputs):
@@ -199,12 +264,27 @@ def teacher_scores(
         longest = max(len(s) for s in seqs)
         return torch.tensor([[*s, *[c.pad_id] * (longest - len(s))] for s in seqs], device=device)
 
-    src = pad([list(s) or [c.eos_id] for s in sources])
-    tgt_in = pad([[c.bos_id, *o] for o in outputs])
+    distinct: dict[tuple[int, ...], int] = {}
+    source_row = [distinct.setdefault(tuple(s) or (c.eos_id,), len(distinct)) for s in sources]
+    src = pad(list(distinct))  # (distinct sources, src_len)
+    rows = torch.tensor(source_row, device=device)  # (outputs,): each output's source row
+    tgt_in = pad([[c.bos_id, *o] for o in outputs])  # (outputs, tgt_len)
     tgt_out = pad([[*o, c.eos_id] for o in outputs])
-    log_probs = torch.log_softmax(teacher(src, tgt_in).float(), dim=-1)  # (rows, tgt_len, vocab)
-    gold = log_probs.gather(2, tgt_out[:, :, None]).squeeze(2).masked_fill(tgt_out == c.pad_id, 0.0)
-    return (gold.sum(dim=1) / (tgt_out != c.pad_id).sum(dim=1)).tolist()  # type: ignore[no-any-return]
+    is_real = tgt_out != c.pad_id
+    passes = (
+        fast_passes(teacher) if fast and can_use_fast_decoder(teacher, teacher.src_embed.weight) else None
+    )
+    if passes is None:
+        encoded = teacher.encode(src).select(rows)
+        logits = teacher.decode(tgt_in, encoded, logits_at=is_real).logits.float()  # (real positions, vocab)
+    else:
+        encoded = passes.encode(src)
+        cross = [(k[rows], v[rows]) for k, v in passes.cross_keys_values(encoded.memory)]
+        hidden = passes.decode_hidden(tgt_in, cross, encoded.may_attend[rows], causal=True)
+        logits = passes.logits(hidden[is_real])
+    gold = logits.gather(1, tgt_out[is_real][:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    per_token = torch.zeros(tgt_out.shape, device=device).masked_scatter_(is_real, gold)  # (outputs, tgt_len)
+    return (per_token.sum(dim=1) / is_real.sum(dim=1)).tolist()  # type: ignore[no-any-return]
 
 
 def translate_ids(

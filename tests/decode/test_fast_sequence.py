@@ -1,0 +1,192 @@
+"""The fast whole-sequence passes equal the reference modules: the encoder, the NAT's decoder, the causal
+teacher-forced decoder; NAT decoding and teacher rescoring give the same results on both paths."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from qkv.config import NATConfig, preset
+from qkv.decode.fast_sequence import fast_passes
+from qkv.decode.nat import mask_predict, single_pass, teacher_scores
+from qkv.models.nat import NATransformer
+from qkv.models.seq2seq import Transformer
+from tests.reference import randomize_norms_and_biases
+
+VOCAB, PAD, BOS, EOS = 29, 0, 1, 2
+ATOL = 1e-5  # the same float32 products, fused differently: equal up to rounding
+
+VARIANTS = {
+    "post-LN": dict(norm_first=False),
+    "pre-LN": dict(norm_first=True),
+    "untied output": dict(tie_output=False, share_embeddings=False),
+    "gelu": dict(activation="gelu"),
+    "learned positions": dict(positions="learned"),
+}
+
+
+def _nat(**changes: object) -> NATransformer:
+    rng = torch.Generator().manual_seed(3)
+    torch.manual_seed(3)
+    config = dataclasses.replace(preset("tiny", VOCAB, dropout=0.0), **changes)  # type: ignore[arg-type]
+    model = NATransformer(NATConfig.from_dict(config.to_dict()))  # type: ignore[arg-type]
+    randomize_norms_and_biases(model, rng)
+    return model.eval()
+
+
+def _at(**changes: object) -> Transformer:
+    rng = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    config = dataclasses.replace(preset("tiny", VOCAB, dropout=0.0), **changes)  # type: ignore[arg-type]
+    model = Transformer(config)
+    randomize_norms_and_biases(model, rng)
+    return model.eval()
+
+
+def _sources() -> torch.Tensor:
+    """Four padded sources; row 2 holds no real token at all (its attention must give zeros)."""
+    src = torch.tensor(
+        [
+            [5, 6, 7, 8, 9, EOS],
+            [10, 11, EOS, PAD, PAD, PAD],
+            [PAD, PAD, PAD, PAD, PAD, PAD],
+            [12, EOS, PAD, PAD, PAD, PAD],
+        ]
+    )
+    return src
+
+
+@pytest.mark.parametrize("changes", VARIANTS.values(), ids=list(VARIANTS))
+@torch.inference_mode()
+def test_encoder_equals_the_reference(changes: dict[str, object]) -> None:
+    model = _nat(**changes)
+    src = _sources()
+    fast, reference = fast_passes(model).encode(src), model.encode(src)
+    torch.testing.assert_close(fast.memory, reference.memory, atol=ATOL, rtol=0)
+    assert torch.equal(fast.may_attend, reference.may_attend)
+    assert not fast.memory.isnan().any()
+
+
+@pytest.mark.parametrize("changes", VARIANTS.values(), ids=list(VARIANTS))
+@torch.inference_mode()
+def test_nat_decoder_equals_the_reference(changes: dict[str, object]) -> None:
+    """Padded targets with [MASK]s and known tokens; every position's logits, padding included."""
+    model = _nat(**changes)
+    src = _sources()[[0, 1, 3]]
+    encoded = model.encode(src)
+    tgt = torch.tensor([[1, 7, 1, 1, 9], [1, 1, 1, PAD, PAD], [4, PAD, PAD, PAD, PAD]])
+    passes = fast_passes(model)
+    hidden = passes.decode_hidden(
+        tgt, passes.cross_keys_values(encoded.memory), encoded.may_attend, causal=False
+    )
+    torch.testing.assert_close(passes.logits(hidden), model.decode(tgt, encoded).logits, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("changes", VARIANTS.values(), ids=list(VARIANTS))
+@torch.inference_mode()
+def test_causal_pass_equals_teacher_forcing(changes: dict[str, object]) -> None:
+    model = _at(**changes)
+    src = _sources()[[0, 1, 3]]
+    tgt_in = torch.tensor([[BOS, 5, 6, 7], [BOS, 8, PAD, PAD], [BOS, PAD, PAD, PAD]])
+    passes = fast_passes(model)
+    encoded = passes.encode(src)
+    hidden = passes.decode_hidden(
+        tgt_in, passes.cross_keys_values(encoded.memory), encoded.may_attend, causal=True
+    )
+    torch.testing.assert_close(passes.logits(hidden), model(src, tgt_in), atol=ATOL, rtol=0)
+
+
+@torch.inference_mode()
+def test_causal_pass_does_not_look_ahead() -> None:
+    """Changing a later target token leaves every earlier position's output unchanged; without the
+    triangle (the NAT's pass) it does not."""
+    model = _at()
+    passes = fast_passes(model)
+    encoded = passes.encode(_sources()[:1])
+    cross = passes.cross_keys_values(encoded.memory)
+    a = torch.tensor([[BOS, 5, 6, 7, 8]])
+    b = a.clone()
+    b[0, 3] = 20
+    for causal in (True, False):
+        ha = passes.decode_hidden(a, cross, encoded.may_attend, causal=causal)
+        hb = passes.decode_hidden(b, cross, encoded.may_attend, causal=causal)
+        assert torch.equal(ha[0, :3], hb[0, :3]) is causal
+        assert not torch.allclose(ha[0, 3:], hb[0, 3:])
+
+
+@pytest.mark.parametrize("iterations, length_beam", [(1, 1), (1, 3), (4, 1), (4, 3), (10, 2)])
+@torch.inference_mode()
+def test_nat_decoding_gives_the_reference_hypotheses(iterations: int, length_beam: int) -> None:
+    """Tokens equal, scores equal up to rounding, on a batch with padding, for single pass and
+    mask-predict (the fast path projects only the [MASK] positions to the vocabulary)."""
+    model = _nat()
+    src = _sources()[[0, 1, 3]]
+    fast = mask_predict(model, src, iterations=iterations, length_beam=length_beam)
+    reference = mask_predict(model, src, iterations=iterations, length_beam=length_beam, fast=False)
+    if iterations == 1:
+        assert single_pass(model, src, length_beam=length_beam) == fast
+        assert single_pass(model, src, length_beam=length_beam, fast=False) == reference
+    for f_hyps, r_hyps in zip(fast, reference, strict=True):
+        assert [h.tokens for h in f_hyps] == [h.tokens for h in r_hyps]
+        for f, r in zip(f_hyps, r_hyps, strict=True):
+            assert abs(f.log_prob - r.log_prob) < 1e-4 and abs(f.score - r.score) < 1e-5
+
+
+@torch.inference_mode()
+def test_teacher_scores_are_the_same_on_both_paths() -> None:
+    """Two candidates of one source and one of another, as a length beam hands them over."""
+    teacher = _at()
+    srcs = [[5, 6, EOS], [5, 6, EOS], [7, 8, 9, 10, EOS]]
+    outs = [[11, 12, 13], [11, 12], [14]]
+    fast, reference = teacher_scores(teacher, srcs, outs), teacher_scores(teacher, srcs, outs, fast=False)
+    assert fast == pytest.approx(reference, abs=1e-5)
+    assert fast[0] != fast[1]
+
+
+def test_fast_path_is_used_only_where_it_may() -> None:
+    """With gradients wanted, or in training mode, NAT decoding runs the modules (gradients flow)."""
+    model = _nat()
+    src = _sources()[[0]]
+    calls = []
+    handle = model.decoder[0].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.inference_mode():
+            single_pass(model, src)
+        assert calls == []
+        with torch.no_grad():
+            single_pass(model, src, fast=False)
+        assert calls == [1]
+        single_pass(model, src)  # gradients enabled: the reference modules
+        assert calls == [1, 1]
+    finally:
+        handle.remove()
+
+
+def test_snapshot_follows_weight_changes() -> None:
+    """An in-place update and a replaced submodule both give a fresh snapshot with the new weights."""
+    model = _nat()
+    src = _sources()[[0]]
+    with torch.inference_mode():
+        first = fast_passes(model)
+        assert fast_passes(model) is first
+    with torch.no_grad():
+        model.encoder[0].ffn.fc_in.weight.mul_(1.5)
+    with torch.inference_mode():
+        second = fast_passes(model)
+        assert second is not first
+        torch.testing.assert_close(second.encode(src).memory, model.encode(src).memory, atol=ATOL, rtol=0)
+    model.encoder[1].ffn.fc_out = nn.Linear(model.config.d_ff, model.config.d_model)
+    with torch.inference_mode():
+        third = fast_passes(model)
+        assert third is not second
+        torch.testing.assert_close(third.encode(src).memory, model.encode(src).memory, atol=ATOL, rtol=0)
+
+
+def test_an_encoder_layer_has_no_cross_attention() -> None:
+    model = _nat()
+    passes = fast_passes(model)
+    with pytest.raises(TypeError, match="no cross-attention"):
+        passes.encoder[0].cross_keys_values(torch.zeros(1, 2, model.config.d_model))
