@@ -116,3 +116,38 @@ def test_init_from_takes_the_teachers_tokenizers_and_says_what_is_new(
     assert f"new: encoder.{layers} (" in capsys.readouterr().out
     # --resume continues a run from its own checkpoint: --init-from beside it is a usage error.
     assert main(["train", "--resume", str(nat_run), "--init-from", str(teacher)]) == 2
+
+
+def test_teacher_rescoring_scores_a_sentences_candidates_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At batch size 1 the teacher scores each sentence's whole length beam in one pass (not one pass per
+    candidate), and the choices are those of a larger batch."""
+    from qkv.decode import nat as nat_decode
+    from qkv.translator import Translator
+
+    pairs = demo.generate(size=60)
+    tok = train_bpe([t for pair in pairs for t in pair], 200)
+    torch.manual_seed(1)
+    teacher = Transformer(preset("tiny", tok.vocab_size, dropout=0.0, max_positions=64)).eval()
+    config = NATConfig.from_dict(preset("tiny", tok.vocab_size, dropout=0.0, max_positions=64).to_dict())
+    model = NATransformer(config).eval()  # type: ignore[arg-type]
+    calls: list[int] = []
+    score = nat_decode.teacher_scores
+
+    def counted(t: Transformer, sources: list[list[int]], outputs: list[list[int]]) -> list[float]:
+        calls.append(len(outputs))
+        return score(t, sources, outputs)
+
+    monkeypatch.setattr(nat_decode, "teacher_scores", counted)
+    texts = [zh for zh, _ in pairs[:4]]
+
+    def translate(batch_size: int) -> list[str]:
+        translator = Translator(
+            model, tok, tok, length_beam=3, teacher=(teacher, tok, tok), batch_size=batch_size
+        )
+        return translator.translate(texts)
+
+    one_by_one = translate(1)
+    assert calls == [3, 3, 3, 3]
+    calls.clear()
+    assert translate(8) == one_by_one
+    assert calls == [12]

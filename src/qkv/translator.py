@@ -102,8 +102,9 @@ class Translator:
                 flat_src.append(src_ids)
                 flat_out.append(teacher_tgt.encode(self.tgt_tokenizer.decode(hyp.tokens)))
         scores: list[float] = []
-        for start in range(0, len(flat_src), self.batch_size):
-            end = start + self.batch_size
+        chunk = self.batch_size * self.length_beam  # the candidates of batch_size sentences: one pass
+        for start in range(0, len(flat_src), chunk):
+            end = start + chunk
             scores += nat_decode.teacher_scores(teacher, flat_src[start:end], flat_out[start:end])
         best: list[list[int]] = []
         row = 0
