@@ -7,6 +7,8 @@ Rows (each at batch size 1 and 32, sentences sorted by length inside the decoder
     NAT length beam L + AT                    the same candidates, the best by the AT's score (one
                                               teacher-forced AT pass: "noisy parallel decoding")
     NAT mask-predict K                        K decoder passes (Ghazvininejad et al., 2019)
+    NAT mask-predict K, lb L (+ AT)           K passes on each of L candidate lengths, the best by
+                                              average log-prob (or by the AT's score)
     deep-shallow AT greedy, beam 4            a deep encoder and a 1-layer decoder (Kasai et al., 2021):
                                               the honest baseline a NAT must beat (--deep-shallow)
 Columns: BLEU and chrF (sacreBLEU, 13a, or zh for Chinese references), exact-match rate, sentences per
@@ -137,10 +139,19 @@ def benchmark(
             ),
         ),
     ]
+    teacher = (at.model, at.src_tokenizer, at.tgt_tokenizer)
     for k in iterations:
         if k > 1:
             translator = Translator(nat.model, nat.src_tokenizer, nat.tgt_tokenizer, iterations=k)
             systems.append(("NAT", f"mask-predict {k}", translator))
+    for k in iterations:
+        if k > 1 and length_beam > 1:
+            for rescorer, suffix in ((None, ""), (teacher, " + AT")):
+                translator = Translator(
+                    nat.model, nat.src_tokenizer, nat.tgt_tokenizer, iterations=k, length_beam=length_beam,
+                    teacher=rescorer,
+                )  # fmt: skip
+                systems.append(("NAT", f"mask-predict {k}, lb {length_beam}{suffix}", translator))
     if deep_shallow_dir is not None:
         ds = saved.load(deep_shallow_dir)
         if isinstance(ds.model, NATransformer):
@@ -161,7 +172,7 @@ def benchmark(
             row.speedup = row.sent_per_s / baseline if baseline else float("nan")
             rows.append(row)
             print(
-                f"  batch {batch:>2}  {system:<8} {decoder:<16} BLEU {row.bleu:6.2f}  exact {row.exact:6.1%}  "
+                f"  batch {batch:>2}  {system:<8} {decoder:<26} BLEU {row.bleu:6.2f}  exact {row.exact:6.1%}  "
                 f"{row.sent_per_s:8.1f} sent/s",
                 file=sys.stderr,
             )
@@ -170,12 +181,12 @@ def benchmark(
 
 def print_table(rows: list[Row], lengths: dict[str, float]) -> None:
     print(
-        f"{'system':<10} {'decoder':<18} {'batch':>5} {'BLEU':>6} {'chrF':>6} {'exact':>7} "
+        f"{'system':<10} {'decoder':<26} {'batch':>5} {'BLEU':>6} {'chrF':>6} {'exact':>7} "
         f"{'sent/s':>9} {'vs AT greedy':>12}"
     )
     for r in rows:
         print(
-            f"{r.system:<10} {r.decoder:<18} {r.batch:>5} {r.bleu:>6.2f} {r.chrf:>6.2f} {r.exact:>7.1%} "
+            f"{r.system:<10} {r.decoder:<26} {r.batch:>5} {r.bleu:>6.2f} {r.chrf:>6.2f} {r.exact:>7.1%} "
             f"{r.sent_per_s:>9.1f} {r.speedup:>11.2f}x"
         )
     print(
