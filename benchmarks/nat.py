@@ -113,6 +113,7 @@ def benchmark(
     batches: list[int],
     iterations: list[int],
     length_beam: int,
+    int8: bool = False,
 ) -> tuple[list[Row], dict[str, float]]:
     at = saved.load(at_dir)
     nat = saved.load(nat_dir)
@@ -162,6 +163,8 @@ def benchmark(
             (name, "greedy", Translator(ds.model, ds.src_tokenizer, ds.tgt_tokenizer, method="greedy"))
         )
         systems.append((name, "beam 4", Translator(ds.model, ds.src_tokenizer, ds.tgt_tokenizer, beam=4)))
+    for _, _, translator in systems:
+        translator.int8 = int8  # every system, the AT baseline and the rescoring teacher included
     rows: list[Row] = []
     for batch in batches:
         baseline = None
@@ -284,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes (default 1 32)")
     p.add_argument("--iterations", type=int, nargs="+", default=[2, 4, 10], help="mask-predict passes")
     p.add_argument("--length-beam", type=int, default=3, help="length beam size of the length-beam row")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="every system (AT, NAT, rescoring teacher, deep-shallow) with int8 products, as qkv translate --int8",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results here")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--demo", action="store_true", help="train the three models on the demo corpus first")
@@ -325,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         batches=args.batches,
         iterations=args.iterations,
         length_beam=args.length_beam,
+        int8=args.int8,
     )
     print_table(rows, lengths)
     ok = demo_checks(rows) if args.demo and 1 in args.batches else True
@@ -334,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             "processor": platform.processor(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "int8": args.int8,
             "models": {"at": args.at, "nat": args.nat, "deep_shallow": args.deep_shallow},
             "sentences": len(sources),
             "rows": [asdict(r) for r in rows],

@@ -64,6 +64,10 @@ def test_distill_train_translate_attention(
     assert len(capsys.readouterr().out.split("\n")) == 4  # three lines out, empty in -> empty out
     assert main(["translate", "--model", str(run), "--length-beam", "2", "--rescore-model", str(teacher),
                  "我爱你"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["translate", "--model", str(run), "--length-beam", "2", "--iterations", "2", "--int8",
+                 "--rescore-model", str(teacher), "我爱你", "", "他很高。"]) == 0  # fmt: skip
+    assert len(capsys.readouterr().out.split("\n")) == 4
     assert main(["attention", "--model", str(run), "--iterations", "2", "我爱你",
                  "--out", str(tmp_path / "attn.png"), "--layers", "0", "--heads", "0"]) == 0  # fmt: skip
     assert (tmp_path / "attn-iter1.png").is_file()  # one image per pass (a 1-token output stops after 1)
@@ -133,9 +137,11 @@ def test_teacher_rescoring_scores_a_sentences_candidates_together(monkeypatch: p
     calls: list[int] = []
     score = nat_decode.teacher_scores
 
-    def counted(t: Transformer, sources: list[list[int]], outputs: list[list[int]]) -> list[float]:
+    def counted(
+        t: Transformer, sources: list[list[int]], outputs: list[list[int]], **kw: bool
+    ) -> list[float]:
         calls.append(len(outputs))
-        return score(t, sources, outputs)
+        return score(t, sources, outputs, **kw)
 
     monkeypatch.setattr(nat_decode, "teacher_scores", counted)
     texts = [zh for zh, _ in pairs[:4]]

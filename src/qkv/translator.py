@@ -30,8 +30,8 @@ class Translator:
     (:class:`~qkv.models.nat.NATransformer`) with mask-predict: ``iterations`` passes (1 = the single
     pass) for each of its ``length_beam`` most probable lengths. With a ``teacher`` (an autoregressive
     model with its tokenizers), the length beam's candidates are rescored by it instead of by the NAT's
-    own average log-probability. ``int8`` decodes an autoregressive model with int8 weights and
-    dynamically quantised activations (CPU).
+    own average log-probability. ``int8`` decodes with int8 weights and dynamically quantised
+    activations (CPU), the teacher's rescoring included.
     """
 
     model: Transformer | NATransformer
@@ -87,6 +87,7 @@ class Translator:
             iterations=self.iterations,
             length_beam=self.length_beam,
             batch_size=self.batch_size,
+            int8=self.int8,
         )
         if self.teacher is None or self.length_beam == 1:
             return [hyps[0].tokens for hyps in found]
@@ -105,7 +106,9 @@ class Translator:
         chunk = self.batch_size * self.length_beam  # the candidates of batch_size sentences: one pass
         for start in range(0, len(flat_src), chunk):
             end = start + chunk
-            scores += nat_decode.teacher_scores(teacher, flat_src[start:end], flat_out[start:end])
+            scores += nat_decode.teacher_scores(
+                teacher, flat_src[start:end], flat_out[start:end], int8=self.int8
+            )
         best: list[list[int]] = []
         row = 0
         for hyps in found:

@@ -11,9 +11,10 @@ from torch import nn
 
 from qkv.config import NATConfig, preset
 from qkv.decode.fast_sequence import fast_passes
-from qkv.decode.nat import mask_predict, single_pass, teacher_scores
+from qkv.decode.nat import NATIteration, mask_predict, single_pass, teacher_scores
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
+from qkv.nn.packed import int8_available
 from tests.reference import randomize_norms_and_biases
 
 VOCAB, PAD, BOS, EOS = 29, 0, 1, 2
@@ -190,3 +191,45 @@ def test_an_encoder_layer_has_no_cross_attention() -> None:
     passes = fast_passes(model)
     with pytest.raises(TypeError, match="no cross-attention"):
         passes.encoder[0].cross_keys_values(torch.zeros(1, 2, model.config.d_model))
+
+
+needs_int8 = pytest.mark.skipif(not int8_available(), reason="no fbgemm/x86 int8 kernels in this torch build")
+
+
+@needs_int8
+@torch.inference_mode()
+def test_int8_passes_approximate_the_float32_reference() -> None:
+    """int8 products (weights per row, activations per call): within a few percent of the reference's
+    scale, everywhere; the decoding and the teacher's scores run and stay close."""
+    model = _nat()
+    src = _sources()[[0, 1, 3]]
+    passes, reference = fast_passes(model, int8=True), model.encode(src)
+    assert passes is not fast_passes(model)  # a snapshot of its own
+    memory = passes.encode(src).memory
+    scale = reference.memory.abs().mean()
+    assert (memory - reference.memory).abs().mean() < 0.05 * scale
+    tgt = torch.tensor([[1, 7, 1, 1, 9], [1, 1, 1, PAD, PAD], [4, PAD, PAD, PAD, PAD]])
+    hidden = passes.decode_hidden(tgt, passes.cross_keys_values(memory), reference.may_attend, causal=False)
+    logits, expected = passes.logits(hidden), model.decode(tgt, reference).logits
+    assert (logits - expected).abs().mean() < 0.05 * expected.abs().mean()
+    hyps = mask_predict(model, src, iterations=3, length_beam=2, int8=True)
+    assert [len(h) for h in hyps] == [2, 2, 2]
+    assert all(3 <= t < VOCAB for h in hyps for c in h for t in c.tokens)  # no special token
+    teacher = _at()
+    srcs, outs = [[5, 6, EOS], [7, 8, 9, 10, EOS]], [[11, 12, 13], [14]]
+    assert teacher_scores(teacher, srcs, outs, int8=True) == pytest.approx(
+        teacher_scores(teacher, srcs, outs), abs=0.05
+    )
+
+
+@needs_int8
+def test_int8_where_the_fast_passes_cannot_run_is_an_error() -> None:
+    model = _nat()
+    src = _sources()[[0]]
+    with pytest.raises(ValueError, match="int8 decoding runs on a CPU"):
+        single_pass(model, src, int8=True)  # gradients enabled
+    with torch.inference_mode(), pytest.raises(ValueError, match="without attention weights"):
+        trace: list[NATIteration] = []
+        mask_predict(model, src, iterations=2, trace=trace, int8=True)
+    with torch.inference_mode(), pytest.raises(ValueError, match="int8"):
+        teacher_scores(_at(), [[5, EOS]], [[6]], fast=False, int8=True)

@@ -32,7 +32,7 @@ from qkv.decode.fast import can_use_fast_decoder
 from qkv.decode.fast_sequence import FastPasses, fast_passes
 from qkv.decode.hypothesis import Hypothesis
 from qkv.models.nat import NATransformer
-from qkv.models.seq2seq import Decoded, Encoded, Transformer
+from qkv.models.seq2seq import Decoded, Encoded, EncoderDecoder, Transformer
 from qkv.nn.modes import eval_mode
 
 
@@ -68,17 +68,29 @@ def banned_log_probs(model: NATransformer, logits: Tensor) -> Tensor:
     return log_probs
 
 
+def _fast_passes_or_none(model: EncoderDecoder, *, fast: bool, int8: bool) -> FastPasses | None:
+    """The model's fast CPU passes where they may run (and are wanted), else None (the modules run).
+    int8 exists only as a mode of the fast passes: asking for it where they cannot run is an error."""
+    if fast and can_use_fast_decoder(model, model.src_embed.weight):
+        return fast_passes(model, int8=int8)
+    if int8:
+        weight = model.src_embed.weight
+        raise ValueError(
+            "int8 decoding runs on a CPU, in float32, in eval mode, without gradients and without attention "
+            f"weights (here: {weight.device.type}, {weight.dtype}, training={model.training}, fast={fast})"
+        )
+    return None
+
+
 class _Passes:
     """The encoder and the decoder passes of one batch: the model's modules (the reference, and the only
     way to get attention weights), or on a CPU at inference :class:`~qkv.decode.fast_sequence.FastPasses`,
     which computes the cross-attention keys and values once for every pass and the logits of the
     [MASK] positions only."""
 
-    def __init__(self, model: NATransformer, src_ids: Tensor, *, fast: bool) -> None:
+    def __init__(self, model: NATransformer, src_ids: Tensor, *, fast: bool, int8: bool = False) -> None:
         self.model = model
-        self.fast: FastPasses | None = (
-            fast_passes(model) if fast and can_use_fast_decoder(model, model.src_embed.weight) else None
-        )
+        self.fast = _fast_passes_or_none(model, fast=fast, int8=int8)
         self.encoded = self.fast.encode(src_ids) if self.fast is not None else model.encode(src_ids)
         self.cross: list[tuple[Tensor, Tensor]] | None = None
         self.banned: Tensor | None = None
@@ -163,17 +175,18 @@ def _candidates(
 
 
 def single_pass(
-    model: NATransformer, src_ids: Tensor, *, length_beam: int = 1, fast: bool = True
+    model: NATransformer, src_ids: Tensor, *, length_beam: int = 1, fast: bool = True, int8: bool = False
 ) -> list[list[Hypothesis]]:
     """[MASK] at every position of each candidate length, one decoder pass, argmax at every position.
 
-    ``fast=False`` runs the model's modules even where the fast CPU passes could (tests compare the two).
+    ``fast=False`` runs the model's modules even where the fast CPU passes could (tests compare the two);
+    ``int8=True`` runs the fast passes with int8 products (:mod:`qkv.decode.fast_sequence`).
 
     Shapes: src_ids (batch, src_len), padded -> per sentence, its ``length_beam`` candidates, best first.
     """
     c = model.config
     batch = src_ids.shape[0]
-    passes = _Passes(model, src_ids, fast=fast)
+    passes = _Passes(model, src_ids, fast=fast, int8=int8)
     lengths, _ = predict_lengths(model, passes.encoded, src_ids, length_beam)  # (batch, beam)
     beam = lengths.shape[1]
     lengths = lengths.reshape(-1)
@@ -191,6 +204,7 @@ def mask_predict(
     length_beam: int = 1,
     trace: list[NATIteration] | None = None,
     fast: bool = True,
+    int8: bool = False,
 ) -> list[list[Hypothesis]]:
     """Mask-predict with ``iterations`` decoder passes per candidate length (Ghazvininejad et al., 2019).
 
@@ -198,7 +212,7 @@ def mask_predict(
     the ``floor(T * (K - t) / K)`` tokens of lowest probability in each candidate of length T and predicts
     those again; the other tokens and their probabilities stay. With ``trace`` (a list), each pass is
     appended to it with its attention weights, for heat maps (the reference modules run then, as with
-    ``fast=False``).
+    ``fast=False``). ``int8=True``: the fast passes with int8 products.
 
     Shapes: src_ids (batch, src_len), padded -> per sentence, its ``length_beam`` candidates, best first.
     """
@@ -209,7 +223,7 @@ def mask_predict(
     c = model.config
     batch = src_ids.shape[0]
     need_weights = trace is not None
-    passes = _Passes(model, src_ids, fast=fast and not need_weights)
+    passes = _Passes(model, src_ids, fast=fast and not need_weights, int8=int8)
     lengths, _ = predict_lengths(model, passes.encoded, src_ids, length_beam)
     beam = lengths.shape[1]
     passes.select(torch.arange(batch, device=src_ids.device).repeat_interleave(beam))
@@ -245,13 +259,15 @@ def teacher_scores(
     outputs: Sequence[Sequence[int]],
     *,
     fast: bool = True,
+    int8: bool = False,
 ) -> list[float]:
     """Average log-probability per token (</s> included) of each output under an autoregressive model:
     how a length beam's candidates are rescored by the teacher (Gu et al., 2018, "noisy parallel decoding").
 
     ``sources`` end with </s>; ``outputs`` are bare target ids; both in the teacher's vocabulary. Each
     distinct source is encoded once (a length beam repeats it per candidate); one teacher-forced pass
-    scores every output, through :mod:`qkv.decode.fast_sequence` on a CPU unless ``fast=False``.
+    scores every output, through :mod:`qkv.decode.fast_sequence` on a CPU unless ``fast=False``
+    (``int8=True``: with int8 products).
     """
     c = teacher.config
     if len(sources) != len(outputs):
@@ -271,9 +287,7 @@ def teacher_scores(
     tgt_in = pad([[c.bos_id, *o] for o in outputs])  # (outputs, tgt_len)
     tgt_out = pad([[*o, c.eos_id] for o in outputs])
     is_real = tgt_out != c.pad_id
-    passes = (
-        fast_passes(teacher) if fast and can_use_fast_decoder(teacher, teacher.src_embed.weight) else None
-    )
+    passes = _fast_passes_or_none(teacher, fast=fast, int8=int8)
     if passes is None:
         encoded = teacher.encode(src).select(rows)
         logits = teacher.decode(tgt_in, encoded, logits_at=is_real).logits.float()  # (real positions, vocab)
@@ -294,6 +308,7 @@ def translate_ids(
     iterations: int = 1,
     length_beam: int = 1,
     batch_size: int = 32,
+    int8: bool = False,
 ) -> list[list[Hypothesis]]:
     """Translate source id lists with mask-predict (``iterations=1``: the single pass); for each, its
     ``length_beam`` candidates, best first, in input order.
@@ -301,7 +316,7 @@ def translate_ids(
     Sources are id lists as in training (ending in </s>); they are sorted by length and batched. An empty
     source (no ids, or only </s>) gives one empty hypothesis without running the model; one longer than
     ``max_positions`` is truncated with a warning. Runs under ``torch.inference_mode()`` in eval mode
-    (the model's mode is restored after).
+    (the model's mode is restored after); ``int8=True`` with int8 products (CPU, float32 models only).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
@@ -331,9 +346,9 @@ def translate_ids(
                 device=device,
             )
             found = (
-                single_pass(model, src_ids, length_beam=length_beam)
+                single_pass(model, src_ids, length_beam=length_beam, int8=int8)
                 if iterations == 1
-                else mask_predict(model, src_ids, iterations=iterations, length_beam=length_beam)
+                else mask_predict(model, src_ids, iterations=iterations, length_beam=length_beam, int8=int8)
             )
             for index, hyps in zip(indices, found, strict=True):
                 results[index] = hyps
