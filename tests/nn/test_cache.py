@@ -124,6 +124,9 @@ def test_select_reorders_batch_rows(rng: torch.Generator) -> None:
                 before, after = before[:, :, : old.self_len], after[:, :, : new.self_len]
             for row, source in enumerate([2, 0, 0]):
                 torch.testing.assert_close(after[row], before[source], atol=0, rtol=0)
+        # the buffers keep their capacity (only the valid prefix is copied): the next append needs no growth
+        assert old.self_k is not None and new.self_k is not None
+        assert new.self_k.shape[2] == old.self_k.shape[2] > old.self_len
 
 
 def test_select_gives_an_independent_cache(rng: torch.Generator) -> None:
