@@ -29,7 +29,7 @@ class ScriptedState:
     key: Tensor
     prefix: Tensor
 
-    def select(self, indices: Tensor, *, same_sources: bool = False) -> ScriptedState:
+    def select(self, indices: Tensor, *, same_sources: bool = False, in_place: bool = False) -> ScriptedState:
         key = self.key.index_select(0, indices)
         if same_sources:  # the caller's promise: every row keeps its sentence; check it
             assert torch.equal(key, self.key), "same_sources=True but rows changed sentence"

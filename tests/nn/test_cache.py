@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import torch
 from torch import nn
 
@@ -127,6 +128,38 @@ def test_select_reorders_batch_rows(rng: torch.Generator) -> None:
         # the buffers keep their capacity (only the valid prefix is copied): the next append needs no growth
         assert old.self_k is not None and new.self_k is not None
         assert new.self_k.shape[2] == old.self_k.shape[2] > old.self_len
+
+
+@pytest.mark.parametrize("order", [[1, 1, 0, 3], [0, 1, 2, 3], [3, 2, 1, 0], [2, 2, 2, 2]])
+def test_in_place_select_equals_a_copying_select(rng: torch.Generator, order: list[int]) -> None:
+    """Rows read their parents before any row is overwritten (swaps, repeats, no move at all), and only
+    the self-attention buffers change; the cache object itself is reordered and returned."""
+    cache = filled_cache(rng, batch=4)
+    indices = torch.tensor(order)
+    expected = cache.select(indices, same_sources=True)
+    cross_before = [layer.cross_k for layer in cache.layers]
+    with torch.inference_mode():
+        reordered = cache.select(indices, same_sources=True, in_place=True)
+    assert reordered is cache
+    for got, want, cross in zip(reordered.layers, expected.layers, cross_before, strict=True):
+        assert got.self_k is not None and want.self_k is not None and got.self_v is not None
+        assert want.self_v is not None
+        n = got.self_len
+        torch.testing.assert_close(got.self_k[:, :, :n], want.self_k[:, :, :n], atol=0, rtol=0)
+        torch.testing.assert_close(got.self_v[:, :, :n], want.self_v[:, :, :n], atol=0, rtol=0)
+        assert got.cross_k is cross
+
+
+def test_in_place_select_copies_where_it_may_not_reorder(rng: torch.Generator) -> None:
+    """A subset of rows, or sources that change, or gradients wanted: a copy, the original untouched."""
+    cache = filled_cache(rng, batch=4)
+    before = cache.layers[0].self_k[:, :, :4].clone()  # type: ignore[index]
+    with torch.inference_mode():
+        fewer = cache.select(torch.tensor([1, 0]), same_sources=True, in_place=True)
+        moved = cache.select(torch.tensor([1, 0, 3, 2]), in_place=True)
+    with_grad = cache.select(torch.tensor([1, 0, 3, 2]), same_sources=True, in_place=True)
+    assert fewer is not cache and moved is not cache and with_grad is not cache
+    torch.testing.assert_close(cache.layers[0].self_k[:, :, :4], before, atol=0, rtol=0)  # type: ignore[index]
 
 
 def test_select_gives_an_independent_cache(rng: torch.Generator) -> None:

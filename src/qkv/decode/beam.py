@@ -203,8 +203,9 @@ def beam_search(
             fin_tokens, fin_length = fin_tokens[still], fin_length[still]
             rows = rows.view(n, k)[still].view(-1)
         # Rows only trade places within their sentence unless a sentence left: then the encoder output
-        # and cross-attention keys/values (the same for all beams of a sentence) need not be copied.
-        state = state.select(rows, same_sources=not some_done)
+        # and cross-attention keys/values (the same for all beams of a sentence) need not be copied, and
+        # the cache may be reordered in place (the old state is not read again).
+        state = state.select(rows, same_sources=not some_done, in_place=not some_done)
         tokens = live_tokens[:, :, -1].reshape(-1, 1)  # (n' * k, 1)
     return results
 

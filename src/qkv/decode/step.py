@@ -39,12 +39,14 @@ _Self = TypeVar("_Self", bound="DecodeState")
 class DecodeState(Protocol):
     """Whatever a stepper carries from step to step for a batch of rows (encoder output, cache, prefix)."""
 
-    def select(self: _Self, indices: Tensor, *, same_sources: bool = False) -> _Self:
+    def select(self: _Self, indices: Tensor, *, same_sources: bool = False, in_place: bool = False) -> _Self:
         """Keep rows ``indices`` (batch,) in that order; an index may repeat (one row per beam).
 
         ``same_sources=True`` promises that new row i decodes the same source sentence as old row i (beam
         search reordering the beams of each sentence, no sentence leaving): what depends only on the
         source (encoder output, cross-attention keys and values) may then stay where it is.
+        ``in_place=True`` (with ``same_sources``) lets the state reuse and overwrite its own buffers,
+        copying only the rows that move: the caller hands this state over and never reads it again.
         """
         ...
 
@@ -102,9 +104,10 @@ class CachedState:
     cache: KVCache
     beams: int = 1
 
-    def select(self, indices: Tensor, *, same_sources: bool = False) -> CachedState:
+    def select(self, indices: Tensor, *, same_sources: bool = False, in_place: bool = False) -> CachedState:
         if same_sources:
-            return CachedState(self.encoded, self.cache.select(indices, same_sources=True), self.beams)
+            cache = self.cache.select(indices, same_sources=True, in_place=in_place)
+            return CachedState(self.encoded, cache, self.beams)
         if self.beams == 1:
             return CachedState(self.encoded.select(indices), self.cache.select(indices))
         sources = _sources_of(indices, self.beams)
@@ -153,7 +156,7 @@ class UncachedState:
     encoded: Encoded
     prefix: Tensor
 
-    def select(self, indices: Tensor, *, same_sources: bool = False) -> UncachedState:
+    def select(self, indices: Tensor, *, same_sources: bool = False, in_place: bool = False) -> UncachedState:
         encoded = self.encoded if same_sources else self.encoded.select(indices)
         return UncachedState(encoded, self.prefix.index_select(0, indices))
 

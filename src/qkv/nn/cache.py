@@ -82,6 +82,16 @@ class LayerCache:
             cross_k, cross_v = pick(self.cross_k, cross_rows), pick(self.cross_v, cross_rows)
         return LayerCache(pick_valid(self.self_k), pick_valid(self.self_v), self.self_len, cross_k, cross_v)
 
+    def reorder_(self, moved: Tensor, parents: Tensor) -> None:
+        """In place: row ``moved[i]`` of the self-attention keys and values becomes a copy of what row
+        ``parents[i]`` held (every parent is read before any row is written). Only the first
+        ``self_len`` positions are copied; the cross-attention keys and values stay (beams of one source).
+        """
+        for buffer in (self.self_k, self.self_v):
+            if buffer is not None:
+                valid = buffer[:, :, : self.self_len]
+                valid.index_copy_(0, moved, valid.index_select(0, parents))
+
 
 @dataclass
 class KVCache:
@@ -101,11 +111,30 @@ class KVCache:
         return self.layers[0].self_len if self.layers else 0
 
     def select(
-        self, indices: Tensor, *, same_sources: bool = False, sources: Tensor | None = None
+        self,
+        indices: Tensor,
+        *,
+        same_sources: bool = False,
+        sources: Tensor | None = None,
+        in_place: bool = False,
     ) -> KVCache:
         """Reorder or subset the batch dimension of every layer (beam search); see
-        :meth:`LayerCache.select` for ``same_sources`` and ``sources``."""
+        :meth:`LayerCache.select` for ``same_sources`` and ``sources``.
+
+        ``in_place=True`` (with ``same_sources``, and as many rows as before) reorders this cache itself
+        and returns it: only the rows whose source row differs are copied (in beam search about half of
+        them move at a step; a copy of every row into fresh buffers is what it saves). The cache before
+        the call is gone: use it only where nothing else holds it.
+        """
         indices = indices.to(torch.long)
+        rows = self.layers[0].self_k.shape[0] if self.layers and self.layers[0].self_k is not None else -1
+        if in_place and same_sources and indices.shape[0] == rows and not torch.is_grad_enabled():
+            moved = (indices != torch.arange(rows, device=indices.device)).nonzero().squeeze(1)
+            if moved.numel():
+                parents = indices.index_select(0, moved)
+                for layer in self.layers:
+                    layer.reorder_(moved, parents)
+            return self
         sources = None if sources is None else sources.to(torch.long)
         return KVCache(
             [layer.select(indices, same_sources=same_sources, sources=sources) for layer in self.layers]
