@@ -44,6 +44,15 @@ def mkl_packing_available() -> bool:
     return bool(torch.equal(out, torch.full((1, 2), 3.0)))
 
 
+def _float32_on_cpu(weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether a weight (and bias) can be packed: float32 tensors on a CPU."""
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and (bias is None or bias.dtype == torch.float32)
+    )
+
+
 class PackedLinear:
     """y = x W^T + b, W (out_features, in_features) packed once for x of ``rows_hint`` rows.
 
@@ -56,12 +65,7 @@ class PackedLinear:
         self.bias = None if bias is None else bias.detach()
         self.rows_hint = max(int(rows_hint), 1)
         self.packed: Tensor | None = None
-        if (
-            self.weight.device.type == "cpu"
-            and self.weight.dtype == torch.float32
-            and (self.bias is None or self.bias.dtype == torch.float32)
-            and mkl_packing_available()
-        ):
+        if _float32_on_cpu(self.weight, self.bias) and mkl_packing_available():
             self.weight = self.weight.contiguous()
             self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, self.rows_hint)
 
@@ -102,12 +106,7 @@ class OneDNNLinear:
         self.weight = weight.detach()
         self.bias = None if bias is None else bias.detach()
         self.packed: Tensor | None = None
-        if (
-            self.weight.device.type == "cpu"
-            and self.weight.dtype == torch.float32
-            and (self.bias is None or self.bias.dtype == torch.float32)
-            and onednn_packing_available()
-        ):
+        if _float32_on_cpu(self.weight, self.bias) and onednn_packing_available():
             self.weight = self.weight.contiguous()
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
 
