@@ -124,7 +124,12 @@ needs_int8 = pytest.mark.skipif(not int8_available(), reason="no fbgemm/x86 int8
 @needs_int8
 @pytest.mark.parametrize("full_range", [True, False])
 def test_int8_linear_is_close_to_float64(full_range: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Per-row int8 weights, 8-bit (or 7-bit) activations: ~1% (2%) root-mean-square error."""
+    """Per-row int8 weights, 8-bit (or 7-bit) activations: ~1% (2%) root-mean-square error.
+
+    8-bit activations are only right on a CPU with AVX-512 VNNI: elsewhere fbgemm's products pass through
+    saturating 16-bit sums (1.7% error here on an AVX2-only AMD EPYC), which is why qkv uses 7 bits there."""
+    if full_range and not packed.full_range_activations():
+        pytest.skip("this CPU lacks AVX-512 VNNI: qkv never uses 8-bit activations here")
     monkeypatch.setattr(packed, "full_range_activations", lambda: full_range)
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(300, 256, generator=generator) * 0.05
