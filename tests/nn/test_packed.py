@@ -11,6 +11,9 @@ from qkv.nn.packed import (
     Int8Linear,
     OneDNNLinear,
     PackedLinear,
+    PlainLinear,
+    TransposedLinear,
+    cpu_linear,
     int8_available,
     mkl_packing_available,
     onednn_packing_available,
@@ -115,6 +118,52 @@ def test_stacked_linears_are_the_outputs_side_by_side() -> None:
         torch.testing.assert_close(
             PackedLinear(*stack_linears([q, k, v]), rows_hint=5)(x), expected, atol=1e-5, rtol=0
         )
+
+
+@pytest.mark.parametrize("kind", [TransposedLinear, PlainLinear])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_transposed_and_plain_linear_match_float64(kind: type, with_bias: bool) -> None:
+    generator = torch.Generator().manual_seed(7)
+    weight = torch.randn(50, 24, generator=generator)
+    bias = torch.randn(50, generator=generator) if with_bias else None
+    linear = kind(weight, bias)
+    for x in (torch.randn(1, 24, generator=generator), torch.randn(2, 9, 24, generator=generator)):
+        out = linear(x)
+        assert out.shape == (*x.shape[:-1], 50)
+        torch.testing.assert_close(out.double(), _reference(x, weight, bias), atol=1e-4, rtol=0)
+
+
+CHOICES = [  # (MKL fast here, rows, weight rows) -> the kind cpu_linear picks
+    (True, 1, 256, PackedLinear),
+    (True, 32, 256, PackedLinear),
+    (True, None, 256, PlainLinear),
+    (True, None, 8000, OneDNNLinear),
+    (False, 1, 256, TransposedLinear),
+    (False, 32, 256, OneDNNLinear),
+    (False, None, 256, OneDNNLinear),
+    (False, None, 8000, OneDNNLinear),
+]
+
+
+@pytest.mark.parametrize(("mkl_fast", "rows", "out_features", "kind"), CHOICES)
+def test_cpu_linear_picks_by_cpu_and_rows_and_always_computes_the_product(
+    mkl_fast: bool, rows: int | None, out_features: int, kind: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(packed, "mkl_is_fast_here", lambda: mkl_fast)
+    generator = torch.Generator().manual_seed(out_features)
+    weight = torch.randn(out_features, 32, generator=generator) * 0.1
+    bias = torch.randn(out_features, generator=generator)
+    linear = cpu_linear(weight, bias, rows=rows)
+    assert isinstance(linear, kind)
+    for n in {1, 3, rows or 5}:  # the hinted rows and others
+        x = torch.randn(n, 32, generator=generator)
+        torch.testing.assert_close(linear(x).double(), _reference(x, weight, bias), atol=1e-4, rtol=0)
+
+
+def test_mkl_is_fast_on_intel_cpus_only() -> None:
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        intel = "GenuineIntel" in cpuinfo.read()
+    assert packed.mkl_is_fast_here() == intel
 
 
 # -- int8 ---------------------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ float32 on a CPU, eval mode) with:
 * plain functions instead of module calls; W_Q, W_K, W_V of self-attention as one product;
 * cross-attention keys and values computed once per batch (:meth:`FastPasses.cross_keys_values`) and
   reused by every pass: mask-predict runs the decoder up to K times on one encoder output;
-* the output projection packed once for oneDNN (:class:`~qkv.nn.packed.OneDNNLinear`, any row count:
-  0.62 -> 0.26 ms for that product), and applied only to the positions that need logits;
+* every product prepared once for this CPU (:func:`~qkv.nn.packed.cpu_linear`): on an Intel CPU the
+  output projection packed for oneDNN (any row count: 0.62 -> 0.26 ms for that product) and the layers'
+  plain; elsewhere all of them packed for oneDNN (on an AMD EPYC MKL's products were 1.1-1.5x slower
+  at 12-64 rows); the output projection applied only to the positions that need logits;
 * each mask checked once per stack, residual adds in place.
 
 With ``int8=True`` every product is an :class:`~qkv.nn.packed.Int8Linear` (int8 weights, activations
@@ -35,7 +37,7 @@ from qkv.decode.fast import model_snapshot
 from qkv.models.seq2seq import Encoded, EncoderDecoder
 from qkv.nn import masks
 from qkv.nn.layers import DecoderLayer, EncoderLayer
-from qkv.nn.packed import Int8Linear, OneDNNLinear, int8_available, stack_linears
+from qkv.nn.packed import CpuLinear, Int8Linear, cpu_linear, int8_available, stack_linears
 
 _Norm = tuple[Tensor, Tensor, float]  # LayerNorm weight, bias, eps
 KeysValues = list[tuple[Tensor, Tensor]]  # per decoder layer: (batch, heads, src_len, d_head) each
@@ -45,25 +47,14 @@ def _norm(module: nn.LayerNorm) -> _Norm:
     return module.weight.detach(), module.bias.detach(), module.eps
 
 
-class _Plain:
-    """y = x W^T + b through ``F.linear``. Shapes: (..., in_features) -> (..., out_features)."""
-
-    __slots__ = ("bias", "weight")
-
-    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
-        self.weight, self.bias = weight.detach(), None if bias is None else bias.detach()
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias)
-
-
-_Product = _Plain | Int8Linear
+_Product = CpuLinear | Int8Linear
 
 
 def _product(*linears: nn.Linear, int8: bool) -> _Product:
-    """One linear map, or several of the same input side by side (:func:`stack_linears`)."""
+    """One linear map, or several of the same input side by side (:func:`stack_linears`), as this CPU's
+    fastest product for a number of rows that changes from pass to pass (:func:`cpu_linear`)."""
     weight, bias = stack_linears(list(linears)) if len(linears) > 1 else (linears[0].weight, linears[0].bias)
-    return Int8Linear(weight, bias) if int8 else _Plain(weight, bias)
+    return Int8Linear(weight, bias) if int8 else cpu_linear(weight, bias)
 
 
 def _empty_rows(may_attend: Tensor | None) -> Tensor | None:
@@ -194,7 +185,7 @@ class FastPasses:
         self.encoder_norm = None if model.encoder_norm is None else _norm(model.encoder_norm)
         self.decoder_norm = None if model.decoder_norm is None else _norm(model.decoder_norm)
         output = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
-        self.output: OneDNNLinear | Int8Linear = Int8Linear(output) if int8 else OneDNNLinear(output)
+        self.output: _Product = Int8Linear(output) if int8 else cpu_linear(output)
 
     def encode(self, src_ids: Tensor) -> Encoded:
         """Shapes: src_ids (batch, src_len) -> Encoded(memory (batch, src_len, d_model), may_attend)."""
