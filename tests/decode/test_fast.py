@@ -9,11 +9,13 @@ import torch
 
 from qkv.config import preset
 from qkv.decode import decode, pad_batch
+from qkv.decode import fast as fast_module
 from qkv.decode.beam import beam_search
-from qkv.decode.fast import _SNAPSHOTS, fast_decoder
+from qkv.decode.fast import _SNAPSHOTS, _attention, fast_decoder
 from qkv.decode.greedy import greedy_search
 from qkv.decode.step import CachedStepper
 from qkv.models.seq2seq import Transformer
+from qkv.nn import packed
 from qkv.nn.packed import Int8Linear, int8_available
 from tests.decode.conftest import random_model
 
@@ -38,8 +40,24 @@ VARIANTS = {
 }
 
 
+# Every kernel choice the fast step can make, whatever CPU the tests run on: the products as on an Intel
+# CPU (MKL packed) or elsewhere (oneDNN, transposed at one row); attention fused or as two batched products.
+KERNELS = {
+    "intel products, fused attention": (True, 10**9),
+    "other products, batched attention": (False, 1),
+}
+
+
+@pytest.fixture(params=list(KERNELS.values()), ids=list(KERNELS))
+def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    mkl_fast, bmm_min_rows = request.param
+    monkeypatch.setattr(packed, "mkl_is_fast_here", lambda: mkl_fast)
+    monkeypatch.setattr(fast_module, "_BMM_MIN_QUERY_ROWS", bmm_min_rows)
+    _SNAPSHOTS.clear()  # no snapshot built under another choice
+
+
 @pytest.mark.parametrize("changes", VARIANTS.values(), ids=list(VARIANTS))
-def test_fast_steps_equal_reference_steps(changes: dict[str, object]) -> None:
+def test_fast_steps_equal_reference_steps(changes: dict[str, object], kernels: None) -> None:
     """Step by step, with padded sources, a reorder with repeated rows, and a row with no source key."""
     model = _variant(**changes)
     src = pad_batch([[5, 6, 7, 2], [8, 9, 2], [2], [10] * 12 + [2]], model.config.pad_id)
@@ -79,7 +97,9 @@ def test_fast_and_reference_steps_share_one_cache() -> None:
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
-def test_greedy_and_beam_outputs_equal_the_reference(norm_first: bool, sources: list[list[int]]) -> None:
+def test_greedy_and_beam_outputs_equal_the_reference(
+    norm_first: bool, sources: list[list[int]], kernels: None
+) -> None:
     model = random_model(norm_first=norm_first)
     src = pad_batch(sources, model.config.pad_id)
     with torch.inference_mode():
@@ -219,3 +239,25 @@ def test_grouped_beam_state_refuses_selections_that_split_a_sentence(model: Tran
         flat = state.ungrouped()
         assert flat.beams == 1 and flat.encoded.memory.shape[0] == 6
         torch.testing.assert_close(flat.encoded.memory[3], state.encoded.memory[1])
+
+
+@pytest.mark.parametrize("bmm_min_rows", [1, 10**9], ids=["batched products", "fused kernel"])
+def test_attention_equals_float64_softmax(bmm_min_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """softmax(Q K^T / sqrt(d)) V on cache-like views, with a padding mask; a query whose keys are all
+    masked is left to the caller (NaN or zeros), every other row equals the float64 formula."""
+    monkeypatch.setattr(fast_module, "_BMM_MIN_QUERY_ROWS", bmm_min_rows)
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 2, 4, 8, generator=generator)
+    buffer = torch.randn(3, 2, 16, 8, generator=generator)  # capacity 16, 5 valid positions
+    k, v = buffer[:, :, :5], buffer.flip(0)[:, :, :5].contiguous()
+    may_attend = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    may_attend = may_attend[:, None, None, :]  # (3, 1, 1, 5); source 2 has no key
+    scores = q.double() @ k.double().transpose(-1, -2) / 8**0.5
+    scores = scores.masked_fill(~may_attend, float("-inf"))
+    expected = torch.softmax(scores, dim=-1) @ v.double()
+    out = _attention(q, k, v, may_attend)
+    assert out.shape == (3, 2, 4, 8)
+    torch.testing.assert_close(out[:2].double(), expected[:2], atol=1e-5, rtol=0)
+    unmasked = _attention(q, k, v, None)
+    full = torch.softmax(q.double() @ k.double().transpose(-1, -2) / 8**0.5, dim=-1) @ v.double()
+    torch.testing.assert_close(unmasked.double(), full, atol=1e-5, rtol=0)

@@ -6,8 +6,11 @@ small model is then bound by dispatch and by small matrix products, not by arith
 computes the same function for exactly that case (one new position, a key/value cache, no gradients, no
 attention weights, float32 on a CPU) with:
 
-* every weight packed once for MKL's GEMM (:class:`~qkv.nn.packed.PackedLinear`), for the batch's number
-  of rows (other row counts, as greedy search drops finished sentences, get the plain product);
+* every weight prepared once for this CPU's fastest product at the batch's number of rows
+  (:func:`~qkv.nn.packed.cpu_linear`): on an Intel CPU packed for MKL's GEMM for exactly that many rows
+  (other row counts, as greedy search drops finished sentences, get the plain product), elsewhere
+  packed for oneDNN (any row count) or, for a single row, transposed for the BLAS's matrix-vector
+  product;
 * W_Q, W_K, W_V of self-attention as one product, and W_K, W_V of cross-attention as one (computed once
   per sentence, on the first step, as in the reference);
 * beam search's beams of one sentence as one block of queries against the sentence's cross-attention keys
@@ -42,18 +45,45 @@ from torch.nn.modules.module import (
 from qkv.models.seq2seq import Encoded, Transformer
 from qkv.nn.cache import KVCache, LayerCache
 from qkv.nn.layers import DecoderLayer
-from qkv.nn.packed import Int8Linear, PackedLinear, int8_available, stack_linears
+from qkv.nn.packed import CpuLinear, Int8Linear, cpu_linear, int8_available, stack_linears
 
 _Norm = tuple[Tensor, Tensor, float]  # LayerNorm weight, bias, eps
-Linear = PackedLinear | Int8Linear
+Linear = CpuLinear | Int8Linear
 
 
 def _linear(weight: Tensor, bias: Tensor | None, *, rows_hint: int, int8: bool) -> Linear:
-    return Int8Linear(weight, bias) if int8 else PackedLinear(weight, bias, rows_hint=rows_hint)
+    return Int8Linear(weight, bias) if int8 else cpu_linear(weight, bias, rows=rows_hint)
 
 
 def _norm(module: nn.LayerNorm) -> _Norm:
     return module.weight.detach(), module.bias.detach(), module.eps
+
+
+# From this many query rows (rows x queries per row) on, two batched products and a softmax beat the
+# fused kernel for one-token steps: beam 4 x 32 sentences, self-attention over 128 rows and 16-32 cached
+# keys, 203-315 us against 335-480 us (AMD EPYC, 2 threads); at 32 rows or fewer the fused one wins or ties.
+_BMM_MIN_QUERY_ROWS = 64
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, may_attend: Tensor | None) -> Tensor:
+    """softmax(Q K^T / sqrt(d_head)) V, as ``F.scaled_dot_product_attention`` computes it.
+
+    Shapes: q (batch, heads, q_len, d_head); k, v (batch, heads, k_len, d_head), views allowed (the
+    cache's buffers); may_attend None or bool broadcastable to (batch, heads, q_len, k_len), True = may
+    attend -> (batch, heads, q_len, d_head). A query with no key it may attend to gets NaN from the
+    batched path (zeros from the fused one): the caller zeroes such rows, as it must for the fused path.
+    """
+    batch, heads, q_len, d_head = q.shape
+    if batch * q_len < _BMM_MIN_QUERY_ROWS:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=may_attend)
+    k_len = k.shape[2]
+    scores = torch.bmm(
+        q.reshape(batch * heads, q_len, d_head), k.reshape(batch * heads, k_len, d_head).transpose(1, 2)
+    ).mul_(d_head**-0.5)  # (batch * heads, q_len, k_len)
+    if may_attend is not None:
+        scores.view(batch, heads, q_len, k_len).masked_fill_(~may_attend, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.bmm(probs, v.reshape(batch * heads, k_len, d_head)).view(batch, heads, q_len, d_head)
 
 
 class _FrozenDecoderLayer:
@@ -114,7 +144,7 @@ class _FrozenDecoderLayer:
         q, k, v = self.self_qkv(h).split(self.d_model, dim=-1)  # each (rows, d_model)
         keys, values = cache.append_self(self._heads(k), self._heads(v))  # (rows, heads, steps, d_head)
         # The newest position may see every cached one: no mask (as in the reference).
-        context = F.scaled_dot_product_attention(self._heads(q), keys, values)  # (rows, heads, 1, d_head)
+        context = _attention(self._heads(q), keys, values, None)  # (rows, heads, 1, d_head)
         return self.self_out(context.reshape(h.shape[0], self.d_model))
 
     def _cross_attention(
@@ -134,7 +164,7 @@ class _FrozenDecoderLayer:
         # keys, which are stored once (see CachedState.beams). With one beam this is the usual layout.
         sources = memory.shape[0]
         q = self.cross_q(h).view(sources, -1, self.heads, self.d_model // self.heads).transpose(1, 2)
-        context = F.scaled_dot_product_attention(q, cache.cross_k, cache.cross_v, attn_mask=memory_mask)
+        context = _attention(q, cache.cross_k, cache.cross_v, memory_mask)
         if empty_rows is not None:  # a source with no key is attended to by nothing (see qkv.nn.attention)
             context = context.masked_fill(empty_rows, 0.0)
         return self.cross_out(context.transpose(1, 2).reshape(h.shape[0], self.d_model))
