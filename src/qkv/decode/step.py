@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from qkv.decode.fast import FastDecoder, can_use_fast_decoder, fast_decoder
+from qkv.decode.fast_sequence import fast_passes
 from qkv.models.seq2seq import Encoded, Transformer
 from qkv.nn.cache import KVCache
 
@@ -208,7 +209,13 @@ class CachedStepper(_ModelStepper):
         self._fast_decoder: FastDecoder | None = None
 
     def encode(self, src_ids: Tensor) -> CachedState:
-        return CachedState(self.model.encode(src_ids), self.model.new_cache())
+        """The encoder runs through the fast whole-sequence pass where the fast step may run (float32:
+        the encoder is not quantised under ``int8``), else through the model's modules."""
+        if self.fast and can_use_fast_decoder(self.model, self.model.src_embed.weight):
+            encoded = fast_passes(self.model).encode(src_ids)
+        else:
+            encoded = self.model.encode(src_ids)
+        return CachedState(encoded, self.model.new_cache())
 
     def step(self, tokens: Tensor, state: CachedState) -> tuple[Tensor, CachedState]:
         if self.fast and tokens.shape[1] == 1 and can_use_fast_decoder(self.model, state.encoded.memory):
