@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 from qkv.config import NATConfig, preset
+from qkv.decode.fast import _SNAPSHOTS
 from qkv.decode.fast_sequence import fast_passes
 from qkv.decode.nat import NATIteration, mask_predict, single_pass, teacher_scores
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
+from qkv.nn import packed
 from qkv.nn.packed import int8_available
 from tests.reference import randomize_norms_and_biases
 
@@ -27,6 +29,13 @@ VARIANTS = {
     "gelu": dict(activation="gelu"),
     "learned positions": dict(positions="learned"),
 }
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["intel products", "other products"])
+def _cpu_policy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here runs with both of :func:`qkv.nn.packed.cpu_linear`'s policies, whatever the CPU."""
+    monkeypatch.setattr(packed, "mkl_is_fast_here", lambda: request.param)
+    _SNAPSHOTS.clear()
 
 
 def _nat(**changes: object) -> NATransformer:

@@ -9,8 +9,8 @@ attention weights, float32 on a CPU) with:
 * every weight prepared once for this CPU's fastest product at the batch's number of rows
   (:func:`~qkv.nn.packed.cpu_linear`): on an Intel CPU packed for MKL's GEMM for exactly that many rows
   (other row counts, as greedy search drops finished sentences, get the plain product), elsewhere
-  packed for oneDNN (any row count) or, for a single row, transposed for the BLAS's matrix-vector
-  product;
+  packed for oneDNN (any row count; weights larger than 256 x 256) or, for a single row, transposed for
+  the BLAS's matrix-vector product;
 * W_Q, W_K, W_V of self-attention as one product, and W_K, W_V of cross-attention as one (computed once
   per sentence, on the first step, as in the reference);
 * beam search's beams of one sentence as one block of queries against the sentence's cross-attention keys

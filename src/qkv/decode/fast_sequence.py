@@ -12,8 +12,8 @@ float32 on a CPU, eval mode) with:
   reused by every pass: mask-predict runs the decoder up to K times on one encoder output;
 * every product prepared once for this CPU (:func:`~qkv.nn.packed.cpu_linear`): on an Intel CPU the
   output projection packed for oneDNN (any row count: 0.62 -> 0.26 ms for that product) and the layers'
-  plain; elsewhere all of them packed for oneDNN (on an AMD EPYC MKL's products were 1.1-1.5x slower
-  at 12-64 rows); the output projection applied only to the positions that need logits;
+  plain; elsewhere every weight larger than 256 x 256 packed for oneDNN (on an AMD EPYC MKL's products of
+  those were 1.2-2x slower at 12-128 rows); the output projection applied only where logits are needed;
 * each mask checked once per stack, residual adds in place.
 
 With ``int8=True`` every product is an :class:`~qkv.nn.packed.Int8Linear` (int8 weights, activations

@@ -169,6 +169,10 @@ CpuLinear = PackedLinear | OneDNNLinear | TransposedLinear | PlainLinear
 
 # Below this many outputs, oneDNN's fixed cost per call (~10 us) outweighs its faster kernel on an Intel CPU.
 _ONEDNN_MIN_OUT_FEATURES_ON_INTEL = 4096
+# Elsewhere oneDNN pays for weights larger than this (d_model 256 x 256): on the AMD EPYC, at 12-128 rows,
+# F.linear won for every weight up to 256 x 256 (e.g. 128 x 384 at 36 rows: 67 vs 92 us) and oneDNN for
+# every larger one (768 x 256: 199 vs 160 us; 2048 x 512: 862 vs 599 us; 8000 x 256 at 32 rows: 2.6 vs 1.1 ms).
+_ONEDNN_MIN_WEIGHT_ELSEWHERE = 256 * 256 + 1
 
 
 def cpu_linear(weight: Tensor, bias: Tensor | None = None, *, rows: int | None = None) -> CpuLinear:
@@ -176,16 +180,16 @@ def cpu_linear(weight: Tensor, bias: Tensor | None = None, *, rows: int | None =
     number of rows changes from call to call, as in whole-sequence passes). Every choice computes
     x W^T + b, the same numbers up to rounding, at any number of rows; the choice only sets the speed.
 
-    ==================  =========================  ======================================
-    CPU                 ``rows`` fixed             ``rows=None``
-    ==================  =========================  ======================================
-    Intel (MKL fast)    MKL packed for ``rows``    oneDNN if >= 4096 outputs, else plain
-    any other           1: transposed; else oneDNN oneDNN
-    ==================  =========================  ======================================
+    ===============  ==========================  ===========================================
+    CPU              ``rows`` fixed              ``rows=None``
+    ===============  ==========================  ===========================================
+    Intel            MKL packed for ``rows``     oneDNN if >= 4096 outputs, else plain
+    any other        1: transposed; else as ->   oneDNN if > 256 x 256 weights, else plain
+    ===============  ==========================  ===========================================
 
     Measured on the two CPUs this project has run on (2-core VMs): an Intel Xeon (AVX-512), where MKL's
-    packing won (README, Performance), and an AMD EPYC (AVX2), where MKL's plain and packed products
-    were 1.3-1.8x slower than oneDNN's from 4 rows up, and the transposed layout fastest at one row.
+    packing won (README, Performance), and an AMD EPYC (AVX2), where MKL's products were slower than
+    oneDNN's for all but the smallest weights, and the transposed layout fastest at one row.
     """
     if mkl_is_fast_here():
         if rows is not None:
@@ -195,7 +199,9 @@ def cpu_linear(weight: Tensor, bias: Tensor | None = None, *, rows: int | None =
         return PlainLinear(weight, bias)
     if rows == 1:
         return TransposedLinear(weight, bias)
-    return OneDNNLinear(weight, bias)
+    if weight.numel() >= _ONEDNN_MIN_WEIGHT_ELSEWHERE:
+        return OneDNNLinear(weight, bias)
+    return PlainLinear(weight, bias)
 
 
 def stack_linears(linears: list[torch.nn.Linear]) -> tuple[Tensor, Tensor | None]:
