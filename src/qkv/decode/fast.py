@@ -178,8 +178,9 @@ class _FrozenDecoderLayer:
 class FastDecoder:
     """A :class:`~qkv.models.seq2seq.Transformer`'s decoder, frozen for one-token steps on a CPU.
 
-    ``rows_hint`` is the number of rows the packed weights are for: products at exactly that many rows
-    run packed, any other number runs the plain product (the same numbers).
+    ``rows_hint`` is the number of rows the weights are prepared for (:func:`~qkv.nn.packed.cpu_linear`):
+    on an Intel CPU products at exactly that many rows run MKL-packed and any other number the plain
+    product; elsewhere the choice (one row or more) only sets the speed. The same numbers either way.
     """
 
     def __init__(self, model: Transformer, rows_hint: int, *, int8: bool = False) -> None:
