@@ -80,6 +80,31 @@ def test_fast_steps_equal_reference_steps(changes: dict[str, object], kernels: N
     assert reference._fast_decoder is None
 
 
+def test_one_snapshot_follows_each_batch_source_mask() -> None:
+    """The step works out a batch's source mask once and keeps it; the next batch, with other padding
+    (or none), decoded by the same snapshot, must get its own mask."""
+    model = _variant()
+    pad = model.config.pad_id
+    batches = [
+        pad_batch([[5, 6, 7, 2], [8, 2]], pad),  # padded
+        pad_batch([[5, 6, 2], [9, 8, 2]], pad),  # nothing masked
+        pad_batch([[5, 2], [9, 8, 7, 6, 2]], pad),  # padded the other way round
+    ]
+    batches[2][0, :] = pad  # and a row with no source key
+    fast, reference = CachedStepper(model), CachedStepper(model, fast=False)
+    with torch.inference_mode():
+        for src in batches:
+            fast_state, ref_state = fast.encode(src), reference.encode(src)
+            tokens = torch.full((2, 1), model.config.bos_id)
+            for _ in range(3):
+                fast_lp, fast_state = fast.step(tokens, fast_state)
+                ref_lp, ref_state = reference.step(tokens, ref_state)
+                torch.testing.assert_close(fast_lp, ref_lp, atol=ATOL, rtol=0)
+                tokens = ref_lp.argmax(-1, keepdim=True)
+    steps = [key for key in _SNAPSHOTS[model] if key[0] == "step"]
+    assert len(steps) == 1  # one step snapshot served all three batches
+
+
 def test_fast_and_reference_steps_share_one_cache() -> None:
     """The two paths read and write the same KVCache, so they can take turns on one state."""
     model = _variant()

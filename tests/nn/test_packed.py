@@ -133,29 +133,39 @@ def test_transposed_and_plain_linear_match_float64(kind: type, with_bias: bool) 
         torch.testing.assert_close(out.double(), _reference(x, weight, bias), atol=1e-4, rtol=0)
 
 
-CHOICES = [  # (MKL fast here, rows, weight rows of 256 columns) -> the kind cpu_linear picks
-    (True, 1, 256, PackedLinear),
-    (True, 32, 256, PackedLinear),
-    (True, None, 256, PlainLinear),
-    (True, None, 8000, OneDNNLinear),
-    (False, 1, 768, TransposedLinear),
-    (False, 32, 256, PlainLinear),
-    (False, 32, 257, OneDNNLinear),
-    (False, None, 256, PlainLinear),
-    (False, None, 8000, OneDNNLinear),
+CHOICES = [  # (MKL fast here, rows, weight rows of 256 columns, torch threads) -> the kind cpu_linear picks
+    (True, 1, 256, 1, PackedLinear),
+    (True, 1, 256, 2, PlainLinear),
+    (True, 4, 256, 2, PackedLinear),
+    (True, 32, 256, 2, PackedLinear),
+    (True, None, 256, 2, PlainLinear),
+    (True, None, 8000, 2, OneDNNLinear),
+    (False, 1, 768, 2, TransposedLinear),
+    (False, 1, 768, 1, TransposedLinear),
+    (False, 32, 256, 2, PlainLinear),
+    (False, 32, 257, 2, OneDNNLinear),
+    (False, None, 256, 2, PlainLinear),
+    (False, None, 8000, 2, OneDNNLinear),
 ]
 
 
-@pytest.mark.parametrize(("mkl_fast", "rows", "out_features", "kind"), CHOICES)
+@pytest.mark.parametrize(("mkl_fast", "rows", "out_features", "threads", "kind"), CHOICES)
 def test_cpu_linear_picks_by_cpu_and_rows_and_always_computes_the_product(
-    mkl_fast: bool, rows: int | None, out_features: int, kind: type, monkeypatch: pytest.MonkeyPatch
+    mkl_fast: bool,
+    rows: int | None,
+    out_features: int,
+    threads: int,
+    kind: type,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(packed, "mkl_is_fast_here", lambda: mkl_fast)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     generator = torch.Generator().manual_seed(out_features)
     weight = torch.randn(out_features, 256, generator=generator) * 0.1
     bias = torch.randn(out_features, generator=generator)
     linear = cpu_linear(weight, bias, rows=rows)
     assert isinstance(linear, kind)
+    monkeypatch.undo()
     for n in {1, 3, rows or 5}:  # the hinted rows and others
         x = torch.randn(n, 256, generator=generator)
         torch.testing.assert_close(linear(x).double(), _reference(x, weight, bias), atol=1e-4, rtol=0)

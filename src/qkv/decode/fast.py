@@ -121,31 +121,33 @@ class _FrozenDecoderLayer:
         """Shapes: x (rows, d_model), the new position of each row, ``rows = sources * beams`` with a
         source's beams consecutive; memory (sources, src_len, d_model); memory_mask None (every key
         allowed) or (sources, 1, 1, src_len); empty_rows None or (sources, 1, 1, 1), True where a source
-        has no key -> (rows, d_model)."""
-        x = self._sublayer(x, self.norms[0], lambda h: self._self_attention(h, cache))
-        x = self._sublayer(
-            x, self.norms[1], lambda h: self._cross_attention(h, memory, memory_mask, empty_rows, cache)
-        )
-        return self._sublayer(x, self.norms[2], self._ffn)
+        has no key -> (rows, d_model).
 
-    def _sublayer(self, x: Tensor, norm: _Norm, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
-        """Add & Norm around ``sublayer``, as :class:`~qkv.nn.layers.DecoderLayer` does (post- or pre-LN);
-        the sublayer's output is a fresh tensor, so the residual is added in place."""
-        weight, bias, eps = norm
+        Add & Norm around each sublayer as :class:`~qkv.nn.layers.DecoderLayer` does, written out rather
+        than through a helper (at one sentence a step is bound by the cost of each call); every
+        sublayer returns a fresh tensor, so the residual is added in place.
+        """
+        (w1, b1, eps1), (w2, b2, eps2), (w3, b3, eps3) = self.norms
+        shape = (self.d_model,)
         if self.norm_first:  # x + Sublayer(LayerNorm(x))
-            return sublayer(F.layer_norm(x, (self.d_model,), weight, bias, eps)).add_(x)
-        return F.layer_norm(sublayer(x).add_(x), (self.d_model,), weight, bias, eps)
-
-    def _heads(self, x: Tensor) -> Tensor:
-        """(rows, d_model) -> (rows, heads, 1, d_head), a view."""
-        return x.view(x.shape[0], self.heads, 1, self.d_model // self.heads)
+            x = self._self_attention(torch.layer_norm(x, shape, w1, b1, eps1), cache).add_(x)
+            h = torch.layer_norm(x, shape, w2, b2, eps2)
+            x = self._cross_attention(h, memory, memory_mask, empty_rows, cache).add_(x)
+            return self._ffn(torch.layer_norm(x, shape, w3, b3, eps3)).add_(x)
+        # LayerNorm(x + Sublayer(x))
+        x = torch.layer_norm(self._self_attention(x, cache).add_(x), shape, w1, b1, eps1)
+        h = self._cross_attention(x, memory, memory_mask, empty_rows, cache).add_(x)
+        x = torch.layer_norm(h, shape, w2, b2, eps2)
+        return torch.layer_norm(self._ffn(x).add_(x), shape, w3, b3, eps3)
 
     def _self_attention(self, h: Tensor, cache: LayerCache) -> Tensor:
-        q, k, v = self.self_qkv(h).split(self.d_model, dim=-1)  # each (rows, d_model)
-        keys, values = cache.append_self(self._heads(k), self._heads(v))  # (rows, heads, steps, d_head)
+        rows, heads = h.shape[0], self.heads
+        # Q, K, V of each row as views of the one product: (rows, heads, 1, d_head) each.
+        q, k, v = self.self_qkv(h).view(rows, 3, heads, 1, self.d_model // heads).unbind(1)
+        keys, values = cache.append_self(k, v)  # (rows, heads, steps, d_head)
         # The newest position may see every cached one: no mask (as in the reference).
-        context = _attention(self._heads(q), keys, values, None)  # (rows, heads, 1, d_head)
-        return self.self_out(context.reshape(h.shape[0], self.d_model))
+        context = _attention(q, keys, values, None)  # (rows, heads, 1, d_head)
+        return self.self_out(context.reshape(rows, self.d_model))
 
     def _cross_attention(
         self,
@@ -155,19 +157,24 @@ class _FrozenDecoderLayer:
         empty_rows: Tensor | None,
         cache: LayerCache,
     ) -> Tensor:
+        heads, d_head = self.heads, self.d_model // self.heads
         if cache.cross_k is None or cache.cross_v is None:
-            rows, src_len, _ = memory.shape
-            kv = self.cross_kv(memory).view(rows, src_len, 2, self.heads, self.d_model // self.heads)
-            cache.cross_k = kv[:, :, 0].transpose(1, 2).contiguous()  # (rows, heads, src_len, d_head)
+            sources, src_len, _ = memory.shape
+            kv = self.cross_kv(memory).view(sources, src_len, 2, heads, d_head)
+            cache.cross_k = kv[:, :, 0].transpose(1, 2).contiguous()  # (sources, heads, src_len, d_head)
             cache.cross_v = kv[:, :, 1].transpose(1, 2).contiguous()
         # The beams of a source are its queries: (sources, heads, beams, d_head) against the source's
         # keys, which are stored once (see CachedState.beams). With one beam this is the usual layout.
-        sources = memory.shape[0]
-        q = self.cross_q(h).view(sources, -1, self.heads, self.d_model // self.heads).transpose(1, 2)
-        context = _attention(q, cache.cross_k, cache.cross_v, memory_mask)
+        rows, sources = h.shape[0], memory.shape[0]
+        q = self.cross_q(h)
+        if rows == sources:  # one query per source: (rows, heads, 1, d_head) is a view, no transpose
+            context = _attention(q.view(rows, heads, 1, d_head), cache.cross_k, cache.cross_v, memory_mask)
+        else:
+            q = q.view(sources, rows // sources, heads, d_head).transpose(1, 2)
+            context = _attention(q, cache.cross_k, cache.cross_v, memory_mask).transpose(1, 2)
         if empty_rows is not None:  # a source with no key is attended to by nothing (see qkv.nn.attention)
-            context = context.masked_fill(empty_rows, 0.0)
-        return self.cross_out(context.transpose(1, 2).reshape(h.shape[0], self.d_model))
+            context = context.masked_fill(empty_rows, 0.0)  # (sources, 1, 1, 1) broadcasts over either layout
+        return self.cross_out(context.reshape(rows, self.d_model))
 
     def _ffn(self, h: Tensor) -> Tensor:
         hidden = self.fc_in(h)  # (rows, d_ff)
@@ -200,6 +207,24 @@ class FastDecoder:
         self.final_norm = None if model.decoder_norm is None else _norm(model.decoder_norm)
         output = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
         self.output = _linear(output, None, rows_hint=rows_hint, int8=int8)
+        self._masks: tuple[Tensor, Tensor | None, Tensor | None] | None = None  # see _source_masks
+
+    def _source_masks(self, may_attend: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """(mask for the kernels or None when nothing is masked, rows with no key or None) for the source
+        mask (sources, 1, 1, src_len); worked out once per batch, not at every step (the last one is
+        kept: the same tensor object means the same batch)."""
+        found = self._masks
+        if found is not None and found[0] is may_attend:
+            return found[1], found[2]
+        memory_mask: Tensor | None = may_attend
+        empty_rows: Tensor | None = None
+        if bool(may_attend.all()):
+            memory_mask = None  # nothing is masked: the kernel without a mask is faster
+        else:
+            has_key = may_attend.any(dim=-1, keepdim=True)  # (sources, 1, 1, 1)
+            empty_rows = None if bool(has_key.all()) else ~has_key
+        self._masks = (may_attend, memory_mask, empty_rows)
+        return memory_mask, empty_rows
 
     def step(self, tokens: Tensor, encoded: Encoded, cache: KVCache, *, beams: int = 1) -> Tensor:
         """Feed one token per row; return the logits of the next one. The cache is updated in place.
@@ -212,19 +237,18 @@ class FastDecoder:
         rows = tokens.shape[0]
         if rows != encoded.memory.shape[0] * beams:
             raise ValueError(f"{rows} rows for {encoded.memory.shape[0]} sources of {beams} beams each")
-        x = (self.embed(tokens) + self.positions(1, cache.length)).view(rows, -1)  # (rows, d_model)
-        memory_mask: Tensor | None = encoded.may_attend  # (rows, 1, 1, src_len)
-        empty_rows: Tensor | None = None
-        if bool(encoded.may_attend.all()):
-            memory_mask = None  # nothing is masked: the kernel without a mask is faster
-        else:
-            has_key = encoded.may_attend.any(dim=-1, keepdim=True)  # (rows, 1, 1, 1)
-            empty_rows = None if bool(has_key.all()) else ~has_key
+        # The embedding as TokenEmbedding computes it (a lookup, times sqrt(d_model)), plus the position:
+        # the same operations in the same order, without the module calls.
+        x = self.embed.weight.index_select(0, tokens.view(rows))  # (rows, d_model)
+        if self.embed.multiplier != 1.0:
+            x.mul_(self.embed.multiplier)
+        x.add_(self.positions(1, cache.length))
+        memory_mask, empty_rows = self._source_masks(encoded.may_attend)
         for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
             x = layer(x, encoded.memory, memory_mask, empty_rows, layer_cache)
         if self.final_norm is not None:
             weight, bias, eps = self.final_norm
-            x = F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+            x = torch.layer_norm(x, (x.shape[-1],), weight, bias, eps)
         return self.output(x)
 
 

@@ -29,7 +29,7 @@ Pick = Callable[[Tensor], Tensor]
 def left_to_right(
     stepper: Stepper[S],
     src_ids: Tensor,
-    pick: Pick,
+    pick: Pick | None,
     *,
     alpha: float = DEFAULT_ALPHA,
     max_len_a: float = DEFAULT_MAX_LEN_A,
@@ -37,10 +37,15 @@ def left_to_right(
     max_len: int = DEFAULT_MAX_LEN,
     min_len: int = 0,
 ) -> list[Hypothesis]:
-    """Decode one hypothesis per sentence, token by token, choosing each with ``pick``.
+    """Decode one hypothesis per sentence, token by token, choosing each with ``pick`` (None: the most
+    probable allowed token, greedy).
 
     Each sentence stops at </s>, or after ``min(max_len_a * src_len + max_len_b, max_len,
     stepper.max_len)`` tokens, where it must take </s> (see :func:`~qkv.decode.step.constrain`).
+
+    What each row needs (its limit, its log-prob so far, its tokens) is kept per row and rebuilt only
+    when rows leave, not indexed out of per-sentence tensors at every step: for one sentence a step is
+    bound by the number of operations it runs, not by their size.
 
     Shapes: src_ids (batch, src_len), padded with ``stepper.pad_id`` -> ``batch`` hypotheses, in order.
     """
@@ -62,33 +67,50 @@ def left_to_right(
 
     state = stepper.encode(src_ids)
     alive = torch.arange(batch, device=device)  # sentence index of each row still decoding, (rows,)
+    row_max_lens, row_log_prob = max_lens, log_prob.clone()  # per row, (rows,)
+    shortest = int(row_max_lens.min())  # no row is at its limit before this many steps
+    chosen: list[Tensor] = []  # the rows' tokens since ``first_step``, one (rows,) tensor per step
+    first_step = 0
     tokens = torch.full((batch, 1), stepper.bos_id, dtype=torch.long, device=device)
     for steps_done in count():
         log_probs, state = stepper.step(tokens, state)  # (rows, vocab)
         log_probs = constrain(
             log_probs,
             steps_done,
-            max_lens[alive],
+            row_max_lens,
             min_len=min_len,
             pad_id=stepper.pad_id,
             bos_id=stepper.bos_id,
             eos_id=stepper.eos_id,
             inplace=True,
+            some_at_max=None if steps_done >= shortest else False,
         )
         # A row with no allowed token (only a scripted model can do that) ends, with log-prob -inf.
-        stuck = log_probs.amax(dim=-1) == float("-inf")  # (rows,); one pass, not isfinite + any
-        if bool(stuck.any()):
-            choice = pick(log_probs.masked_fill(stuck[:, None], 0.0))  # (rows,)
-            choice = torch.where(stuck, stepper.eos_id, choice)
+        if pick is None:  # the most probable token and its log-prob, from one pass
+            # max(dim), not argmax: the same first-maximum index, but torch's CPU argmax over a
+            # (32, 8000) row block took ~10x as long (1.6 ms against 0.16 ms), a third of a decoder step.
+            best, choice = log_probs.max(dim=-1)  # (rows,) each
+            stuck = best == float("-inf")
+            if bool(stuck.any()):
+                choice = torch.where(stuck, stepper.eos_id, choice)
         else:
-            choice = pick(log_probs)
-        log_prob[alive] += log_probs.gather(1, choice[:, None]).squeeze(1)
-        out[alive, steps_done] = choice
+            stuck = log_probs.amax(dim=-1) == float("-inf")  # (rows,); one pass, not isfinite + any
+            if bool(stuck.any()):
+                choice = pick(log_probs.masked_fill(stuck[:, None], 0.0))  # (rows,)
+                choice = torch.where(stuck, stepper.eos_id, choice)
+            else:
+                choice = pick(log_probs)
+            best = log_probs.gather(1, choice[:, None]).squeeze(1)
+        row_log_prob += best
+        chosen.append(choice)
 
         is_finished = choice == stepper.eos_id  # (rows,)
         if bool(is_finished.any()):
+            out[alive, first_step : steps_done + 1] = torch.stack(chosen, dim=1)
+            chosen, first_step = [], steps_done + 1
             done = alive[is_finished]
             length[done] = steps_done + 1
+            log_prob[done] = row_log_prob[is_finished]
             # The same float32 operation as beam search, so beam=1 reproduces these scores to the bit.
             score[done] = log_prob[done] / length_penalty(steps_done + 1, alpha)
             keep = (~is_finished).nonzero().squeeze(1)
@@ -96,6 +118,8 @@ def left_to_right(
                 break
             state = state.select(keep)
             alive, choice = alive[keep], choice[keep]
+            row_max_lens, row_log_prob = row_max_lens[keep], row_log_prob[keep]
+            shortest = int(row_max_lens.min())
         tokens = choice[:, None]
 
     return [
@@ -104,13 +128,6 @@ def left_to_right(
             out.tolist(), length.tolist(), log_prob.tolist(), score.tolist(), strict=True
         )
     ]
-
-
-def _argmax(log_probs: Tensor) -> Tensor:
-    """log_probs (rows, vocab) -> the most probable token of each row (rows,)."""
-    # max(dim).indices, not argmax: the same first-maximum index, but torch's CPU argmax over a
-    # (32, 8000) row block took ~10x as long here (1.6 ms against 0.16 ms), a third of a decoder step.
-    return log_probs.max(dim=-1).indices
 
 
 def greedy_search(
@@ -133,7 +150,7 @@ def greedy_search(
     return left_to_right(
         stepper,
         src_ids,
-        _argmax,
+        None,
         alpha=alpha,
         max_len_a=max_len_a,
         max_len_b=max_len_b,

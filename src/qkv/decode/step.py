@@ -23,6 +23,7 @@ that ``step`` hands back.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -264,6 +265,14 @@ def max_output_lengths(
     return limit.clamp(min=0, max=max(max_len, 0))
 
 
+@functools.lru_cache(maxsize=64)
+def _token_ids(ids: tuple[int, ...], device: torch.device) -> Tensor:
+    """The ids as a long tensor on ``device``, made once (the rules apply them at every step); a normal
+    tensor even when first asked for under ``torch.inference_mode()``, so autograd may use it later."""
+    with torch.inference_mode(False):
+        return torch.tensor(ids, dtype=torch.long, device=device)
+
+
 def constrain(
     log_probs: Tensor,
     steps_done: int,
@@ -274,6 +283,7 @@ def constrain(
     bos_id: int,
     eos_id: int,
     inplace: bool = False,
+    some_at_max: bool | None = None,
 ) -> Tensor:
     """Apply the decoding rules to one step's log-probs; banned tokens get -inf.
 
@@ -286,17 +296,22 @@ def constrain(
 
     The allowed log-probs are not renormalised. ``steps_done`` is the number of tokens produced before
     this step (the same for every row). ``inplace=True`` writes into ``log_probs`` (the strategies own
-    the step's log-probs; a (rows, vocab) copy per step is not free) and returns it.
+    the step's log-probs; a (rows, vocab) copy per step is not free) and returns it. ``some_at_max=False``
+    says the caller knows no row is at its limit (e.g. ``steps_done`` is below the smallest of
+    ``max_lens``), which saves the check; None works it out.
 
     Shapes: log_probs (rows, vocab); max_lens (rows,) -> (rows, vocab).
     """
-    banned = [pad_id, bos_id, eos_id] if steps_done < min_len else [pad_id, bos_id]
-    at_max = steps_done >= max_lens  # (rows,)
-    some_at_max = bool(at_max.any())
+    banned = (pad_id, bos_id, eos_id) if steps_done < min_len else (pad_id, bos_id)
+    at_max = None
+    if some_at_max is None:
+        at_max = steps_done >= max_lens  # (rows,)
+        some_at_max = bool(at_max.any())
     eos_log_prob = log_probs[:, eos_id].clone() if some_at_max else None  # (rows,), before any ban
     constrained = log_probs if inplace else log_probs.clone()
-    constrained.index_fill_(1, torch.tensor(banned, device=log_probs.device), float("-inf"))
+    constrained.index_fill_(1, _token_ids(banned, log_probs.device), float("-inf"))
     if eos_log_prob is not None:
+        at_max = steps_done >= max_lens if at_max is None else at_max
         constrained.masked_fill_(at_max[:, None], float("-inf"))
         constrained[:, eos_id] = torch.where(at_max, eos_log_prob, constrained[:, eos_id])
     return constrained

@@ -68,11 +68,14 @@ class PackedLinear:
         if _float32_on_cpu(self.weight, self.bias) and mkl_packing_available():
             self.weight = self.weight.contiguous()
             self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, self.rows_hint)
+            # The operator itself, not ``torch.ops.mkl._mkl_linear``: looking it up and going through its
+            # overload packet cost ~2 us a call, 19 calls in every decoder step.
+            self._mkl_linear = torch.ops.mkl._mkl_linear.default
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.packed is None or x.dtype != torch.float32 or x.device.type != "cpu":
             return F.linear(x, self.weight, self.bias)
-        return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, self.rows_hint)  # type: ignore[no-any-return]
+        return self._mkl_linear(x, self.packed, self.weight, self.bias, self.rows_hint)  # type: ignore[no-any-return]
 
 
 @functools.cache
@@ -109,11 +112,12 @@ class OneDNNLinear:
         if _float32_on_cpu(self.weight, self.bias) and onednn_packing_available():
             self.weight = self.weight.contiguous()
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+            self._linear = torch.ops.mkldnn._linear_pointwise.default  # the operator (see PackedLinear)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.packed is None or x.dtype != torch.float32 or x.device.type != "cpu" or x.requires_grad:
             return F.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")  # type: ignore[no-any-return]
+        return self._linear(x, self.packed, self.bias, "none", [], "")  # type: ignore[no-any-return]
 
 
 class PlainLinear:
@@ -186,18 +190,24 @@ def cpu_linear(weight: Tensor, bias: Tensor | None = None, *, rows: int | None =
     number of rows changes from call to call, as in whole-sequence passes). Every choice computes
     x W^T + b, the same numbers up to rounding, at any number of rows; the choice only sets the speed.
 
-    ===============  ==========================  ===========================================
-    CPU              ``rows`` fixed              ``rows=None``
-    ===============  ==========================  ===========================================
-    Intel            MKL packed for ``rows``     oneDNN if >= 4096 outputs, else plain
-    any other        1: transposed; else as ->   oneDNN if > 256 x 256 weights, else plain
-    ===============  ==========================  ===========================================
+    ===============  ==============================  ===========================================
+    CPU              ``rows`` fixed                  ``rows=None``
+    ===============  ==============================  ===========================================
+    Intel            1 row on 2+ threads: plain;     oneDNN if >= 4096 outputs, else plain
+                     else MKL packed for ``rows``
+    any other        1: transposed; else as ->       oneDNN if > 256 x 256 weights, else plain
+    ===============  ==============================  ===========================================
 
     Measured on the two CPUs this project has run on (2-core VMs): an Intel Xeon (AVX-512), where MKL's
-    packing won (README, Performance), and an AMD EPYC (AVX2), where MKL's products were slower than
-    oneDNN's for all but the smallest weights, and the transposed layout fastest at one row.
+    packing won (README, Performance) except for one row on two threads (the 19 products of a
+    ``small`` decoder step, 19 MB of weights: 590 against 675 us, p10 of 300 interleaved runs; the
+    plain product is MKL's threaded matrix-vector kernel; on one thread packed stays ahead, 1.05 vs
+    1.14 ms), and an AMD EPYC (AVX2), where MKL's products were slower than oneDNN's for all but the
+    smallest weights, and the transposed layout fastest at one row.
     """
     if mkl_is_fast_here():
+        if rows == 1 and torch.get_num_threads() > 1:
+            return PlainLinear(weight, bias)
         if rows is not None:
             return PackedLinear(weight, bias, rows_hint=rows)
         if weight.shape[0] >= _ONEDNN_MIN_OUT_FEATURES_ON_INTEL:
@@ -274,8 +284,9 @@ class Int8Linear:
             bias = None if bias is None else bias.detach().float().contiguous()
             self.packed = torch.ops.quantized.linear_prepack(quantized, bias)
         self.reduce_range = not full_range_activations()
+        self._linear = torch.ops.quantized.linear_dynamic.default  # the operator (see PackedLinear)
 
     def __call__(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)
-        out = torch.ops.quantized.linear_dynamic(flat, self.packed, self.reduce_range)
+        out = self._linear(flat, self.packed, self.reduce_range)
         return out.view(*x.shape[:-1], self.out_features)  # type: ignore[no-any-return]
