@@ -37,7 +37,7 @@ class Sizes:
     decode_batch: int = 32
     decode_src_len: tuple[int, int] = (15, 25)  # source lengths drawn from this range (inclusive)
     decode_steps: int = 32  # decoder steps per sentence, forced equal for every system
-    decode_repeats: int = 3
+    decode_repeats: int = 5
     bert_batch: int = 32
     bert_len: int = 128
     bert_repeats: int = 5
