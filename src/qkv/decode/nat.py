@@ -31,6 +31,7 @@ from torch import Tensor
 from qkv.decode.fast import can_use_fast_decoder
 from qkv.decode.fast_sequence import FastPasses, fast_passes
 from qkv.decode.hypothesis import Hypothesis
+from qkv.decode.step import token_ids
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Decoded, Encoded, EncoderDecoder, Transformer
 from qkv.nn.modes import eval_mode
@@ -93,7 +94,6 @@ class _Passes:
         self.fast = _fast_passes_or_none(model, fast=fast, int8=int8)
         self.encoded = self.fast.encode(src_ids) if self.fast is not None else model.encode(src_ids)
         self.cross: list[tuple[Tensor, Tensor]] | None = None
-        self.banned: Tensor | None = None
 
     def select(self, rows: Tensor) -> None:
         """Keep the encoder output of batch rows ``rows`` (one per length candidate), before any pass."""
@@ -118,11 +118,11 @@ class _Passes:
         logits = self.fast.logits(
             hidden.flatten(0, 1) if everywhere else hidden[is_masked]
         )  # (masked, vocab)
-        normaliser = torch.logsumexp(logits, dim=-1)  # log-softmax over every id, as the reference
-        if self.banned is None:
-            self.banned = torch.tensor(_banned(self.model), device=logits.device)
-        best_logits, best = logits.index_fill_(1, self.banned, float("-inf")).max(dim=-1)
-        best_log_probs = best_logits.sub_(normaliser)
+        # As the reference: log-softmax over every id, then the banned ids out. One fused kernel, not
+        # logsumexp (a composite of several passes: 37 vs 18 us at 8 x 512, 6.2 vs 3.4 ms at 384 x 8000).
+        log_probs = torch.log_softmax(logits, dim=-1)
+        banned = token_ids(tuple(_banned(self.model)), logits.device)
+        best_log_probs, best = log_probs.index_fill_(1, banned, float("-inf")).max(dim=-1)
         if everywhere:
             return best.view(inputs.shape), best_log_probs.view(inputs.shape), None
         tokens = torch.zeros_like(inputs).masked_scatter_(is_masked, best)
@@ -296,7 +296,7 @@ def teacher_scores(
         cross = [(k[rows], v[rows]) for k, v in passes.cross_keys_values(encoded.memory)]
         hidden = passes.decode_hidden(tgt_in, cross, encoded.may_attend[rows], causal=True)
         logits = passes.logits(hidden[is_real])
-    gold = logits.gather(1, tgt_out[is_real][:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    gold = torch.log_softmax(logits, dim=-1).gather(1, tgt_out[is_real][:, None]).squeeze(1)  # see predict
     per_token = torch.zeros(tgt_out.shape, device=device).masked_scatter_(is_real, gold)  # (outputs, tgt_len)
     return (per_token.sum(dim=1) / is_real.sum(dim=1)).tolist()  # type: ignore[no-any-return]
 

@@ -266,7 +266,7 @@ def max_output_lengths(
 
 
 @functools.lru_cache(maxsize=64)
-def _token_ids(ids: tuple[int, ...], device: torch.device) -> Tensor:
+def token_ids(ids: tuple[int, ...], device: torch.device) -> Tensor:
     """The ids as a long tensor on ``device``, made once (the rules apply them at every step); a normal
     tensor even when first asked for under ``torch.inference_mode()``, so autograd may use it later."""
     with torch.inference_mode(False):
@@ -309,7 +309,7 @@ def constrain(
         some_at_max = bool(at_max.any())
     eos_log_prob = log_probs[:, eos_id].clone() if some_at_max else None  # (rows,), before any ban
     constrained = log_probs if inplace else log_probs.clone()
-    constrained.index_fill_(1, _token_ids(banned, log_probs.device), float("-inf"))
+    constrained.index_fill_(1, token_ids(banned, log_probs.device), float("-inf"))
     if eos_log_prob is not None:
         at_max = steps_done >= max_lens if at_max is None else at_max
         constrained.masked_fill_(at_max[:, None], float("-inf"))
