@@ -11,12 +11,13 @@ from qkv.config import preset
 from qkv.decode import decode, pad_batch
 from qkv.decode import fast as fast_module
 from qkv.decode.beam import beam_search
-from qkv.decode.fast import _SNAPSHOTS, _attention, fast_decoder
+from qkv.decode.fast import _attention, fast_decoder
 from qkv.decode.greedy import greedy_search
 from qkv.decode.step import CachedStepper
 from qkv.models.seq2seq import Transformer
 from qkv.nn import packed
 from qkv.nn.packed import Int8Linear, int8_available
+from qkv.nn.snapshot import _SNAPSHOTS
 from tests.decode.conftest import random_model
 
 # The fast step does the reference's float32 arithmetic with the same BLAS (packed weights, Q/K/V as one

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from qkv.config import NATConfig, preset
-from qkv.decode.fast import _SNAPSHOTS
 from qkv.decode.fast_sequence import fast_passes
 from qkv.decode.nat import NATIteration, mask_predict, single_pass, teacher_scores
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
 from qkv.nn import packed
 from qkv.nn.packed import int8_available
+from qkv.nn.snapshot import _SNAPSHOTS
 from tests.reference import randomize_norms_and_biases
 
 VOCAB, PAD, BOS, EOS = 29, 0, 1, 2

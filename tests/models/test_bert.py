@@ -29,6 +29,7 @@ from qkv.models.bert import (
     BertModel,
     CheckpointError,
 )
+from qkv.nn.snapshot import _SNAPSHOTS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never reach for the hub
 
@@ -286,6 +287,39 @@ TINY = BertConfig(
     vocab_size=99, d_model=32, heads=4, d_ff=37, layers=2, max_positions=40, type_vocab_size=3,
     dropout=0.0, attention_dropout=0.0,
 )  # fmt: skip
+
+
+def test_frozen_encoder_equals_the_modules(ours: BertModel, batch: dict[str, torch.Tensor]):
+    """At inference on a CPU the encoder runs frozen (oneDNN-packed products); it must compute what the
+    modules do, padding included, and must really be what ran."""
+    _SNAPSHOTS.pop(ours, None)
+    with torch.inference_mode():
+        frozen = ours(batch["input_ids"], batch["attention_mask"])
+        modules = ours(batch["input_ids"], batch["attention_mask"], fast=False)
+    assert "bert-encoder" in _SNAPSHOTS[ours]  # the frozen path ran (and only the first call built it)
+    assert max_abs_on_real(frozen.hidden, modules.hidden, batch["attention_mask"]) < 1e-5
+    assert frozen.pooled is not None and modules.pooled is not None
+    torch.testing.assert_close(frozen.pooled, modules.pooled, atol=1e-5, rtol=0)
+
+
+def test_frozen_encoder_handles_empty_rows_and_follows_weight_changes():
+    """A sequence that is all padding gets what the modules give it; after a weight changes, the frozen
+    copy is rebuilt (no stale output); training mode and gradients take the modules."""
+    torch.manual_seed(0)
+    model = randomised(BertModel(TINY))
+    ids = torch.randint(1, TINY.vocab_size, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    mask[2, :] = 0  # no real token at all
+    for _ in range(2):
+        with torch.inference_mode():
+            frozen = model(ids, mask).hidden
+            modules = model(ids, mask, fast=False).hidden
+        torch.testing.assert_close(frozen, modules, atol=1e-5, rtol=0)
+        with torch.no_grad():
+            model.encoder[0].ffn.fc_in.weight.mul_(1.5)  # an in-place update, as an optimizer makes
+    model.train()
+    assert model(ids, mask).hidden.requires_grad  # training: the modules, with gradients
 
 
 def tiny_hf_config(transformers: Any, **extra: Any) -> Any:

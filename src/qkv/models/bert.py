@@ -39,8 +39,10 @@ from qkv.config import BERT_PRESETS, BertConfig, ConfigError
 from qkv.nn import masks
 from qkv.nn.dropout import Dropout
 from qkv.nn.embedding import TokenEmbedding
+from qkv.nn.frozen import FrozenLayer, empty_rows
 from qkv.nn.layers import EncoderLayer
 from qkv.nn.positional import LearnedPositions
+from qkv.nn.snapshot import fast_inference_allowed, model_snapshot
 
 __all__ = [
     "BERT_PRESETS",
@@ -155,6 +157,7 @@ class BertModel(nn.Module):
         *,
         need_weights: bool = False,
         fused: bool = True,
+        fast: bool = True,
     ) -> BertOutput:
         """Encode a batch.
 
@@ -166,12 +169,23 @@ class BertModel(nn.Module):
         return it; without it, every id equal to ``config.pad_id`` is padding. (Hugging Face's BertModel
         attends to everything when no mask is given.) ``need_weights`` returns every layer's attention
         weights, per head; it takes the explicit attention path.
+
+        At inference on a CPU (float32, eval mode, no gradients, no weights asked for, ``fused``) the
+        encoder layers run frozen (:class:`~qkv.nn.frozen.FrozenLayer`, products packed for oneDNN, built
+        once per weights): the same function, ~1.2x faster on MiniLM; ``fast=False`` runs the modules.
         """
         if attention_mask is None:
             may_attend = masks.padding(ids, self.config.pad_id)  # (batch, 1, 1, length)
         else:
             may_attend = masks.padding(attention_mask, 0)  # attention_mask != 0
         x = self.embeddings(ids, token_type_ids)
+        if fast and fused and not need_weights and fast_inference_allowed(self, x):
+            mask = masks.none_if_all_allowed(may_attend)
+            empty = empty_rows(mask)
+            for frozen in model_snapshot(self, "bert-encoder", self._frozen_encoder):
+                x = frozen(x, mask, empty)
+            pooled = self.pooler(x) if self.pooler is not None else None
+            return BertOutput(x, pooled, may_attend, None)
         weights: list[Tensor] | None = [] if need_weights else None
         for layer in self.encoder:
             x, w = layer(x, may_attend, need_weights=need_weights, fused=fused)
@@ -179,6 +193,9 @@ class BertModel(nn.Module):
                 weights.append(w)  # (batch, heads, length, length)
         pooled = self.pooler(x) if self.pooler is not None else None
         return BertOutput(x, pooled, may_attend, weights)
+
+    def _frozen_encoder(self) -> list[FrozenLayer]:
+        return [FrozenLayer(layer, many_rows=True) for layer in self.encoder]  # type: ignore[arg-type]
 
 
 def init_bert_weights(module: nn.Module, std: float) -> None:
