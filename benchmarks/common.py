@@ -199,6 +199,33 @@ def best_time_over_threads(
     return best, best_threads
 
 
+def interleaved_best_times(
+    runs: dict[str, tuple[Callable[[], object], int]],
+    device: Device,
+    *,
+    repeats: int,
+    on_threads: Callable[[int], None] = lambda threads: None,
+) -> dict[str, float]:
+    """The fastest of ``repeats`` timed calls of each system, ``{name: (run, threads)}``, the systems taking
+    turns within each round, each on its own thread count.
+
+    This project's machine is a shared VM whose speed drifts by 20-30% within minutes; when each system's
+    runs come in one block, a slow minute lands on one system only. Taking turns spreads it over all.
+    """
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, (run, threads) in runs.items():
+            torch.set_num_threads(threads)
+            on_threads(threads)
+            start = time.perf_counter()
+            run()
+            device.sync()
+            best[name] = min(best[name], time.perf_counter() - start)
+    torch.set_num_threads(device.threads)
+    on_threads(device.threads)
+    return best
+
+
 # ---- tables ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Column:

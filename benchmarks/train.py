@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.common import Column, Device, Sizes, Table, best_time, optional
+from benchmarks.common import Column, Device, Sizes, Table, interleaved_best_times, optional
 from qkv.config import ModelConfig, preset
 from qkv.models.seq2seq import Transformer
 from qkv.train.loss import label_smoothed_loss
@@ -190,7 +190,7 @@ def run(sizes: Sizes, device: Device, peak: float) -> Table:
         "train",
         f"training step (forward + backward + AdamW), batch {b} x {s} -> {t} tokens, vocab {v}, "
         f"dropout {DROPOUT}, label smoothing {LABEL_SMOOTHING}, {device.precision}, "
-        f"best of {sizes.train_steps} after {sizes.train_warmup} warm-up",
+        f"best of {sizes.train_steps} after {sizes.train_warmup} warm-up, the systems taking turns",
         columns,
     )
     generator = torch.Generator().manual_seed(0)
@@ -205,6 +205,7 @@ def run(sizes: Sizes, device: Device, peak: float) -> Table:
         flops = train_flops(c, b, s, t)
         params = Transformer(c).num_parameters()
         table.notes.append(f"{name}: {params:,} parameters, {flops / 1e9:,.1f} model GFLOPs per step")
+        steps = {}
         for system in SYSTEMS:
             if system in table.skipped:
                 continue
@@ -213,10 +214,16 @@ def run(sizes: Sizes, device: Device, peak: float) -> Table:
                 table.skipped[system] = "transformers is not installed (pip install -e '.[bench]')"
                 table.rows.pop(system, None)
                 continue
-            seconds = best_time(step, device, repeats=sizes.train_steps, warmup=sizes.train_warmup)
+            for _ in range(sizes.train_warmup):
+                step()
+            steps[system] = (step, device.threads)
+        # The systems take turns, one step each per round: the shared VM's speed drifts by 20-30% within
+        # minutes, and each system's steps in one block let a slow minute land on one system only.
+        best = interleaved_best_times(steps, device, repeats=sizes.train_steps)
+        for system, seconds in best.items():
             table.rows[system][f"{name}_tok_s"] = b * t / seconds
             table.rows[system][f"{name}_mfu"] = flops / seconds / peak
-            del step
+        del steps
     table.notes.append(
         f"tgt tok/s = target tokens per second; MFU = model FLOP/s / peak ({peak / 1e9:,.1f} GFLOP/s)"
     )

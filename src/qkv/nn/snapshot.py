@@ -37,7 +37,7 @@ def fast_inference_allowed(model: nn.Module, activation: Tensor) -> bool:
 # Per model: a few snapshots by key, each with the parameter versions it was built from.
 _SNAPSHOTS: weakref.WeakKeyDictionary[nn.Module, OrderedDict[Hashable, tuple[tuple[int, ...] | None, Any]]]
 _SNAPSHOTS = weakref.WeakKeyDictionary()
-_KEPT_PER_MODEL = 3
+_KEPT_PER_MODEL = 4  # e.g. the float32 and int8 steps, the whole-sequence passes, and one step at another thread count
 _T = TypeVar("_T")
 
 
@@ -74,7 +74,7 @@ def _parameter_versions(model: nn.Module) -> tuple[int, ...] | None:
 
 def model_snapshot(model: nn.Module, key: Hashable, build: Callable[[], _T]) -> _T:
     """``build()``'s result for ``model`` and ``key``, kept and reused while the model's parameters stay
-    the same (the three most recently used keys are kept per model; none keeps its model alive).
+    the same (the four most recently used keys are kept per model; none keeps its model alive).
 
     Changes are seen through torch's version counters: an optimizer step, ``load_state_dict``, any
     in-place update. A change made through ``.data`` is not counted by torch. A model whose parameters
