@@ -37,7 +37,8 @@ def fast_inference_allowed(model: nn.Module, activation: Tensor) -> bool:
 # Per model: a few snapshots by key, each with the parameter versions it was built from.
 _SNAPSHOTS: weakref.WeakKeyDictionary[nn.Module, OrderedDict[Hashable, tuple[tuple[int, ...] | None, Any]]]
 _SNAPSHOTS = weakref.WeakKeyDictionary()
-_KEPT_PER_MODEL = 4  # e.g. the float32 and int8 steps, the whole-sequence passes, and one step at another thread count
+# e.g. the float32 and int8 steps, the whole-sequence passes, and one step at another thread count
+_KEPT_PER_MODEL = 4
 _T = TypeVar("_T")
 
 
