@@ -58,3 +58,50 @@ def test_only_rejects_an_unknown_section() -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "nonsense" in done.stderr
+
+
+def test_interleaved_best_times_takes_turns_on_each_systems_threads() -> None:
+    """One call of each system per round, each on its own thread count; the best is each one's fastest."""
+    import torch
+
+    from benchmarks.common import interleaved_best_times, pick_device
+
+    device = pick_device("cpu", 2)
+    calls: list[tuple[str, int]] = []
+
+    def system(name: str) -> object:
+        return lambda: calls.append((name, torch.get_num_threads()))
+
+    best = interleaved_best_times({"a": (system("a"), 1), "b": (system("b"), 2)}, device, repeats=3)
+    assert calls == [("a", 1), ("b", 2)] * 3
+    assert set(best) == {"a", "b"} and all(0 < seconds < 1 for seconds in best.values())
+    assert torch.get_num_threads() == device.threads  # given back
+
+
+def test_nat_rows_take_turns_batch_by_batch_and_score_each_system() -> None:
+    """The NAT benchmark runs every system on sentences 0-1, then every system on 2-3, ...; each row is
+    scored on that system's own outputs."""
+    from benchmarks.nat import run_rows
+
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    class Echo:  # a Translator's interface: batch_size and translate(texts)
+        def __init__(self, name: str, wrong: set[str]) -> None:
+            self.name, self.wrong, self.batch_size = name, wrong, 0
+
+        def translate(self, texts: list[str]) -> list[str]:
+            calls.append((self.name, tuple(texts)))
+            return ["?" if t in self.wrong else t.upper() for t in texts]
+
+    sources = ["a", "b", "c", "d", "e"]
+    refs = [s.upper() for s in sources]
+    systems = [("AT", "greedy", Echo("at", set())), ("NAT", "single pass", Echo("nat", {"c"}))]
+    rows = run_rows(systems, sources, refs, batch=2)  # type: ignore[arg-type]
+    timed = calls[2:]  # after one warm-up call each
+    assert timed == [
+        ("at", ("a", "b")), ("nat", ("a", "b")), ("at", ("c", "d")), ("nat", ("c", "d")),
+        ("at", ("e",)), ("nat", ("e",)),
+    ]  # fmt: skip
+    assert [(r.system, r.batch) for r in rows] == [("AT", 2), ("NAT", 2)]
+    assert rows[0].exact == 1.0 and rows[1].exact == 0.8
+    assert all(r.sent_per_s > 0 for r in rows)
