@@ -34,21 +34,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.models.seq2seq import Encoded, Transformer
+from qkv.nn import masks
 from qkv.nn.cache import KVCache, LayerCache
+from qkv.nn.frozen import embed, frozen_norm
+from qkv.nn.frozen import empty_rows as rows_without_keys
 from qkv.nn.layers import DecoderLayer
 from qkv.nn.packed import CpuLinear, Int8Linear, cpu_linear, int8_available, stack_linears
 from qkv.nn.snapshot import fast_inference_allowed, model_snapshot
 
-_Norm = tuple[Tensor, Tensor, float]  # LayerNorm weight, bias, eps
 Linear = CpuLinear | Int8Linear
 
 
 def _linear(weight: Tensor, bias: Tensor | None, *, rows_hint: int, int8: bool) -> Linear:
     return Int8Linear(weight, bias) if int8 else cpu_linear(weight, bias, rows=rows_hint)
-
-
-def _norm(module: nn.LayerNorm) -> _Norm:
-    return module.weight.detach(), module.bias.detach(), module.eps
 
 
 # From this many query rows (rows x queries per row) on, two batched products and a softmax beat the
@@ -100,7 +98,11 @@ class _FrozenDecoderLayer:
         self.cross_out = linear(cross_attn.out_proj)
         self.fc_in = linear(ffn.fc_in)
         self.fc_out = linear(ffn.fc_out)
-        self.norms = (_norm(layer.norm_self_attn), _norm(layer.norm_cross_attn), _norm(layer.norm_ffn))
+        self.norms = (
+            frozen_norm(layer.norm_self_attn),
+            frozen_norm(layer.norm_cross_attn),
+            frozen_norm(layer.norm_ffn),
+        )
 
     def __call__(
         self,
@@ -196,7 +198,7 @@ class FastDecoder:
             _FrozenDecoderLayer(layer, rows_hint, int8=int8)  # type: ignore[arg-type]
             for layer in model.decoder
         ]
-        self.final_norm = None if model.decoder_norm is None else _norm(model.decoder_norm)
+        self.final_norm = None if model.decoder_norm is None else frozen_norm(model.decoder_norm)
         output = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
         self.output = _linear(output, None, rows_hint=rows_hint, int8=int8)
         self._masks: tuple[Tensor, Tensor | None, Tensor | None] | None = None  # see _source_masks
@@ -208,15 +210,10 @@ class FastDecoder:
         found = self._masks
         if found is not None and found[0] is may_attend:
             return found[1], found[2]
-        memory_mask: Tensor | None = may_attend
-        empty_rows: Tensor | None = None
-        if bool(may_attend.all()):
-            memory_mask = None  # nothing is masked: the kernel without a mask is faster
-        else:
-            has_key = may_attend.any(dim=-1, keepdim=True)  # (sources, 1, 1, 1)
-            empty_rows = None if bool(has_key.all()) else ~has_key
-        self._masks = (may_attend, memory_mask, empty_rows)
-        return memory_mask, empty_rows
+        memory_mask = masks.none_if_all_allowed(may_attend)  # nothing masked: the faster kernel
+        empty = rows_without_keys(memory_mask)  # (sources, 1, 1, 1) or None
+        self._masks = (may_attend, memory_mask, empty)
+        return memory_mask, empty
 
     def step(self, tokens: Tensor, encoded: Encoded, cache: KVCache, *, beams: int = 1) -> Tensor:
         """Feed one token per row; return the logits of the next one. The cache is updated in place.
@@ -229,15 +226,11 @@ class FastDecoder:
         rows = tokens.shape[0]
         if rows != encoded.memory.shape[0] * beams:
             raise ValueError(f"{rows} rows for {encoded.memory.shape[0]} sources of {beams} beams each")
-        # The embedding as TokenEmbedding computes it (a lookup, times sqrt(d_model)), plus the position:
-        # the same operations in the same order, without the module calls.
-        x = self.embed.weight.index_select(0, tokens.view(rows))  # (rows, d_model)
-        if self.embed.multiplier != 1.0:
-            x.mul_(self.embed.multiplier)
-        x.add_(self.positions(1, cache.length))
-        memory_mask, empty_rows = self._source_masks(encoded.may_attend)
+        # The embedding as TokenEmbedding computes it, plus the position, without the module calls.
+        x = embed(self.embed, tokens.view(rows)).add_(self.positions(1, cache.length))  # (rows, d_model)
+        memory_mask, no_key = self._source_masks(encoded.may_attend)
         for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
-            x = layer(x, encoded.memory, memory_mask, empty_rows, layer_cache)
+            x = layer(x, encoded.memory, memory_mask, no_key, layer_cache)
         if self.final_norm is not None:
             weight, bias, eps = self.final_norm
             x = torch.layer_norm(x, (x.shape[-1],), weight, bias, eps)
