@@ -97,6 +97,31 @@ def test_nat_decoder_equals_the_reference(changes: dict[str, object]) -> None:
 
 @pytest.mark.parametrize("changes", VARIANTS.values(), ids=list(VARIANTS))
 @torch.inference_mode()
+def test_first_pass_prefix_equals_the_reference(changes: dict[str, object]) -> None:
+    """[MASK] everywhere, no padding: the first layer's kept self-attention output and cross-attention
+    queries give the reference's logits, for several sentences at once, for each length, and again when
+    the kept prefix is reused (nothing writes into it)."""
+    model = _nat(**changes)
+    mask = model.config.mask_id
+    src = _sources()[[0, 1, 3]]
+    encoded = model.encode(src)
+    passes = fast_passes(model)
+    cross = passes.cross_keys_values(encoded.memory)
+    for length in (4, 1, 4, 6):
+        tgt = torch.full((3, length), mask)
+        hidden = passes.decode_hidden(tgt, cross, encoded.may_attend, causal=False, every_token=mask)
+        expected = model.decode(tgt, encoded).logits
+        torch.testing.assert_close(passes.logits(hidden), expected, atol=ATOL, rtol=0)
+    assert sorted(passes._prefixes) == [(mask, 1), (mask, 4), (mask, 6)]
+    # With padding the prefix does not apply (the padded rows attend to fewer keys): the full pass runs.
+    tgt = torch.tensor([[mask, mask, mask], [mask, mask, PAD], [mask, mask, mask]])
+    hidden = passes.decode_hidden(tgt, cross, encoded.may_attend, causal=False, every_token=mask)
+    torch.testing.assert_close(passes.logits(hidden), model.decode(tgt, encoded).logits, atol=ATOL, rtol=0)
+    assert (mask, 3) not in passes._prefixes
+
+
+@pytest.mark.parametrize("changes", VARIANTS.values(), ids=list(VARIANTS))
+@torch.inference_mode()
 def test_causal_pass_equals_teacher_forcing(changes: dict[str, object]) -> None:
     model = _at(**changes)
     src = _sources()[[0, 1, 3]]

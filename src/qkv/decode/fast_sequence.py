@@ -30,6 +30,8 @@ Weights are a snapshot, rebuilt when a parameter changes (see :func:`fast_passes
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import Tensor
 
@@ -40,6 +42,10 @@ from qkv.nn.packed import Int8Linear, cpu_linear, int8_available
 from qkv.nn.snapshot import model_snapshot
 
 KeysValues = list[tuple[Tensor, Tensor]]  # per decoder layer: (batch, heads, src_len, d_head) each
+
+# First-layer prefixes kept per snapshot (see FastPasses.decode_hidden): 64 lengths of a d_model 512 model
+# up to 64 tokens are ~16 MB at most; a sentence's lengths are rarely more than a few dozen distinct ones.
+_KEPT_PREFIXES = 64
 
 
 class FastPasses:
@@ -66,6 +72,7 @@ class FastPasses:
         self.decoder_norm = None if model.decoder_norm is None else frozen_norm(model.decoder_norm)
         output = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
         self.output: Product = Int8Linear(output) if int8 else cpu_linear(output)
+        self._prefixes: OrderedDict[tuple[int, int], tuple[Tensor, Tensor]] = OrderedDict()
 
     def encode(self, src_ids: Tensor) -> Encoded:
         """Shapes: src_ids (batch, src_len) -> Encoded(memory (batch, src_len, d_model), may_attend)."""
@@ -84,27 +91,69 @@ class FastPasses:
         return [layer.cross_keys_values(memory) for layer in self.decoder]
 
     def decode_hidden(
-        self, tgt_ids: Tensor, cross: KeysValues, memory_may_attend: Tensor, *, causal: bool
+        self,
+        tgt_ids: Tensor,
+        cross: KeysValues,
+        memory_may_attend: Tensor,
+        *,
+        causal: bool,
+        every_token: int | None = None,
     ) -> Tensor:
         """The decoder stack's output (after the final LayerNorm of a pre-LN model), before the vocabulary
         projection. Padding (``pad_id``) is never attended to; ``causal`` adds the triangle.
 
+        ``every_token``: the caller's word that every position of ``tgt_ids`` holds this id (a first
+        non-autoregressive pass: [MASK] everywhere). Without padding and without the triangle, the first
+        layer's self-attention output and cross-attention queries then depend on the length only: they
+        are computed once per length and kept (:data:`_KEPT_PREFIXES` lengths), the same numbers.
+
         Shapes: tgt_ids (batch, tgt_len); cross from :meth:`cross_keys_values` (one row per target row);
         memory_may_attend (batch, 1, 1, src_len) -> (batch, tgt_len, d_model).
         """
-        length = tgt_ids.shape[1]
+        batch, length = tgt_ids.shape
         self_mask: Tensor | None = masks.padding(tgt_ids, self.pad_id)  # (batch, 1, 1, tgt_len)
         if causal:
             self_mask = self_mask & masks.causal(length, device=tgt_ids.device)  # type: ignore[operator]
         self_mask = masks.none_if_all_allowed(self_mask)  # type: ignore[arg-type]
         memory_mask = masks.none_if_all_allowed(memory_may_attend)
         self_empty, memory_empty = empty_rows(self_mask), empty_rows(memory_mask)
-        x = embed(self.tgt_embed, tgt_ids).add_(self.positions(length))
-        for layer, keys_values in zip(self.decoder, cross, strict=True):
+        layers = zip(self.decoder, cross, strict=True)
+        if every_token is not None and self_mask is None and not causal and self.decoder:
+            x, queries = self._constant_prefix(every_token, length, tgt_ids.device)
+            first, keys_values = next(layers)
+            x = first.after_cross_attention(
+                x.expand(batch, -1, -1),
+                queries.expand(batch, -1, -1, -1),
+                keys_values,
+                memory_mask,
+                memory_empty,
+            )
+            x = first.after_ffn(x)
+        else:
+            x = embed(self.tgt_embed, tgt_ids).add_(self.positions(length))
+        for layer, keys_values in layers:
             x = layer(x, self_mask, self_empty, keys_values, memory_mask, memory_empty)
         if self.decoder_norm is not None:
             x = torch.layer_norm(x, (x.shape[-1],), *self.decoder_norm)
         return x
+
+    def _constant_prefix(self, token: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The first decoder layer's self-attention output and cross-attention queries for one row of
+        ``length`` copies of ``token``, no padding. Shapes: -> (1, length, d_model), (1, heads, length,
+        d_head); never written to (the layer's later sublayers add into fresh tensors)."""
+        key = (token, length)
+        found = self._prefixes.get(key)
+        if found is None:
+            ids = torch.full((1, length), token, device=device)
+            x = embed(self.tgt_embed, ids).add_(self.positions(length))
+            x = self.decoder[0].after_self_attention(x, None, None)
+            found = (x, self.decoder[0].cross_queries(x))
+            self._prefixes[key] = found
+            while len(self._prefixes) > _KEPT_PREFIXES:
+                self._prefixes.popitem(last=False)
+        else:
+            self._prefixes.move_to_end(key)
+        return found
 
     def logits(self, hidden: Tensor) -> Tensor:
         """The vocabulary projection. Shapes: (..., d_model) -> (..., tgt_vocab)."""

@@ -113,8 +113,11 @@ class _Passes:
             return tokens.masked_fill(~is_masked, 0), log_probs.masked_fill(~is_masked, 0.0), decoded
         if self.cross is None:
             self.cross = self.fast.cross_keys_values(self.encoded.memory)
-        hidden = self.fast.decode_hidden(inputs, self.cross, self.encoded.may_attend, causal=False)
         everywhere = bool(is_masked.all())  # a first pass without padding: no gather, no scatter
+        mask_id = self.model.config.mask_id if everywhere else None
+        hidden = self.fast.decode_hidden(
+            inputs, self.cross, self.encoded.may_attend, causal=False, every_token=mask_id
+        )
         logits = self.fast.logits(
             hidden.flatten(0, 1) if everywhere else hidden[is_masked]
         )  # (masked, vocab)

@@ -114,14 +114,48 @@ class FrozenLayer:
     ) -> Tensor:
         """Shapes: x (batch, len, d_model); self_mask None or broadcastable to (batch, 1, len, len);
         cross (keys, values) (batch, heads, src_len, d_head) for a decoder layer; memory_mask None or
-        (batch, 1, 1, src_len); the ``*_empty`` from :func:`_empty_rows` -> (batch, len, d_model)."""
-        h = self._norm_in(x, self.norm_self)
-        x = self._add_norm(x, self._self_attention(h, self_mask, self_empty), self.norm_self)
+        (batch, 1, 1, src_len); the ``*_empty`` from :func:`empty_rows` -> (batch, len, d_model)."""
+        x = self.after_self_attention(x, self_mask, self_empty)
         if self.cross is not None:
             if cross is None:
                 raise ValueError("a decoder layer needs the cross-attention keys and values")
-            h = self._norm_in(x, self.cross[3])
-            x = self._add_norm(x, self._cross_attention(h, cross, memory_mask, memory_empty), self.cross[3])
+            x = self.after_cross_attention(x, self.cross_queries(x), cross, memory_mask, memory_empty)
+        return self.after_ffn(x)
+
+    # The three sublayers, each with its Add & Norm; __call__ runs them in order. They are separate so
+    # that a caller may start a layer from a part it has already computed: the first decoder layer of a
+    # non-autoregressive pass over [MASK] everywhere gives the same self-attention output and
+    # cross-attention queries for every sentence of a length (qkv.decode.fast_sequence keeps them).
+    def after_self_attention(self, x: Tensor, mask: Tensor | None, empty: Tensor | None) -> Tensor:
+        """x + SelfAttention(x), normalised as the layer does. Shapes: (batch, len, d_model) -> the same."""
+        h = self._norm_in(x, self.norm_self)
+        return self._add_norm(x, self._self_attention(h, mask, empty), self.norm_self)
+
+    def cross_queries(self, x: Tensor) -> Tensor:
+        """The cross-attention queries of the self-attention sublayer's output x.
+        Shapes: (batch, len, d_model) -> (batch, heads, len, d_head)."""
+        assert self.cross is not None
+        (q,) = self._split(self.cross[0](self._norm_in(x, self.cross[3])), 1)
+        return q
+
+    def after_cross_attention(
+        self,
+        x: Tensor,
+        queries: Tensor,
+        cross: tuple[Tensor, Tensor],
+        mask: Tensor | None,
+        empty: Tensor | None,
+    ) -> Tensor:
+        """x + CrossAttention(queries of x, encoder keys and values), normalised. ``queries`` from
+        :meth:`cross_queries`. Shapes: x (batch, len, d_model), queries (batch, heads, len, d_head)."""
+        assert self.cross is not None
+        context = F.scaled_dot_product_attention(queries, cross[0], cross[1], attn_mask=mask)
+        if empty is not None:
+            context = context.masked_fill(empty, 0.0)
+        return self._add_norm(x, self.cross[2](self._merge(context)), self.cross[3])
+
+    def after_ffn(self, x: Tensor) -> Tensor:
+        """x + FFN(x), normalised. Shapes: (batch, len, d_model) -> the same."""
         h = self._norm_in(x, self.norm_ffn)
         hidden = self.fc_in(h)  # (batch, len, d_ff)
         hidden = F.gelu(hidden) if self.gelu else hidden.relu_()
@@ -154,13 +188,3 @@ class FrozenLayer:
         if empty is not None:
             context = context.masked_fill(empty, 0.0)
         return self.self_out(self._merge(context))
-
-    def _cross_attention(
-        self, h: Tensor, cross: tuple[Tensor, Tensor], mask: Tensor | None, empty: Tensor | None
-    ) -> Tensor:
-        assert self.cross is not None
-        (q,) = self._split(self.cross[0](h), 1)
-        context = F.scaled_dot_product_attention(q, cross[0], cross[1], attn_mask=mask)
-        if empty is not None:
-            context = context.masked_fill(empty, 0.0)
-        return self.cross[2](self._merge(context))
