@@ -37,7 +37,7 @@ from torch import Tensor
 
 from qkv.models.seq2seq import Encoded, EncoderDecoder
 from qkv.nn import masks
-from qkv.nn.frozen import FrozenLayer, Product, embed, empty_rows, frozen_norm
+from qkv.nn.frozen import FrozenLayer, Product, embed, empty_rows, frozen_norm, product
 from qkv.nn.packed import Int8Linear, cpu_linear, int8_available
 from qkv.nn.snapshot import model_snapshot
 
@@ -70,6 +70,13 @@ class FastPasses:
         self.decoder = [FrozenLayer(layer, int8=int8) for layer in model.decoder]  # type: ignore[arg-type]
         self.encoder_norm = None if model.encoder_norm is None else frozen_norm(model.encoder_norm)
         self.decoder_norm = None if model.decoder_norm is None else frozen_norm(model.decoder_norm)
+        # Every decoder layer's W_K and W_V of cross-attention side by side: one product of the encoder
+        # output for the whole stack (layer 0's keys, its values, layer 1's keys, ...).
+        self.heads = model.config.heads
+        cross_linears = [
+            m for layer in model.decoder for m in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)
+        ]
+        self.cross_kv = product(*cross_linears, int8=int8) if cross_linears else None
         output = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
         self.output: Product = Int8Linear(output) if int8 else cpu_linear(output)
         self._prefixes: OrderedDict[tuple[int, int], tuple[Tensor, Tensor]] = OrderedDict()
@@ -87,8 +94,17 @@ class FastPasses:
         return Encoded(x, may_attend)
 
     def cross_keys_values(self, memory: Tensor) -> KeysValues:
-        """Every decoder layer's cross-attention keys and values. memory (batch, src_len, d_model)."""
-        return [layer.cross_keys_values(memory) for layer in self.decoder]
+        """Every decoder layer's cross-attention keys and values, as views of one product.
+        Shapes: memory (batch, src_len, d_model) -> per layer two (batch, heads, src_len, d_head)."""
+        if self.cross_kv is None:
+            return []
+        batch, src_len, d_model = memory.shape
+        kv = self.cross_kv(memory).view(
+            batch, src_len, len(self.decoder), 2, self.heads, d_model // self.heads
+        )
+        # Views, not copies (as FrozenLayer.cross_keys_values): (layers, 2, batch, heads, src_len, d_head)
+        per_layer = kv.permute(2, 3, 0, 4, 1, 5).unbind(0)
+        return [(keys, values) for keys, values in per_layer]
 
     def decode_hidden(
         self,
