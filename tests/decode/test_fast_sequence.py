@@ -170,6 +170,27 @@ def test_nat_decoding_gives_the_reference_hypotheses(iterations: int, length_bea
             assert abs(f.log_prob - r.log_prob) < 1e-4 and abs(f.score - r.score) < 1e-5
 
 
+@pytest.mark.parametrize("iterations, length_beam", [(1, 1), (1, 3), (4, 1), (4, 3)])
+@pytest.mark.parametrize("rows", [[0], [1, 1], [0, 0, 0]], ids=["one sentence", "two", "three"])
+@torch.inference_mode()
+def test_unpadded_batches_give_the_reference_hypotheses(
+    rows: list[int], iterations: int, length_beam: int
+) -> None:
+    """Sources without padding take the shortcuts of the fast path (lengths read off the logits and the
+    shape, the first pass's kept prefix): the same candidates and lengths as the modules."""
+    model = _nat()
+    src = _sources()[rows][:, : 6 if rows[0] == 0 else 3]  # row 1 without its padding: [10, 11, EOS]
+    assert bool((src != PAD).all())
+    fast = mask_predict(model, src, iterations=iterations, length_beam=length_beam)
+    reference = mask_predict(model, src, iterations=iterations, length_beam=length_beam, fast=False)
+    if iterations == 1:
+        assert single_pass(model, src, length_beam=length_beam) == fast
+    for f_hyps, r_hyps in zip(fast, reference, strict=True):
+        assert [h.tokens for h in f_hyps] == [h.tokens for h in r_hyps]
+        for f, r in zip(f_hyps, r_hyps, strict=True):
+            assert abs(f.log_prob - r.log_prob) < 1e-4 and abs(f.score - r.score) < 1e-5
+
+
 @torch.inference_mode()
 def test_teacher_scores_are_the_same_on_both_paths() -> None:
     """Two candidates of one source and one of another, as a length beam hands them over."""

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from qkv.decode.fast import can_use_fast_decoder
@@ -34,6 +35,7 @@ from qkv.decode.hypothesis import Hypothesis
 from qkv.decode.step import token_ids
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Decoded, Encoded, EncoderDecoder, Transformer
+from qkv.nn import masks
 from qkv.nn.modes import eval_mode
 
 
@@ -94,26 +96,51 @@ class _Passes:
         self.fast = _fast_passes_or_none(model, fast=fast, int8=int8)
         self.encoded = self.fast.encode(src_ids) if self.fast is not None else model.encode(src_ids)
         self.cross: list[tuple[Tensor, Tensor]] | None = None
+        # Whether no source token is padding (one sentence, or all of one length): checked once.
+        self.unpadded = self.fast is not None and masks.none_if_all_allowed(self.encoded.may_attend) is None
 
     def select(self, rows: Tensor) -> None:
         """Keep the encoder output of batch rows ``rows`` (one per length candidate), before any pass."""
         self.encoded = self.encoded.select(rows)
 
-    def predict(self, inputs: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Tensor, Decoded | None]:
+    def lengths(self, src_ids: Tensor, beam: int) -> Tensor:
+        """The ``beam`` most probable target lengths of each sentence, best first: what
+        :func:`predict_lengths` gives, without the log-probabilities. Where nothing is padded (on the fast
+        path) with fewer operators: the sum over every source position, the source length from the shape,
+        the order of the logits (a log-softmax keeps it). Shapes: src_ids (batch, src_len) -> (batch, beam).
+        """
+        if not self.unpadded:
+            return predict_lengths(self.model, self.encoded, src_ids, beam)[0]
+        c, proj = self.model.config, self.model.length_proj
+        logits = F.linear(self.encoded.memory.sum(dim=1), proj.weight, proj.bias)  # (batch, 2K + 1)
+        if beam == 1:
+            classes = logits.argmax(dim=1, keepdim=True)
+        else:
+            classes = logits.topk(min(beam, logits.shape[1]), dim=1).indices
+        return classes.add_(src_ids.shape[1] - c.max_length_offset).clamp_(1, c.max_positions)
+
+    def predict(
+        self, inputs: Tensor, *, need_weights: bool = False, all_masked: bool = False
+    ) -> tuple[Tensor, Tensor, Decoded | None]:
         """One decoder pass: at every [MASK] of ``inputs``, the most probable allowed token and its
         log-probability (elsewhere: 0); and, from the reference path, the :class:`Decoded` (with the
-        attention weights if asked for).
+        attention weights if asked for). ``all_masked``: the caller's word that ``inputs`` is [MASK]
+        everywhere, without padding (a first pass), which saves checking.
 
         Shapes: inputs (rows, tgt_len) -> tokens (rows, tgt_len) long, log-probs (rows, tgt_len) float32.
         """
-        is_masked = inputs == self.model.config.mask_id  # (rows, tgt_len)
         if self.fast is None or need_weights:
+            is_masked = inputs == self.model.config.mask_id  # (rows, tgt_len)
             decoded = self.model.decode(inputs, self.encoded, need_weights=need_weights)
             log_probs, tokens = banned_log_probs(self.model, decoded.logits).max(dim=-1)
             return tokens.masked_fill(~is_masked, 0), log_probs.masked_fill(~is_masked, 0.0), decoded
         if self.cross is None:
             self.cross = self.fast.cross_keys_values(self.encoded.memory)
-        everywhere = bool(is_masked.all())  # a first pass without padding: no gather, no scatter
+        if all_masked:
+            everywhere = True
+        else:
+            is_masked = inputs == self.model.config.mask_id
+            everywhere = bool(is_masked.all())  # a first pass without padding: no gather, no scatter
         mask_id = self.model.config.mask_id if everywhere else None
         hidden = self.fast.decode_hidden(
             inputs, self.cross, self.encoded.may_attend, causal=False, every_token=mask_id
@@ -147,14 +174,17 @@ def predict_lengths(
     return model.lengths_of_classes(classes, model.source_lengths(src_ids)), top_log_probs
 
 
-def _masked_template(lengths: Tensor, mask_id: int, pad_id: int) -> Tensor:
-    """All-[MASK] targets of the given lengths. Shapes: lengths (rows,) -> (rows, max length), padded."""
+def _masked_template(lengths: Tensor, mask_id: int, pad_id: int) -> tuple[Tensor, bool]:
+    """All-[MASK] targets of the given lengths, and whether none is padded (all of one length).
+    Shapes: lengths (rows,) -> (rows, max length), padded."""
+    if lengths.shape[0] == 1:  # one candidate: its length, no padding, no comparisons
+        return torch.full((1, int(lengths)), mask_id, device=lengths.device), True
     longest = int(lengths.max())
-    if bool((lengths == longest).all()):  # one sentence, or all of one length: nothing to pad
-        return torch.full((lengths.shape[0], longest), mask_id, device=lengths.device)
+    if bool((lengths == longest).all()):  # all of one length: nothing to pad
+        return torch.full((lengths.shape[0], longest), mask_id, device=lengths.device), True
     positions = torch.arange(longest, device=lengths.device)[None, :]  # (1, tgt_len)
     is_real = positions < lengths[:, None]  # (rows, tgt_len)
-    return torch.where(is_real, mask_id, pad_id)
+    return torch.where(is_real, mask_id, pad_id), False
 
 
 def _candidates(
@@ -190,12 +220,13 @@ def single_pass(
     c = model.config
     batch = src_ids.shape[0]
     passes = _Passes(model, src_ids, fast=fast, int8=int8)
-    lengths, _ = predict_lengths(model, passes.encoded, src_ids, length_beam)  # (batch, beam)
+    lengths = passes.lengths(src_ids, length_beam)  # (batch, beam)
     beam = lengths.shape[1]
     lengths = lengths.reshape(-1)
     if beam > 1:  # one row per candidate length
         passes.select(torch.arange(batch, device=src_ids.device).repeat_interleave(beam))
-    tokens, token_log_probs, _ = passes.predict(_masked_template(lengths, c.mask_id, c.pad_id))
+    template, unpadded = _masked_template(lengths, c.mask_id, c.pad_id)
+    tokens, token_log_probs, _ = passes.predict(template, all_masked=unpadded)
     return _candidates(tokens, token_log_probs, lengths, batch, beam)
 
 
@@ -227,11 +258,11 @@ def mask_predict(
     batch = src_ids.shape[0]
     need_weights = trace is not None
     passes = _Passes(model, src_ids, fast=fast and not need_weights, int8=int8)
-    lengths, _ = predict_lengths(model, passes.encoded, src_ids, length_beam)
+    lengths = passes.lengths(src_ids, length_beam)
     beam = lengths.shape[1]
     passes.select(torch.arange(batch, device=src_ids.device).repeat_interleave(beam))
     lengths = lengths.reshape(-1)  # (rows,)
-    inputs = _masked_template(lengths, c.mask_id, c.pad_id)  # (rows, tgt_len)
+    inputs, unpadded = _masked_template(lengths, c.mask_id, c.pad_id)  # (rows, tgt_len)
     is_real = inputs != c.pad_id
     tokens = inputs.clone()
     token_log_probs = torch.zeros(inputs.shape, device=src_ids.device)  # (rows, tgt_len)
@@ -246,7 +277,9 @@ def mask_predict(
             remask = (ranks < n_masked[:, None]) & is_real
             inputs = tokens.masked_fill(remask, c.mask_id)
         is_masked = inputs == c.mask_id  # (rows, tgt_len)
-        best, best_log_probs, decoded = passes.predict(inputs, need_weights=need_weights)
+        best, best_log_probs, decoded = passes.predict(
+            inputs, need_weights=need_weights, all_masked=t == 0 and unpadded
+        )
         tokens = torch.where(is_masked, best, tokens)
         token_log_probs = torch.where(is_masked, best_log_probs, token_log_probs)
         if trace is not None and decoded is not None:
