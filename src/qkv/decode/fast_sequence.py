@@ -38,6 +38,7 @@ from torch import Tensor
 from qkv.models.seq2seq import Encoded, EncoderDecoder
 from qkv.nn import masks
 from qkv.nn.frozen import FrozenLayer, Product, embed, empty_rows, frozen_norm, product
+from qkv.nn.layers import DecoderLayer
 from qkv.nn.packed import Int8Linear, cpu_linear, int8_available
 from qkv.nn.snapshot import model_snapshot
 
@@ -73,8 +74,9 @@ class FastPasses:
         # Every decoder layer's W_K and W_V of cross-attention side by side: one product of the encoder
         # output for the whole stack (layer 0's keys, its values, layer 1's keys, ...).
         self.heads = model.config.heads
+        decoder_layers: list[DecoderLayer] = list(model.decoder)  # type: ignore[arg-type]
         cross_linears = [
-            m for layer in model.decoder for m in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)
+            m for layer in decoder_layers for m in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)
         ]
         self.cross_kv = product(*cross_linears, int8=int8) if cross_linears else None
         output = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
