@@ -52,6 +52,10 @@ from qkv.translator import Translator
 DEMO_MODEL = {"d_model": 128, "heads": 4, "d_ff": 512, "encoder_layers": 3, "decoder_layers": 3}
 
 
+# Sentences each system translates in its turn (see run_rows).
+DEFAULT_TURN = 32
+
+
 @dataclass
 class Row:
     system: str
@@ -66,23 +70,33 @@ class Row:
 
 
 def run_rows(
-    systems: list[tuple[str, str, Translator]], sources: list[str], refs: list[str], batch: int
+    systems: list[tuple[str, str, Translator]],
+    sources: list[str],
+    refs: list[str],
+    batch: int,
+    *,
+    turn: int = DEFAULT_TURN,
 ) -> list[Row]:
     """Translate every source with every system at ``batch`` sentences per call (after a short warm-up)
     and score each.
 
-    The systems take turns batch by batch (every system translates sentences 0-31, then every system
-    32-63, ...) rather than one after another over the whole set: this project's machine is a shared VM
-    whose speed drifts by 20-30% within minutes, and one system's whole run landing in a slow minute
-    moved a ratio by 1.5x (AT greedy against the single pass: 2.05x, 2.60x and 4.09x in three runs of the
-    same code, one system after another)."""
+    The systems take turns, ``max(turn, batch)`` sentences each (every system translates sentences 0-31,
+    then every system 32-63, ...), rather than one after another over the whole set: this project's
+    machine is a shared VM whose speed drifts by 20-30% within minutes, and one system's whole run
+    landing in a slow minute moved a ratio by 1.5x (AT greedy against the single pass: 2.05x, 2.60x and
+    4.09x in three runs of the same code, one system after another). A turn of 32 sentences at batch 1
+    takes a system 0.05-0.2 s, short against that drift, and lets each system run as a user runs it, one
+    sentence after another on its own weights; turns of one sentence (``turn=1``) make every system start
+    every sentence with the other 14 systems' weights in the CPU's caches, which costs a one-pass
+    decoder (the NAT) more than a decoder that reads its weights 8 times per sentence (README)."""
     for _, _, translator in systems:
         translator.batch_size = batch
         translator.translate(sources[: min(len(sources), batch, 8)])  # warm-up: first-call allocations
     seconds = [0.0] * len(systems)
     hypotheses: list[list[str]] = [[] for _ in systems]
-    for begin in range(0, len(sources), batch):
-        chunk = sources[begin : begin + batch]
+    per_turn = max(turn, batch)
+    for begin in range(0, len(sources), per_turn):
+        chunk = sources[begin : begin + per_turn]
         for i, (_, _, translator) in enumerate(systems):
             start = time.perf_counter()
             hypotheses[i] += translator.translate(chunk)
@@ -128,6 +142,7 @@ def benchmark(
     iterations: list[int],
     length_beam: int,
     int8: bool = False,
+    turn: int = DEFAULT_TURN,
 ) -> tuple[list[Row], dict[str, float]]:
     at = saved.load(at_dir)
     nat = saved.load(nat_dir)
@@ -181,7 +196,7 @@ def benchmark(
         translator.int8 = int8  # every system, the AT baseline and the rescoring teacher included
     rows: list[Row] = []
     for batch in batches:
-        found = run_rows(systems, sources, refs, batch)
+        found = run_rows(systems, sources, refs, batch, turn=turn)
         baseline = next(r.sent_per_s for r in found if r.system == "AT" and r.decoder == "greedy")
         for row in found:
             row.speedup = row.sent_per_s / baseline
@@ -304,6 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="every system (AT, NAT, rescoring teacher, deep-shallow) with int8 products, as qkv translate --int8",
     )
+    p.add_argument(
+        "--turn",
+        type=int,
+        default=DEFAULT_TURN,
+        metavar="N",
+        help=f"sentences each system translates before the next takes its turn (default {DEFAULT_TURN}; "
+        "at least the batch size; 1: every system starts every sentence with cold caches)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results here")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--demo", action="store_true", help="train the three models on the demo corpus first")
@@ -328,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         "of the time against 57.8%% with the CLI's 0.1)",
     )
     args = p.parse_args(argv)
+    if args.turn < 1:
+        p.error(f"--turn {args.turn}: give at least one sentence per turn")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.demo:
@@ -356,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         iterations=args.iterations,
         length_beam=args.length_beam,
         int8=args.int8,
+        turn=args.turn,
     )
     print_table(rows, lengths)
     ok = demo_checks(rows) if args.demo and 1 in args.batches else True
@@ -366,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "int8": args.int8,
+            "turn": args.turn,
             "models": {"at": args.at, "nat": args.nat, "deep_shallow": args.deep_shallow},
             "sentences": len(sources),
             "rows": [asdict(r) for r in rows],

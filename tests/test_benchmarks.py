@@ -79,8 +79,8 @@ def test_interleaved_best_times_takes_turns_on_each_systems_threads() -> None:
 
 
 def test_nat_rows_take_turns_batch_by_batch_and_score_each_system() -> None:
-    """The NAT benchmark runs every system on sentences 0-1, then every system on 2-3, ...; each row is
-    scored on that system's own outputs."""
+    """With turns no longer than a batch, the NAT benchmark runs every system on sentences 0-1, then
+    every system on 2-3, ...; each row is scored on that system's own outputs."""
     from benchmarks.nat import run_rows
 
     calls: list[tuple[str, tuple[str, ...]]] = []
@@ -96,7 +96,7 @@ def test_nat_rows_take_turns_batch_by_batch_and_score_each_system() -> None:
     sources = ["a", "b", "c", "d", "e"]
     refs = [s.upper() for s in sources]
     systems = [("AT", "greedy", Echo("at", set())), ("NAT", "single pass", Echo("nat", {"c"}))]
-    rows = run_rows(systems, sources, refs, batch=2)  # type: ignore[arg-type]
+    rows = run_rows(systems, sources, refs, batch=2, turn=1)  # type: ignore[arg-type]
     timed = calls[2:]  # after one warm-up call each
     assert timed == [
         ("at", ("a", "b")), ("nat", ("a", "b")), ("at", ("c", "d")), ("nat", ("c", "d")),
@@ -105,3 +105,30 @@ def test_nat_rows_take_turns_batch_by_batch_and_score_each_system() -> None:
     assert [(r.system, r.batch) for r in rows] == [("AT", 2), ("NAT", 2)]
     assert rows[0].exact == 1.0 and rows[1].exact == 0.8
     assert all(r.sent_per_s > 0 for r in rows)
+
+
+def test_nat_rows_take_turns_of_several_batches() -> None:
+    """A turn of 4 sentences at batch 2: each system gets sentences 0-3 in one call (its translator
+    batches them by two), then 4; the default turn is at least as long as a batch."""
+    from benchmarks.nat import DEFAULT_TURN, run_rows
+
+    calls: list[tuple[str, int, tuple[str, ...]]] = []
+
+    class Echo:
+        def __init__(self, name: str) -> None:
+            self.name, self.batch_size = name, 0
+
+        def translate(self, texts: list[str]) -> list[str]:
+            calls.append((self.name, self.batch_size, tuple(texts)))
+            return list(texts)
+
+    sources = ["a", "b", "c", "d", "e"]
+    systems = [("AT", "greedy", Echo("at")), ("NAT", "single pass", Echo("nat"))]
+    rows = run_rows(systems, sources, sources, batch=2, turn=4)  # type: ignore[arg-type]
+    assert calls[2:] == [
+        ("at", 2, ("a", "b", "c", "d")), ("nat", 2, ("a", "b", "c", "d")), ("at", 2, ("e",)), ("nat", 2, ("e",)),
+    ]  # fmt: skip
+    assert all(r.exact == 1.0 for r in rows)
+    calls.clear()
+    run_rows(systems, sources, sources, batch=1)  # type: ignore[arg-type]
+    assert DEFAULT_TURN >= 32 and calls[2:] == [("at", 1, tuple(sources)), ("nat", 1, tuple(sources))]
