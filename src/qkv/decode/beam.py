@@ -114,6 +114,8 @@ def beam_search(
         max_len=min(max_len, stepper.max_len),
     )  # (batch,)
     width = int(max_lens.max()) + 1  # the longest finished hypothesis, </s> included
+    # Before the shortest limit no row can be at its maximum: constrain skips that check (as greedy does).
+    shortest = int(max_lens.min())
 
     # Per active sentence; rows of the state are sentence-major: row = sentence * k + beam.
     sentence = torch.arange(batch, device=device)  # input index of each active sentence, (n,)
@@ -128,18 +130,20 @@ def beam_search(
 
     state = stepper.encode(src_ids).repeat_each(k)  # (batch * k) rows, sentence-major
     tokens = torch.full((batch * k, 1), stepper.bos_id, dtype=torch.long, device=device)
+    row_max_lens = max_lens.repeat_interleave(k)  # (n * k,): worked out again when sentences leave
     for steps_done in count():
         n = sentence.numel()
         log_probs, state = stepper.step(tokens, state)  # (n * k, vocab)
         log_probs = constrain(
             log_probs,
             steps_done,
-            max_lens[sentence].repeat_interleave(k),
+            row_max_lens,
             min_len=min_len,
             pad_id=stepper.pad_id,
             bos_id=stepper.bos_id,
             eos_id=stepper.eos_id,
             inplace=True,
+            some_at_max=None if steps_done >= shortest else False,
         )
         # 1. Extend every live hypothesis by every token; keep the best 2k per sentence.
         candidates = (live_score.view(n * k, 1) + log_probs).view(n, k * vocab)
@@ -202,6 +206,7 @@ def beam_search(
             fin_score, fin_log_prob = fin_score[still], fin_log_prob[still]
             fin_tokens, fin_length = fin_tokens[still], fin_length[still]
             rows = rows.view(n, k)[still].view(-1)
+            row_max_lens = max_lens[sentence].repeat_interleave(k)
         # Rows only trade places within their sentence unless a sentence left: then the encoder output
         # and cross-attention keys/values (the same for all beams of a sentence) need not be copied, and
         # the cache may be reordered in place (the old state is not read again).
