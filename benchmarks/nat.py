@@ -25,6 +25,9 @@ AT (5+1 layers) on that, both starting from the AT's weights (``--init-from``), 
 NAT exact match >= 90% of AT's, single pass >= 3x AT greedy's speed at batch 1):
 
     .venv/bin/python benchmarks/nat.py --demo --out runs/nat-demo --threads 2
+
+The systems take turns of ``--turn`` sentences (default 32; see :func:`run_rows`): short against the
+machine's drift, long enough that each system runs on its own weights as a user's file would.
 """
 
 from __future__ import annotations
