@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -132,3 +134,12 @@ def test_nat_rows_take_turns_of_several_batches() -> None:
     calls.clear()
     run_rows(systems, sources, sources, batch=1)  # type: ignore[arg-type]
     assert DEFAULT_TURN >= 32 and calls[2:] == [("at", 1, tuple(sources)), ("nat", 1, tuple(sources))]
+
+
+def test_nat_benchmark_rejects_an_empty_turn(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.nat import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--demo", "--turn", "0"])
+    assert exit_info.value.code == 2
+    assert "--turn 0" in capsys.readouterr().err
