@@ -8,8 +8,12 @@ of it 0.6 ms the (10, 256) x (256, 8000) output projection, whose weight the BLA
 float32 on a CPU, eval mode) with:
 
 * plain functions instead of module calls; W_Q, W_K, W_V of self-attention as one product;
-* cross-attention keys and values computed once per batch (:meth:`FastPasses.cross_keys_values`) and
-  reused by every pass: mask-predict runs the decoder up to K times on one encoder output;
+* cross-attention keys and values computed once per batch (:meth:`FastPasses.cross_keys_values`), for
+  all decoder layers in one product, and reused by every pass: mask-predict runs the decoder up to K
+  times on one encoder output;
+* a first pass over [MASK] everywhere without padding starts the first decoder layer from its
+  self-attention output and cross-attention queries for that length, computed once and kept: they
+  depend on nothing else (``decode_hidden(..., every_token=)``);
 * every product prepared once for this CPU (:func:`~qkv.nn.packed.cpu_linear`): on an Intel CPU the
   output projection packed for oneDNN (any row count: 0.62 -> 0.26 ms for that product) and the layers'
   plain; elsewhere every weight larger than 256 x 256 packed for oneDNN (on an AMD EPYC MKL's products of
