@@ -115,7 +115,7 @@ def beam_search(
     )  # (batch,)
     width = int(max_lens.max()) + 1  # the longest finished hypothesis, </s> included
     # Before the shortest limit no row can be at its maximum: constrain skips that check (as greedy does).
-    shortest = int(max_lens.min())
+    shortest_limit = int(max_lens.min())
 
     # Per active sentence; rows of the state are sentence-major: row = sentence * k + beam.
     sentence = torch.arange(batch, device=device)  # input index of each active sentence, (n,)
@@ -143,7 +143,7 @@ def beam_search(
             bos_id=stepper.bos_id,
             eos_id=stepper.eos_id,
             inplace=True,
-            some_at_max=None if steps_done >= shortest else False,
+            some_at_max=None if steps_done >= shortest_limit else False,
         )
         # 1. Extend every live hypothesis by every token; keep the best 2k per sentence.
         candidates = (live_score.view(n * k, 1) + log_probs).view(n, k * vocab)
