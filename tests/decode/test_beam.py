@@ -187,3 +187,22 @@ def test_top_candidates_equal_torch_topk(width: int) -> None:
         torch.testing.assert_close(values, expected, atol=0, rtol=0)
         torch.testing.assert_close(candidates.gather(1, columns), values, atol=0, rtol=0)
         assert all(len(set(row)) == count for row in columns.tolist())  # distinct columns
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_each_sentence_stops_at_its_own_length_limit(
+    model: Transformer, sources: list[list[int]], early_stopping: bool
+) -> None:
+    """Sources of different lengths get different limits (max_len_a = 1); with </s> banned until then
+    (min_len above every limit), every hypothesis of a sentence is exactly as long as its own limit, the
+    shortest sentence's included, while the longer ones search on."""
+    src = pad_batch(sources, 0)
+    limits = [len(s) - 1 for s in sources]  # max_len_a=1, max_len_b=-1: source length minus </s>
+    assert len(set(limits)) > 1
+    with torch.inference_mode():
+        found = beam_search(
+            CachedStepper(model), src, beam=3, max_len_a=1.0, max_len_b=-1, min_len=100,
+            early_stopping=early_stopping,
+        )  # fmt: skip
+    for limit, hyps in zip(limits, found, strict=True):
+        assert hyps and all(len(h.tokens) == limit for h in hyps)
