@@ -157,3 +157,49 @@ def test_teacher_rescoring_scores_a_sentences_candidates_together(monkeypatch: p
     calls.clear()
     assert translate(8) == one_by_one
     assert calls == [12]
+
+
+def test_teacher_with_the_same_tokenizers_scores_the_candidate_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A teacher whose tokenizers serialise the same as the NAT's (here: a copy) is handed the NAT's own
+    ids, sources with </s> and the very candidates the NAT wrote; one with another vocabulary gets them
+    re-tokenised from text, in its own ids."""
+    import tokenizers
+
+    from qkv.decode import nat as nat_decode
+    from qkv.tokenize import Tokenizer
+    from qkv.translator import Translator
+
+    pairs = demo.generate(size=60)
+    tok = train_bpe([t for pair in pairs for t in pair], 200)
+    copy = Tokenizer(tokenizers.Tokenizer.from_str(tok.inner.to_str()))
+    other = train_bpe([t for pair in pairs for t in pair], 150)
+    torch.manual_seed(1)
+    config = NATConfig.from_dict(preset("tiny", tok.vocab_size, dropout=0.0, max_positions=64).to_dict())
+    model = NATransformer(config).eval()  # type: ignore[arg-type]
+    seen: list[tuple[list[list[int]], list[list[int]]]] = []
+    score = nat_decode.teacher_scores
+
+    def recorded(
+        t: Transformer, sources: list[list[int]], outputs: list[list[int]], **kw: bool
+    ) -> list[float]:
+        seen.append(([list(s) for s in sources], [list(o) for o in outputs]))
+        return score(t, sources, outputs, **kw)
+
+    monkeypatch.setattr(nat_decode, "teacher_scores", recorded)
+    text = pairs[0][0]
+    src_ids = [*tok.encode(text), config.eos_id]
+    candidates = [h.tokens for h in nat_decode.translate_ids(model, [src_ids], length_beam=3)[0]]
+    for teacher_tok, shared in ((copy, True), (other, False)):
+        seen.clear()
+        torch.manual_seed(2)
+        teacher = Transformer(preset("tiny", teacher_tok.vocab_size, dropout=0.0, max_positions=64)).eval()
+        translator = Translator(model, tok, tok, length_beam=3, teacher=(teacher, teacher_tok, teacher_tok))
+        (best,) = translator.translate([text])
+        assert translator._teacher_shares_vocabularies() == (shared, shared)
+        ((sources, outputs),) = seen
+        if shared:
+            assert sources == [src_ids] * 3 and sorted(outputs) == sorted(candidates)
+        else:
+            assert sources == [[*other.encode(text), config.eos_id]] * 3
+            assert sorted(outputs) == sorted(other.encode(tok.decode(c)) for c in candidates)
+        assert best in {tok.decode(c) for c in candidates}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qkv.decode import Method, translate_ids
 from qkv.decode import nat as nat_decode
@@ -48,6 +48,9 @@ class Translator:
     length_beam: int = 1
     teacher: tuple[Transformer, Tokenizer, Tokenizer] | None = None
     int8: bool = False
+    _shared_vocabularies: tuple[object, bool, bool] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def translate(self, texts: Sequence[str], *, first_line: int = 1) -> list[str]:
         """One translation per text, in order. ``first_line`` numbers the texts in warnings."""
@@ -79,6 +82,21 @@ class Translator:
             )
         return [_LINE_BREAKS.sub(" ", self.tgt_tokenizer.decode(ids)).strip() for ids in outputs]
 
+    def _teacher_shares_vocabularies(self) -> tuple[bool, bool]:
+        """Whether the teacher's source and target tokenizers are this model's (the same serialised
+        tokenizer and the same special ids), worked out once per teacher."""
+        assert self.teacher is not None
+        found = self._shared_vocabularies
+        if found is not None and found[0] is self.teacher:
+            return found[1], found[2]
+        teacher, teacher_src, teacher_tgt = self.teacher
+        mine, theirs = self.model.config, teacher.config
+        specials = (mine.pad_id, mine.bos_id, mine.eos_id) == (theirs.pad_id, theirs.bos_id, theirs.eos_id)
+        same_src = specials and _same_tokenizer(self.src_tokenizer, teacher_src)
+        same_tgt = specials and _same_tokenizer(self.tgt_tokenizer, teacher_tgt)
+        self._shared_vocabularies = (self.teacher, same_src, same_tgt)
+        return same_src, same_tgt
+
     def _non_autoregressive(self, model: NATransformer, sources: list[list[int]]) -> list[list[int]]:
         """The NAT model's best candidate for each source (ids), rescored by the teacher if there is one."""
         found = nat_decode.translate_ids(
@@ -93,15 +111,23 @@ class Translator:
             return [hyps[0].tokens for hyps in found]
         teacher, teacher_src, teacher_tgt = self.teacher
         eos = teacher.config.eos_id
-        # Through text: the teacher may have its own vocabulary (a distilled NAT trains its own tokenizer).
+        # Through text where the teacher has its own vocabulary (a distilled NAT may train its own
+        # tokenizer); with the same tokenizers (a NAT started from its teacher's weights), the ids as
+        # they are: the teacher scores exactly the candidate the NAT wrote, not a re-segmentation of its
+        # text, and without a decode and an encode per candidate.
+        same_src, same_tgt = self._teacher_shares_vocabularies()
         flat_src: list[list[int]] = []
         flat_out: list[list[int]] = []
         for source, hyps in zip(sources, found, strict=True):
-            text = self.src_tokenizer.decode(source)
-            src_ids = [*teacher_src.encode(text), eos] if source else []
+            if same_src or not source:
+                src_ids = list(source)
+            else:
+                src_ids = [*teacher_src.encode(self.src_tokenizer.decode(source)), eos]
             for hyp in hyps:
                 flat_src.append(src_ids)
-                flat_out.append(teacher_tgt.encode(self.tgt_tokenizer.decode(hyp.tokens)))
+                flat_out.append(
+                    hyp.tokens if same_tgt else teacher_tgt.encode(self.tgt_tokenizer.decode(hyp.tokens))
+                )
         scores: list[float] = []
         chunk = self.batch_size * self.length_beam  # the candidates of batch_size sentences: one pass
         for start in range(0, len(flat_src), chunk):
@@ -116,3 +142,8 @@ class Translator:
             best.append(hyps[chosen].tokens)
             row += len(hyps)
         return best
+
+
+def _same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
+    """The same ids for every text: one object, or the same serialised tokenizer and special-token rule."""
+    return a is b or (a.specials_in_text == b.specials_in_text and a.inner.to_str() == b.inner.to_str())
