@@ -203,3 +203,38 @@ def test_teacher_with_the_same_tokenizers_scores_the_candidate_ids(monkeypatch: 
             assert sources == [[*other.encode(text), config.eos_id]] * 3
             assert sorted(outputs) == sorted(other.encode(tok.decode(c)) for c in candidates)
         assert best in {tok.decode(c) for c in candidates}
+
+
+def test_distill_leaves_out_sources_the_teacher_translates_to_nothing(
+    corpus_and_teacher: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On cmn-eng a real teacher translated 2 of 28,979 sources to nothing; `qkv train` refuses empty
+    targets, so distill leaves those pairs out, says which, and the file trains as it is."""
+    from qkv import distill as distill_module
+
+    data, teacher = corpus_and_teacher
+    real = distill_module.translate_all
+
+    def with_empties(*args: object, **kwargs: object) -> list[str]:
+        out = real(*args, **kwargs)  # type: ignore[arg-type]
+        out[2] = out[6] = ""
+        return out
+
+    monkeypatch.setattr(distill_module, "translate_all", with_empties)
+    distilled = tmp_path / "distilled.tsv"
+    common = ["--src-col", "2", "--tgt-col", "1"]
+    assert main(["distill", "--teacher", str(teacher), "--data", str(data), *common, "--out", str(distilled),
+                 "--beam", "1", "--quiet"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert "left out 2 source(s) the teacher translated to nothing (source numbers 3, 7 of" in captured.err
+    assert "wrote 198 distilled pairs" in captured.out
+    lines = distilled.read_text(encoding="utf-8").split("\n")[:-1]
+    originals = data.read_text(encoding="utf-8").split("\n")[:-1]
+    kept = [o.split("\t")[1] for i, o in enumerate(originals) if i not in (2, 6)]
+    assert [line.split("\t")[1] for line in lines] == kept and all(line.split("\t")[0] for line in lines)
+    assert main(["train", "--model-type", "nat", "--data", str(distilled), *common, "--preset", "tiny",
+                 "--vocab-size", "300", "--max-steps", "2", "--max-tokens", "512", "--quiet",
+                 "--out", str(tmp_path / "nat"), "--threads", "1"]) == 0  # fmt: skip

@@ -418,6 +418,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         skip_bad=args.skip_bad,
         progress=not args.quiet,
+        warn=lambda message: print(f"qkv distill: warning: {message}", file=sys.stderr),
     )
     print(
         f"wrote {written:,} distilled pairs to {args.out} (source in column {args.src_col}, the teacher's "

@@ -64,7 +64,8 @@ def distill(
     warn: Callable[[str], None] | None = None,
 ) -> int:
     """Translate the sources of corpus ``data`` with ``teacher`` (beam search; ``beam=1``: greedy) and write
-    ``out`` as TSV, source in ``src_col`` and translation in ``tgt_col``. Returns the pairs written.
+    ``out`` as TSV, source in ``src_col`` and translation in ``tgt_col``. Returns the pairs written:
+    a source the teacher translates to nothing is left out, with a warning (``warn``) naming it.
 
     The file is written under a temporary name and renamed, so an interrupted run leaves no partial file.
     """
@@ -83,8 +84,20 @@ def distill(
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    # A teacher may translate a source to nothing; such a pair would stop `qkv train` (an empty target
+    # side), so it is left out and reported. Line numbers are the sources' order in the corpus.
+    empty: list[int] = []
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for source, translation in zip(sources, translations, strict=True):
+        for number, (source, translation) in enumerate(zip(sources, translations, strict=True), start=1):
+            if not translation.strip():
+                empty.append(number)
+                continue
             f.write(tsv_line(source, translation, src_col=src_col, tgt_col=tgt_col))
     os.replace(tmp, path)
-    return len(sources)
+    if empty and warn is not None:
+        shown = ", ".join(str(n) for n in empty[:5]) + (", ..." if len(empty) > 5 else "")
+        warn(
+            f"left out {len(empty):,} source(s) the teacher translated to nothing "
+            f"(source {'number' if len(empty) == 1 else 'numbers'} {shown} of {data})"
+        )
+    return len(sources) - len(empty)
