@@ -238,3 +238,20 @@ def test_distill_leaves_out_sources_the_teacher_translates_to_nothing(
     assert main(["train", "--model-type", "nat", "--data", str(distilled), *common, "--preset", "tiny",
                  "--vocab-size", "300", "--max-steps", "2", "--max-tokens", "512", "--quiet",
                  "--out", str(tmp_path / "nat"), "--threads", "1"]) == 0  # fmt: skip
+
+
+def test_shared_vocabularies_are_worked_out_again_when_a_tokenizer_is_replaced() -> None:
+    from qkv.translator import Translator
+
+    pairs = demo.generate(size=40)
+    tok = train_bpe([t for pair in pairs for t in pair], 200)
+    other = train_bpe([t for pair in pairs for t in pair], 150)
+    config = NATConfig.from_dict(preset("tiny", tok.vocab_size, dropout=0.0, max_positions=64).to_dict())
+    model = NATransformer(config).eval()  # type: ignore[arg-type]
+    teacher = Transformer(preset("tiny", tok.vocab_size, dropout=0.0, max_positions=64)).eval()
+    translator = Translator(model, tok, tok, length_beam=2, teacher=(teacher, tok, tok))
+    assert translator._teacher_shares_vocabularies() == (True, True)
+    translator.tgt_tokenizer = other
+    assert translator._teacher_shares_vocabularies() == (True, False)
+    translator.teacher = (teacher, other, other)
+    assert translator._teacher_shares_vocabularies() == (False, True)

@@ -48,7 +48,7 @@ class Translator:
     length_beam: int = 1
     teacher: tuple[Transformer, Tokenizer, Tokenizer] | None = None
     int8: bool = False
-    _shared_vocabularies: tuple[object, bool, bool] | None = field(
+    _shared_vocabularies: tuple[tuple[object, ...], bool, bool] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
@@ -84,17 +84,19 @@ class Translator:
 
     def _teacher_shares_vocabularies(self) -> tuple[bool, bool]:
         """Whether the teacher's source and target tokenizers are this model's (the same serialised
-        tokenizer and the same special ids), worked out once per teacher."""
+        tokenizer and the same special ids), worked out once for each model, teacher and tokenizers
+        (the fields may be reassigned: the answer is kept with the objects it was worked out for)."""
         assert self.teacher is not None
+        inputs = (self.teacher, self.model, self.src_tokenizer, self.tgt_tokenizer)
         found = self._shared_vocabularies
-        if found is not None and found[0] is self.teacher:
+        if found is not None and all(a is b for a, b in zip(found[0], inputs, strict=True)):
             return found[1], found[2]
         teacher, teacher_src, teacher_tgt = self.teacher
         mine, theirs = self.model.config, teacher.config
         specials = (mine.pad_id, mine.bos_id, mine.eos_id) == (theirs.pad_id, theirs.bos_id, theirs.eos_id)
         same_src = specials and _same_tokenizer(self.src_tokenizer, teacher_src)
         same_tgt = specials and _same_tokenizer(self.tgt_tokenizer, teacher_tgt)
-        self._shared_vocabularies = (self.teacher, same_src, same_tgt)
+        self._shared_vocabularies = (inputs, same_src, same_tgt)
         return same_src, same_tgt
 
     def _non_autoregressive(self, model: NATransformer, sources: list[list[int]]) -> list[list[int]]:
