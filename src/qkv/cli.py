@@ -545,6 +545,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 # -- qkv demo --------------------------------------------------------------------------------------
 # The demo model: small enough to learn the built-in corpus in a few minutes on two CPU cores.
 DEMO_MODEL = {"d_model": 128, "heads": 4, "d_ff": 512, "encoder_layers": 3, "decoder_layers": 3}
+# Stopped by time before this fraction of --steps, the demo warns that its model is undertrained: the
+# default 500 steps are what it takes to get the held-out set right (500/500 in the sessions' runs).
+DEMO_ENOUGH_STEPS = 0.8
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -591,6 +594,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(f"trained {result.state.step} steps in {time.monotonic() - start:.0f}s ({result.stopped_because})")
+    if result.stopped_because == "max_minutes" and result.state.step < DEMO_ENOUGH_STEPS * args.steps:
+        # Seen: the demo run while another job kept both cores busy got 33 of 500 steps in 3 minutes and
+        # translated nothing right; say so before the numbers below, not after.
+        print(
+            f"warning: the time limit (--max-minutes {args.max_minutes:g}) stopped training at step "
+            f"{result.state.step} of {args.steps}: the model is undertrained and its translations below "
+            "will be poor. Is another process using the CPU? Give it more time with --max-minutes.",
+            file=sys.stderr,
+        )
 
     print("\n== 2. translate the held-out sentences (never seen in training)")
     model = saved.load(out)
