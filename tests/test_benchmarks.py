@@ -143,3 +143,26 @@ def test_nat_benchmark_rejects_an_empty_turn(capsys: pytest.CaptureFixture[str])
         main(["--demo", "--turn", "0"])
     assert exit_info.value.code == 2
     assert "--turn 0" in capsys.readouterr().err
+
+
+def test_nat_data_check_needs_one_row_both_close_and_faster(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.nat import Row, data_checks
+
+    def row(system: str, decoder: str, bleu: float, sent_per_s: float, batch: int = 1) -> Row:
+        return Row(system, decoder, batch, bleu, 0.0, 0.0, sent_per_s, 1.0, sent_per_s / 100.0)
+
+    at = row("AT", "greedy", 34.0, 100.0)
+    fast_but_poor = row("NAT", "single pass", 28.0, 390.0)
+    close_but_slow = row("NAT", "mask-predict 4, lb 3 + AT", 33.5, 60.0)
+    # Batch 32 rows and other systems do not count, however good.
+    others = [row("NAT", "mask-predict 2", 33.0, 500.0, batch=32), row("AT 6+1", "greedy", 33.0, 150.0)]
+    assert not data_checks([at, fast_but_poor, close_but_slow, *others])
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "mask-predict 4, lb 3 + AT: BLEU -0.50, 0.60x" in out
+    assert "single pass: BLEU -6.00, 3.90x" in out
+
+    on_the_edge = row("NAT", "mask-predict 2, lb 3", 31.0, 101.0)  # exactly 3 BLEU below, a little faster
+    assert data_checks([at, fast_but_poor, on_the_edge, close_but_slow])
+    out = capsys.readouterr().out
+    assert "PASS" in out and "mask-predict 2, lb 3: BLEU -3.00, 1.01x" in out and "single pass" not in out
+    assert not data_checks([at, row("NAT", "mask-predict 2", 31.0, 100.0)])  # as fast is not faster
