@@ -147,6 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
+    if args.best_by == "bleu" and not args.valid_bleu:
+        raise UsageError("--best-by bleu picks best/ by the BLEU that --valid-bleu N measures: give both")
     stops = (args.max_steps, args.max_epochs, args.max_minutes)
     stops_given = any(x is not None for x in stops)
     config = TrainConfig(
@@ -167,6 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         keep_last=args.keep_last,
         valid_every=args.valid_every,
         patience=args.patience,
+        best_by=f"valid_{args.best_by}",
         log_every=args.log_every,
         max_bad_steps=args.max_bad_steps,
     )
@@ -808,8 +811,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="at each validation also translate the first N validation pairs (greedy) and log their "
-        "sacreBLEU as valid_bleu (default 0: off)",
+        help="at each validation also translate the first N validation pairs (greedy; a NAT: its single "
+        "pass) and log their sacreBLEU as valid_bleu (default 0: off)",
+    )
+    g.add_argument(
+        "--best-by",
+        choices=["nll", "bleu"],
+        default="nll",
+        help="the validation metric that picks best/ and that --patience watches: nll (default) or bleu "
+        "(needs --valid-bleu N; suits --model-type nat, whose validation loss on random masks of the "
+        "references can rise while its BLEU improves). A resumed run keeps its own",
     )
     g.add_argument("--log-every", type=int, default=10, help="steps between log lines (default 10)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")

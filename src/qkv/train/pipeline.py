@@ -330,6 +330,11 @@ def train(
         )
     say(model.summary())
     all_hooks = [*hooks, *(make_hooks(prepared) if make_hooks else [])]
+    if train_config.best_by != "valid_nll" and prepared.valid and not all_hooks:
+        raise ValueError(
+            f"this run picks its best model by {train_config.best_by}, which needs a validation hook: "
+            "pass --valid-bleu N (as when the run started)"
+        )
     trainer = Trainer(
         model,
         train_config,

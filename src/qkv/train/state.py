@@ -24,7 +24,8 @@ class TrainerState:
     epoch: int = 0  # the epoch being read
     batch_in_epoch: int = 0  # index of the next batch (of this rank's shard) in that epoch
     tokens: int = 0  # target tokens trained on (all ranks)
-    best_valid_nll: float | None = None
+    best_valid_nll: float | None = None  # the best so far, when best/ is picked by valid_nll
+    best_valid_bleu: float | None = None  # the same when it is picked by valid_bleu
     evals_without_improvement: int = 0
     skipped_steps: int = 0  # steps skipped for a non-finite loss
     history: list[dict[str, Any]] = field(default_factory=list)  # validation results
