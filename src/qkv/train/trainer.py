@@ -597,15 +597,11 @@ class Trainer:
                 f"this run picks its best model by {key}, which no validation hook reported "
                 f"(got {sorted(metrics)}); for valid_bleu pass qkv train --valid-bleu N"
             )
-        value = float(metrics[key])
-        if key == "valid_bleu":
-            improved = self.state.best_valid_bleu is None or value > self.state.best_valid_bleu
-            if improved:
-                self.state.best_valid_bleu = value
-            return improved
-        improved = self.state.best_valid_nll is None or value < self.state.best_valid_nll
+        value, best = float(metrics[key]), getattr(self.state, f"best_{key}")
+        higher_is_better = BEST_BY[key] == "higher"
+        improved = best is None or (value > best if higher_is_better else value < best)
         if improved:
-            self.state.best_valid_nll = value
+            setattr(self.state, f"best_{key}", value)  # TrainerState.best_valid_nll / best_valid_bleu
         return improved
 
     def _patience_reason(self) -> str:
