@@ -820,7 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="nll",
         help="the validation metric that picks best/ and that --patience watches: nll (default) or bleu "
         "(needs --valid-bleu N; suits --model-type nat, whose validation loss on random masks of the "
-        "references can rise while its BLEU improves). A resumed run keeps its own",
+        "references can rise while its BLEU improves). A resumed run keeps its own.",
     )
     g.add_argument("--log-every", type=int, default=10, help="steps between log lines (default 10)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
