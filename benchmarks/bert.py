@@ -6,7 +6,8 @@ system returns the last hidden states (and the pooler output, which all three co
 
 * qkv: ``qkv.models.bert.load_pretrained``, under ``torch.inference_mode``;
 * HF: ``transformers.BertModel.from_pretrained(..., attn_implementation="sdpa")``, same mode;
-* CTranslate2: ``ctranslate2.Encoder`` on the checkpoint converted by ``TransformersConverter``.
+* CTranslate2: ``ctranslate2.Encoder`` on the checkpoint converted by ``TransformersConverter``, in a
+  process of its own that is stopped outside its turns (:mod:`benchmarks.ct2_worker`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from benchmarks.common import (
     interleaved_best_times,
     optional,
 )
+from benchmarks.ct2_worker import Worker
 from qkv.config import BertConfig
 from qkv.models import bert
 
@@ -88,6 +90,7 @@ def run(sizes: Sizes, device: Device, peak: float, workdir: Path) -> Table:
 
     # Every system at its best of device.thread_options(), as in the decoding section.
     current_threads = [device.threads]  # which CTranslate2 instance runs
+    workers: list[Worker] = []
 
     def use_threads(threads: int) -> None:
         current_threads[0] = threads
@@ -102,25 +105,24 @@ def run(sizes: Sizes, device: Device, peak: float, workdir: Path) -> Table:
     else:
         out = workdir / "minilm-ct2"
         ctranslate2.converters.TransformersConverter(str(model_dir)).convert(str(out), force=True)
-        encoders = {
-            threads: ctranslate2.Encoder(
-                str(out),
-                **device.ctranslate2_options(),
-                intra_threads=threads,
-            )
-            for threads in device.thread_options()
-        }
-        id_lists = ids.tolist()
+        # In a worker process frozen outside its turns (benchmarks.ct2_worker): its threads would slow
+        # the torch systems in this one.
+        worker = Worker(
+            "encoder",
+            model_dir=str(out),
+            options=device.ctranslate2_options(),
+            threads=device.thread_options(),
+            ids=ids.tolist(),
+        )
+        workers.append(worker)
 
         def ct2_forward() -> Any:
-            encoder = encoders[current_threads[0]]
-            return encoder.forward_batch(id_lists).last_hidden_state  # a StorageView, on the device
+            return worker.call("forward", current_threads[0])
 
         def ct2_hidden() -> torch.Tensor:
-            states = ct2_forward()
-            if device.is_cuda:
-                states = states.to_device(ctranslate2.Device.cpu)
-            return torch.as_tensor(np.array(states))
+            path = workdir / "minilm-ct2-hidden.npy"
+            worker.call("save_hidden", current_threads[0], str(path))
+            return torch.from_numpy(np.load(path))
 
         runs["CTranslate2 Encoder"] = ct2_forward
         readers["CTranslate2 Encoder"] = ct2_hidden
@@ -128,20 +130,21 @@ def run(sizes: Sizes, device: Device, peak: float, workdir: Path) -> Table:
     used: list[str] = []
     best: dict[str, tuple[float, int]] = {}
     for system, forward in runs.items():
-        if system == "CTranslate2 Encoder" and len(best) > 1:
-            # The torch systems again, taking turns (the VM's speed drifts), before CTranslate2, whose
-            # threads would slow torch work after it.
-            turns = interleaved_best_times(
-                {name: (runs[name], threads) for name, (_, threads) in best.items()},
-                device,
-                repeats=sizes.bert_repeats,
-            )
-            best = {name: (min(seconds, turns[name]), threads) for name, (seconds, threads) in best.items()}
-            table.notes.append(f"{', '.join(best)}: best of both alone and taking turns")
         best[system] = best_time_over_threads(
             forward, device, repeats=sizes.bert_repeats, on_threads=use_threads
         )
         hidden[system] = readers.get(system, forward)().float().cpu()
+    if len(best) > 1:  # then all again, taking turns (the VM's speed drifts)
+        turns = interleaved_best_times(
+            {name: (runs[name], threads) for name, (_, threads) in best.items()},
+            device,
+            repeats=sizes.bert_repeats,
+            on_threads=use_threads,
+        )
+        best = {name: (min(seconds, turns[name]), threads) for name, (seconds, threads) in best.items()}
+        table.notes.append(f"{', '.join(best)}: best of both alone and taking turns")
+    for worker in workers:
+        worker.close()
     for system, (seconds, best_threads) in best.items():
         used.append(f"{system} {best_threads}")
         table.rows[system] = {"seq_s": b / seconds, "mfu": flops / seconds / peak}

@@ -11,6 +11,8 @@ forced </s> at step L. Hugging Face: ``min_new_tokens = max_new_tokens = L``. CT
 ``min_decoding_length = max_decoding_length = L``. The run checks every output's length.
 All three never produce <pad> or <s> (qkv's rule; ``suppress_tokens`` / ``suppress_sequences`` for the
 others). Throughput counts the L steps of each sentence (its best hypothesis), not the beams.
+CTranslate2 runs in a process of its own, stopped outside its turns (:mod:`benchmarks.ct2_worker`), so that
+it can take turns with the torch systems without its threads slowing them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from benchmarks.common import (
     interleaved_best_times,
     optional,
 )
+from benchmarks.ct2_worker import Worker
 from qkv.config import preset
 from qkv.decode import decode, pad_batch
 from qkv.models.seq2seq import Transformer
@@ -59,29 +62,34 @@ def _hf_model(model: Transformer, directory: Path, device: Device) -> Any:
     return hf.to(device.torch_device).eval()
 
 
-def _ct2_translators(
-    model: Transformer, directory: Path, device: Device, threads: list[int]
-) -> tuple[dict[int, Any], str | None]:
-    """One CTranslate2 translator per thread count (its threads are fixed when it is built)."""
+def _ct2_worker(
+    model: Transformer,
+    directory: Path,
+    device: Device,
+    threads: list[int],
+    batches: dict[str, list[list[int]]],
+) -> tuple[Worker | None, str | None]:
+    """CTranslate2 on the exported weights, in a worker process frozen between its turns
+    (:mod:`benchmarks.ct2_worker`), with one translator per thread count and the batches as tokens."""
     ctranslate2 = optional("ctranslate2")
     if ctranslate2 is None:
-        return {}, "ctranslate2 is not installed (pip install -e '.[bench]')"
+        return None, "ctranslate2 is not installed (pip install -e '.[bench]')"
     if device.is_cuda and ctranslate2.get_cuda_device_count() == 0:
-        return {}, "this ctranslate2 build sees no CUDA device"
+        return None, "this ctranslate2 build sees no CUDA device"
     from qkv.export.ctranslate2 import save_spec, transformer_spec
 
     vocab = _vocabulary(model.config.tgt_vocab_size)
     save_spec(transformer_spec(model, vocab, vocab), directory)
-    translators = {
-        n: ctranslate2.Translator(
-            str(directory),
-            **device.ctranslate2_options(),
-            intra_threads=n,
-            inter_threads=1,
-        )
-        for n in threads
-    }
-    return translators, None
+    tokens = {name: [[vocab[i] for i in s[:-1]] for s in srcs] for name, srcs in batches.items()}  # no </s>:
+    # the export appends it itself
+    worker = Worker(
+        "translator",
+        model_dir=str(directory),
+        options=device.ctranslate2_options(),
+        threads=threads,
+        batches=tokens,
+    )
+    return worker, None
 
 
 def _take_turns(
@@ -91,20 +99,22 @@ def _take_turns(
     sizes: Sizes,
     steps: int,
     batches: dict[str, list[list[int]]],
+    on_threads: Callable[[int], None],
 ) -> None:
-    """Time the systems measured so far again, taking turns (:func:`interleaved_best_times`), and keep
-    each one's best of both measurements."""
+    """Time the systems again, taking turns (:func:`interleaved_best_times`; ``on_threads`` tells
+    CTranslate2 which of its translators runs), and keep each one's best of both measurements."""
     if len(table.rows) < 2:
         return
     for key, runs in chosen.items():
         sentences = len(batches[key.split("_")[0]])
-        best = interleaved_best_times(runs, device, repeats=sizes.decode_repeats)
+        best = interleaved_best_times(runs, device, repeats=sizes.decode_repeats, on_threads=on_threads)
         for system, seconds in best.items():
             row = table.rows[system]
             row[key] = max(row[key] or 0.0, sentences * steps / seconds)
     table.notes.append(
         f"best of {sizes.decode_repeats} runs per thread count, then of {sizes.decode_repeats} more with "
-        f"{', '.join(table.rows)} taking turns at their best thread counts (CTranslate2 runs after them)"
+        f"{', '.join(table.rows)} taking turns at their best thread counts (CTranslate2 in a process of "
+        "its own, stopped outside its turns)"
     )
 
 
@@ -138,6 +148,7 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
         columns,
     )
     outputs: dict[str, list[list[int]]] = {}
+    outputs_of: dict[str, Callable[[], list[list[int]]]] = {}  # where the timed call returns no tokens
 
     # -- qkv --------------------------------------------------------------------------------------
     def qkv_run(
@@ -191,7 +202,7 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
 
     # -- CTranslate2 --------------------------------------------------------------------------------
     # Each system runs each case at each of device.thread_options() and keeps its best.
-    translators, ct2_missing = _ct2_translators(model, workdir / "ct2", device, device.thread_options())
+    ct2, ct2_missing = _ct2_worker(model, workdir / "ct2", device, device.thread_options(), batches)
     vocab = _vocabulary(v)
     index = {t: i for i, t in enumerate(vocab)}
     current_threads = [device.threads]  # which CTranslate2 instance runs
@@ -200,25 +211,15 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
         current_threads[0] = threads
 
     def ct2_run(srcs: list[list[int]], method: str, beam: int) -> Callable[[], list[list[int]]]:
-        tokens = [[vocab[i] for i in s[:-1]] for s in srcs]  # the export appends </s> itself
+        name = next(n for n, batch in batches.items() if batch is srcs)
 
-        def go() -> list[list[int]]:
-            translator = translators[current_threads[0]]
-            results = translator.translate_batch(
-                tokens,
-                beam_size=beam,
-                min_decoding_length=steps,
-                max_decoding_length=steps,
-                suppress_sequences=[["<pad>"], ["<s>"]],
-                max_batch_size=0,
-            )
-            found = [[index[t] for t in r.hypotheses[0]] for r in results]
-            if any(len(f) != steps for f in found):
-                raise RuntimeError(
-                    f"CTranslate2: expected {steps} tokens, got {sorted({len(f) for f in found})}"
-                )
-            return found
+        def go(want_tokens: bool = False) -> list[list[int]]:
+            assert ct2 is not None
+            found = ct2.call("translate", name, current_threads[0], beam, steps, want_tokens)
+            return [[index[t] for t in tokens] for tokens in found]
 
+        if method == "greedy" and name == "batch":
+            outputs_of["CTranslate2"] = lambda: go(want_tokens=True)
         return go
 
     systems: list[
@@ -237,20 +238,17 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
         ),
         ("CTranslate2", ct2_run, ct2_missing),
     ]
-    # CTranslate2 runs last: once one of its translators has run on 2 threads, torch work in the same
-    # process ran 2.6x slower here for as long as that translator lived (its idle threads keep a core
-    # busy), so it would tax whoever came after it.
     table.variant_of["qkv int8"] = "qkv"
-    # Each system first on its own, at every thread count (which is best); then, before CTranslate2, the
-    # torch systems again, taking turns within each round at their best thread counts
-    # (interleaved_best_times): the ratios between them then do not depend on which minute each ran in.
+    # Each system first on its own, at every thread count (which is best); then all of them again, taking
+    # turns within each round at their best thread counts (interleaved_best_times): the ratios between
+    # them then do not depend on which minute each ran in. CTranslate2 takes its turns from a worker
+    # process that is frozen outside them (benchmarks.ct2_worker): in this process its threads would
+    # slow the torch systems.
     chosen: dict[str, dict[str, tuple[Callable[[], list[list[int]]], int]]] = {}
     for system, make, missing in systems:
         if missing is not None:
             table.skipped[system] = missing
             continue
-        if system == "CTranslate2":
-            _take_turns(table, chosen, device, sizes, steps, batches)
         row: dict[str, float | None] = {}
         used: list[str] = []
         for batch_name, method, beam in CASES:
@@ -263,12 +261,13 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
             used.append(f"{len(srcs)}x {method}{'' if beam == 1 else beam}: {best_threads}")
             chosen.setdefault(f"{batch_name}_{method}", {})[system] = (go, best_threads)
             if batch_name == "batch" and method == "greedy":
-                outputs[system] = [t[: steps - 1] for t in go()]
+                outputs[system] = [t[: steps - 1] for t in outputs_of.get(system, go)()]
         table.rows[system] = row
         if len(device.thread_options()) > 1:
             table.notes.append(f"{system}: best threads per case ({', '.join(used)})")
-    if "CTranslate2" not in table.rows:
-        _take_turns(table, chosen, device, sizes, steps, batches)
+    _take_turns(table, chosen, device, sizes, steps, batches, use_threads)
+    if ct2 is not None:
+        ct2.close()
     for system, found in outputs.items():
         if system == "qkv":
             continue
