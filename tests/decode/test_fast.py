@@ -16,7 +16,7 @@ from qkv.decode.greedy import greedy_search
 from qkv.decode.step import CachedStepper
 from qkv.models.seq2seq import Transformer
 from qkv.nn import packed
-from qkv.nn.packed import Int8Linear, int8_available
+from qkv.nn.packed import Int8Linear, SplitTransposedLinear, TransposedLinear, int8_available
 from qkv.nn.snapshot import _SNAPSHOTS
 from tests.decode.conftest import random_model
 
@@ -177,6 +177,35 @@ def test_snapshot_is_reused_and_follows_weight_changes(model: Transformer, sourc
         reference = greedy_search(CachedStepper(model, fast=False), src)
     assert [h[0].tokens for h in after] == [h.tokens for h in reference]
     assert [h[0].tokens for h in after] != [h[0].tokens for h in before]
+
+
+def test_one_row_on_two_threads_splits_the_products_and_equals_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Off Intel, one row on 2 threads: each product in one block per thread (SplitTransposedLinear),
+    where its outputs split evenly (the tiny preset's 23-word output does not: unsplit)."""
+    monkeypatch.setattr(packed, "mkl_is_fast_here", lambda: False)
+    _SNAPSHOTS.clear()
+    model = _variant(norm_first=False)
+    src = pad_batch([[5, 6, 7, 2]], model.config.pad_id)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        decoder = fast_decoder(model, 1)
+        assert isinstance(decoder.layers[0].fc_in, SplitTransposedLinear)
+        assert isinstance(decoder.output, TransposedLinear)
+        fast, reference = CachedStepper(model), CachedStepper(model, fast=False)
+        with torch.inference_mode():
+            fast_state, ref_state = fast.encode(src), reference.encode(src)
+            tokens = torch.full((1, 1), model.config.bos_id)
+            for _ in range(6):
+                fast_lp, fast_state = fast.step(tokens, fast_state)
+                ref_lp, ref_state = reference.step(tokens, ref_state)
+                torch.testing.assert_close(fast_lp, ref_lp, atol=ATOL, rtol=0)
+                tokens = ref_lp.argmax(dim=-1, keepdim=True)
+    finally:
+        torch.set_num_threads(threads)
+        _SNAPSHOTS.clear()
 
 
 def test_snapshot_depends_on_the_thread_count(model: Transformer) -> None:

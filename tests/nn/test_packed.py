@@ -12,6 +12,7 @@ from qkv.nn.packed import (
     OneDNNLinear,
     PackedLinear,
     PlainLinear,
+    SplitTransposedLinear,
     TransposedLinear,
     cpu_linear,
     int8_available,
@@ -109,6 +110,26 @@ def test_onednn_linear_falls_back_where_it_cannot_pack(monkeypatch: pytest.Monke
     torch.testing.assert_close(x32.grad, weight32.sum(dim=0).expand(3, 5))
 
 
+@pytest.mark.parametrize("blocks", [1, 2, 5])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_split_transposed_linear_matches_float64_and_the_unsplit_product(
+    blocks: int, with_bias: bool
+) -> None:
+    generator = torch.Generator().manual_seed(blocks)
+    weight = torch.randn(50, 24, generator=generator)
+    bias = torch.randn(50, generator=generator) if with_bias else None
+    linear = SplitTransposedLinear(weight, bias, blocks=blocks)
+    assert linear.weight_blocks.shape == (blocks, 24, 50 // blocks)
+    unsplit = TransposedLinear(weight, bias)
+    for x in (torch.randn(1, 24, generator=generator), torch.randn(2, 9, 24, generator=generator)):
+        out = linear(x)
+        assert out.shape == (*x.shape[:-1], 50)
+        torch.testing.assert_close(out.double(), _reference(x, weight, bias), atol=1e-4, rtol=0)
+        torch.testing.assert_close(out, unsplit(x), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="50 outputs do not split into 3 equal blocks"):
+        SplitTransposedLinear(weight, bias, blocks=3)
+
+
 def test_stacked_linears_are_the_outputs_side_by_side() -> None:
     torch.manual_seed(0)
     q, k, v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8, bias=False)
@@ -140,7 +161,8 @@ CHOICES = [  # (MKL fast here, rows, weight rows of 256 columns, torch threads) 
     (True, 32, 256, 2, PackedLinear),
     (True, None, 256, 2, PlainLinear),
     (True, None, 8000, 2, OneDNNLinear),
-    (False, 1, 768, 2, TransposedLinear),
+    (False, 1, 768, 2, SplitTransposedLinear),
+    (False, 1, 767, 2, TransposedLinear),  # no equal blocks
     (False, 1, 768, 1, TransposedLinear),
     (False, 32, 256, 2, PlainLinear),
     (False, 32, 257, 2, OneDNNLinear),
