@@ -4,12 +4,13 @@ systems of the decoding and BERT sections.
 Why a process. This project's VM drifts by 20-30% within minutes, so the suite's systems take turns
 (:func:`benchmarks.common.interleaved_best_times`) and a slow minute lands on all of them. CTranslate2 used
 to run after the torch systems instead: once one of its translators had run on two threads, torch work in
-the same process ran slower for as long as the process lived (2.6x on the Intel Xeon of an earlier
-session), because its OpenMP threads stay behind and keep a core busy. On the AMD EPYC of stop 16, a torch
-matmul loop timed right after each in-process translation (batch 32, 2 threads) ran 1.13-1.16x slower than
-alone, and right after each call of this worker 0.99-1.08x (two runs, best of 10). The worker is stopped
-(``SIGSTOP``) as soon as a call returns and continued (``SIGCONT``) just before the next, so its threads
-cannot run while a torch system is timed.
+the same process ran slower for as long as the process lived (2.6x on the Intel Xeon of an earlier session),
+because its OpenMP threads stay behind and keep a core busy. On the AMD EPYC of stop 16, a torch matmul loop
+timed right after each in-process translation (batch 32, 2 threads) ran 1.13-1.16x slower than alone, and
+right after each call of this worker 0.99-1.08x (two runs, best of 10). It held CTranslate2 back as well: a
+single sentence greedy on 2 threads, 441 tok/s in the suite's process against 877 in this worker (491 on 1
+thread either way; taking turns in one run). The worker is stopped (``SIGSTOP``) as soon as a call returns
+and continued (``SIGCONT``) just before the next, so its threads cannot run while a torch system is timed.
 
 :class:`Worker` is the torch side: ``worker.call("method", *args)`` runs a method of the job the worker was
 started with and returns its result (JSON). The jobs, :class:`TranslatorJob` and :class:`EncoderJob`, run in
