@@ -90,7 +90,7 @@ def run(sizes: Sizes, device: Device, peak: float, workdir: Path) -> Table:
 
     # Every system at its best of device.thread_options(), as in the decoding section.
     current_threads = [device.threads]  # which CTranslate2 instance runs
-    workers: list[Worker] = []
+    worker: Worker | None = None
 
     def use_threads(threads: int) -> None:
         current_threads[0] = threads
@@ -114,12 +114,13 @@ def run(sizes: Sizes, device: Device, peak: float, workdir: Path) -> Table:
             threads=device.thread_options(),
             ids=ids.tolist(),
         )
-        workers.append(worker)
 
         def ct2_forward() -> Any:
+            assert worker is not None
             return worker.call("forward", current_threads[0])
 
         def ct2_hidden() -> torch.Tensor:
+            assert worker is not None
             path = workdir / "minilm-ct2-hidden.npy"
             worker.call("save_hidden", current_threads[0], str(path))
             return torch.from_numpy(np.load(path))
@@ -143,7 +144,7 @@ def run(sizes: Sizes, device: Device, peak: float, workdir: Path) -> Table:
         )
         best = {name: (min(seconds, turns[name]), threads) for name, (seconds, threads) in best.items()}
         table.notes.append(f"{', '.join(best)}: best of both alone and taking turns")
-    for worker in workers:
+    if worker is not None:
         worker.close()
     for system, (seconds, best_threads) in best.items():
         used.append(f"{system} {best_threads}")

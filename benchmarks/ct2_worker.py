@@ -127,11 +127,8 @@ class TranslatorJob:
         }
         self.batches = batches
 
-    def translate(
-        self, batch: str, threads: int, beam: int, steps: int, want_tokens: bool
-    ) -> list[list[str]]:
-        """The best hypothesis of each sentence of ``batch`` (only when ``want_tokens``: the timed calls
-        return nothing, so no system pays for sending tokens back)."""
+    def translate(self, batch: str, threads: int, beam: int, steps: int) -> list[list[str]]:
+        """The best hypothesis of each sentence of ``batch``, as every timed system returns its tokens."""
         results = self.translators[threads].translate_batch(
             self.batches[batch],
             beam_size=beam,
@@ -143,7 +140,7 @@ class TranslatorJob:
         found = [r.hypotheses[0] for r in results]
         if any(len(tokens) != steps for tokens in found):
             raise RuntimeError(f"CTranslate2: expected {steps} tokens, got {sorted({len(t) for t in found})}")
-        return found if want_tokens else []
+        return found
 
 
 class EncoderJob:

@@ -64,6 +64,7 @@ def _hf_model(model: Transformer, directory: Path, device: Device) -> Any:
 
 def _ct2_worker(
     model: Transformer,
+    vocab: list[str],
     directory: Path,
     device: Device,
     threads: list[int],
@@ -78,7 +79,6 @@ def _ct2_worker(
         return None, "this ctranslate2 build sees no CUDA device"
     from qkv.export.ctranslate2 import save_spec, transformer_spec
 
-    vocab = _vocabulary(model.config.tgt_vocab_size)
     save_spec(transformer_spec(model, vocab, vocab), directory)
     tokens = {name: [[vocab[i] for i in s[:-1]] for s in srcs] for name, srcs in batches.items()}  # no </s>:
     # the export appends it itself
@@ -148,7 +148,6 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
         columns,
     )
     outputs: dict[str, list[list[int]]] = {}
-    outputs_of: dict[str, Callable[[], list[list[int]]]] = {}  # where the timed call returns no tokens
 
     # -- qkv --------------------------------------------------------------------------------------
     def qkv_run(
@@ -202,8 +201,8 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
 
     # -- CTranslate2 --------------------------------------------------------------------------------
     # Each system runs each case at each of device.thread_options() and keeps its best.
-    ct2, ct2_missing = _ct2_worker(model, workdir / "ct2", device, device.thread_options(), batches)
     vocab = _vocabulary(v)
+    ct2, ct2_missing = _ct2_worker(model, vocab, workdir / "ct2", device, device.thread_options(), batches)
     index = {t: i for i, t in enumerate(vocab)}
     current_threads = [device.threads]  # which CTranslate2 instance runs
 
@@ -213,13 +212,11 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
     def ct2_run(srcs: list[list[int]], method: str, beam: int) -> Callable[[], list[list[int]]]:
         name = next(n for n, batch in batches.items() if batch is srcs)
 
-        def go(want_tokens: bool = False) -> list[list[int]]:
+        def go() -> list[list[int]]:
             assert ct2 is not None
-            found = ct2.call("translate", name, current_threads[0], beam, steps, want_tokens)
+            found = ct2.call("translate", name, current_threads[0], beam, steps)
             return [[index[t] for t in tokens] for tokens in found]
 
-        if method == "greedy" and name == "batch":
-            outputs_of["CTranslate2"] = lambda: go(want_tokens=True)
         return go
 
     systems: list[
@@ -261,7 +258,7 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
             used.append(f"{len(srcs)}x {method}{'' if beam == 1 else beam}: {best_threads}")
             chosen.setdefault(f"{batch_name}_{method}", {})[system] = (go, best_threads)
             if batch_name == "batch" and method == "greedy":
-                outputs[system] = [t[: steps - 1] for t in outputs_of.get(system, go)()]
+                outputs[system] = [t[: steps - 1] for t in go()]
         table.rows[system] = row
         if len(device.thread_options()) > 1:
             table.notes.append(f"{system}: best threads per case ({', '.join(used)})")

@@ -40,10 +40,10 @@ def test_worker_translates_as_ctranslate2_does_here_and_is_stopped_between_calls
     with Worker(
         "translator", model_dir=str(model_dir), options=OPTIONS, threads=[1], batches={"b": batch}
     ) as w:
-        found = w.call("translate", "b", 1, 2, 6, True)
+        found = w.call("translate", "b", 1, 2, 6)
         if sys.platform.startswith("linux"):
             assert _state(w._proc.pid) == "T"  # frozen until the next call
-        assert w.call("translate", "b", 1, 2, 6, False) == []  # timed calls send nothing back
+        assert w.call("translate", "b", 1, 2, 6) == found  # continued, it answers again
         pid = w._proc.pid
     translator = ctranslate2.Translator(str(model_dir), **OPTIONS, intra_threads=1)
     expected = translator.translate_batch(
@@ -65,8 +65,8 @@ def test_a_failing_call_raises_here_with_the_workers_traceback_and_the_worker_go
         "translator", model_dir=str(model_dir), options=OPTIONS, threads=[1], batches={"b": [["w5"]]}
     ) as w:
         with pytest.raises(WorkerError, match="KeyError: 'missing'"):
-            w.call("translate", "missing", 1, 1, 3, True)
-        assert len(w.call("translate", "b", 1, 1, 3, True)[0]) == 3
+            w.call("translate", "missing", 1, 1, 3)
+        assert len(w.call("translate", "b", 1, 1, 3)[0]) == 3
 
 
 def test_a_job_that_cannot_be_built_raises_at_once(tmp_path: Path) -> None:
