@@ -9,6 +9,8 @@ Rows (each at batch size 1 and 32, sentences sorted by length inside the decoder
     NAT mask-predict K                        K decoder passes (Ghazvininejad et al., 2019)
     NAT mask-predict K, lb L (+ AT)           K passes on each of L candidate lengths, the best by
                                               average log-prob (or by the AT's score)
+    NAT mask-predict K adaptive (, lb L ...)  at most K passes: a candidate stops at the first pass that
+                                              changes none of its tokens (Kasai et al., 2020); K >= 3
     deep-shallow AT greedy, beam 4            a deep encoder and a 1-layer decoder (Kasai et al., 2021):
                                               the honest baseline a NAT must beat (--deep-shallow)
 Columns: BLEU and chrF (sacreBLEU, 13a, or zh for Chinese references), exact-match rate, sentences per
@@ -147,6 +149,7 @@ def benchmark(
     length_beam: int,
     int8: bool = False,
     turn: int = DEFAULT_TURN,
+    adaptive: bool = True,
 ) -> tuple[list[Row], dict[str, float]]:
     at = saved.load(at_dir)
     nat = saved.load(nat_dir)
@@ -174,18 +177,22 @@ def benchmark(
         ),
     ]
     teacher = (at.model, at.src_tokenizer, at.tgt_tokenizer)
-    for k in iterations:
-        if k > 1:
-            translator = Translator(nat.model, nat.src_tokenizer, nat.tgt_tokenizer, iterations=k)
-            systems.append(("NAT", f"mask-predict {k}", translator))
-    for k in iterations:
-        if k > 1 and length_beam > 1:
-            for rescorer, suffix in ((None, ""), (teacher, " + AT")):
-                translator = Translator(
-                    nat.model, nat.src_tokenizer, nat.tgt_tokenizer, iterations=k, length_beam=length_beam,
-                    teacher=rescorer,
-                )  # fmt: skip
-                systems.append(("NAT", f"mask-predict {k}, lb {length_beam}{suffix}", translator))
+    # Mask-predict with K passes, and from K = 3 on also adaptive (a candidate stops at the first pass that
+    # changes nothing; with K = 2 there is no pass after the first refinement, so nothing to stop).
+    variants = [(k, False) for k in iterations if k > 1]
+    if adaptive:
+        variants += [(k, True) for k in iterations if k > 2]
+    for k, stops in variants:
+        translator = Translator(nat.model, nat.src_tokenizer, nat.tgt_tokenizer, iterations=k, adaptive=stops)
+        systems.append(("NAT", f"mask-predict {k}{' adaptive' if stops else ''}", translator))
+    for k, stops in variants if length_beam > 1 else []:
+        for rescorer, suffix in ((None, ""), (teacher, " + AT")):
+            translator = Translator(
+                nat.model, nat.src_tokenizer, nat.tgt_tokenizer, iterations=k, length_beam=length_beam,
+                teacher=rescorer, adaptive=stops,
+            )  # fmt: skip
+            name = f"mask-predict {k}{' adaptive' if stops else ''}, lb {length_beam}{suffix}"
+            systems.append(("NAT", name, translator))
     if deep_shallow_dir is not None:
         ds = saved.load(deep_shallow_dir)
         if isinstance(ds.model, NATransformer):
@@ -206,7 +213,7 @@ def benchmark(
             row.speedup = row.sent_per_s / baseline
             rows.append(row)
             print(
-                f"  batch {batch:>2}  {row.system:<8} {row.decoder:<26} BLEU {row.bleu:6.2f}  "
+                f"  batch {batch:>2}  {row.system:<8} {row.decoder:<36} BLEU {row.bleu:6.2f}  "
                 f"exact {row.exact:6.1%}  {row.sent_per_s:8.1f} sent/s",
                 file=sys.stderr,
             )
@@ -215,12 +222,12 @@ def benchmark(
 
 def print_table(rows: list[Row], lengths: dict[str, float]) -> None:
     print(
-        f"{'system':<10} {'decoder':<26} {'batch':>5} {'BLEU':>6} {'chrF':>6} {'exact':>7} "
+        f"{'system':<10} {'decoder':<36} {'batch':>5} {'BLEU':>6} {'chrF':>6} {'exact':>7} "
         f"{'sent/s':>9} {'vs AT greedy':>12}"
     )
     for r in rows:
         print(
-            f"{r.system:<10} {r.decoder:<26} {r.batch:>5} {r.bleu:>6.2f} {r.chrf:>6.2f} {r.exact:>7.1%} "
+            f"{r.system:<10} {r.decoder:<36} {r.batch:>5} {r.bleu:>6.2f} {r.chrf:>6.2f} {r.exact:>7.1%} "
             f"{r.sent_per_s:>9.1f} {r.speedup:>11.2f}x"
         )
     print(
@@ -341,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, nargs="+", default=[2, 4, 10], help="mask-predict passes")
     p.add_argument("--length-beam", type=int, default=3, help="length beam size of the length-beam row")
     p.add_argument(
+        "--no-adaptive",
+        action="store_true",
+        help="leave out the adaptive mask-predict rows (qkv translate --adaptive: a candidate stops at the "
+        "first pass that changes none of its tokens)",
+    )
+    p.add_argument(
         "--int8",
         action="store_true",
         help="every system (AT, NAT, rescoring teacher, deep-shallow) with int8 products, as qkv translate --int8",
@@ -408,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         length_beam=args.length_beam,
         int8=args.int8,
         turn=args.turn,
+        adaptive=not args.no_adaptive,
     )
     print_table(rows, lengths)
     if 1 not in args.batches:

@@ -4,14 +4,16 @@ few steps, translate with --decoder nat, draw its attention per mask-predict pas
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from qkv import checkpoint
+from qkv import checkpoint, viz
 from qkv.cli import main
 from qkv.config import NATConfig, preset
 from qkv.data import demo
+from qkv.decode import nat as nat_decode
 from qkv.models import saved
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
@@ -38,7 +40,10 @@ def corpus_and_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 
 
 def test_distill_train_translate_attention(
-    corpus_and_teacher: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    corpus_and_teacher: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data, teacher = corpus_and_teacher
     distilled = tmp_path / "distilled.tsv"
@@ -71,6 +76,22 @@ def test_distill_train_translate_attention(
     assert main(["attention", "--model", str(run), "--iterations", "2", "我爱你",
                  "--out", str(tmp_path / "attn.png"), "--layers", "0", "--heads", "0"]) == 0  # fmt: skip
     assert (tmp_path / "attn-iter1.png").is_file()  # one image per pass (a 1-token output stops after 1)
+
+    # --adaptive reaches mask-predict, in translate and in attention
+    seen: list[bool] = []
+    real = nat_decode.mask_predict
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["adaptive"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nat_decode, "mask_predict", spy)
+    monkeypatch.setattr(viz, "mask_predict", spy)
+    assert main(["translate", "--model", str(run), "--iterations", "4", "--adaptive", "我爱你"]) == 0
+    assert main(["translate", "--model", str(run), "--iterations", "4", "我爱你"]) == 0
+    assert main(["attention", "--model", str(run), "--iterations", "4", "--adaptive", "我爱你",
+                 "--out", str(tmp_path / "attn-adaptive.png")]) == 0  # fmt: skip
+    assert seen == [True, False, True, True]  # attention: its heat maps' passes, then its translation
 
 
 def test_decoder_kind_must_match_the_model(

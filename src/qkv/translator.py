@@ -30,7 +30,8 @@ class Translator:
     (:class:`~qkv.models.nat.NATransformer`) with mask-predict: ``iterations`` passes (1 = the single
     pass) for each of its ``length_beam`` most probable lengths. With a ``teacher`` (an autoregressive
     model with its tokenizers), the length beam's candidates are rescored by it instead of by the NAT's
-    own average log-probability. ``int8`` decodes with int8 weights and dynamically quantised
+    own average log-probability. ``adaptive`` stops refining a candidate at the first pass that
+    changes none of its tokens (``iterations`` is then a maximum). ``int8`` decodes with int8 weights and dynamically quantised
     activations (CPU), the teacher's rescoring included.
     """
 
@@ -48,6 +49,7 @@ class Translator:
     length_beam: int = 1
     teacher: tuple[Transformer, Tokenizer, Tokenizer] | None = None
     int8: bool = False
+    adaptive: bool = False
     _shared_vocabularies: tuple[tuple[object, ...], bool, bool] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -108,6 +110,7 @@ class Translator:
             length_beam=self.length_beam,
             batch_size=self.batch_size,
             int8=self.int8,
+            adaptive=self.adaptive,
         )
         if self.teacher is None or self.length_beam == 1:
             return [hyps[0].tokens for hyps in found]

@@ -107,8 +107,10 @@ def nat_attention_weights(
     source: str,
     *,
     iterations: int = 1,
+    adaptive: bool = False,
 ) -> list[AttentionMaps]:
-    """Translate one sentence with mask-predict and collect the attention of each of its decoder passes.
+    """Translate one sentence with mask-predict and collect the attention of each of its decoder passes
+    (``adaptive``: until a pass changes no token, as :func:`~qkv.decode.nat.mask_predict`).
 
     One :class:`AttentionMaps` per pass: the decoder self-attention has no causal triangle (every position
     sees every other); its columns are the pass's inputs (``[MASK]`` where a token is to be predicted) and
@@ -120,7 +122,9 @@ def nat_attention_weights(
     encoded = model.encode(torch.tensor([src_ids], device=device), need_weights=True)
     assert encoded.weights is not None
     trace: list[NATIteration] = []
-    mask_predict(model, torch.tensor([src_ids], device=device), iterations=iterations, trace=trace)
+    mask_predict(
+        model, torch.tensor([src_ids], device=device), iterations=iterations, trace=trace, adaptive=adaptive
+    )
 
     def names(tok: Tokenizer, ids: list[int]) -> list[str]:
         return ["[MASK]" if i == c.mask_id else tok.id_to_token(i) for i in ids]

@@ -267,9 +267,10 @@ def test_int8_passes_approximate_the_float32_reference() -> None:
     hidden = passes.decode_hidden(tgt, passes.cross_keys_values(memory), reference.may_attend, causal=False)
     logits, expected = passes.logits(hidden), model.decode(tgt, reference).logits
     assert (logits - expected).abs().mean() < 0.05 * expected.abs().mean()
-    hyps = mask_predict(model, src, iterations=3, length_beam=2, int8=True)
-    assert [len(h) for h in hyps] == [2, 2, 2]
-    assert all(3 <= t < VOCAB for h in hyps for c in h for t in c.tokens)  # no special token
+    for adaptive in (False, True):  # adaptive: later passes over the candidates still changing only
+        hyps = mask_predict(model, src, iterations=5, length_beam=2, int8=True, adaptive=adaptive)
+        assert [len(h) for h in hyps] == [2, 2, 2]
+        assert all(3 <= t < VOCAB for h in hyps for c in h for t in c.tokens)  # no special token
     teacher = _at()
     srcs, outs = [[5, 6, EOS], [7, 8, 9, 10, EOS]], [[11, 12, 13], [14]]
     assert teacher_scores(teacher, srcs, outs, int8=True) == pytest.approx(

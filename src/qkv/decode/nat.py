@@ -120,31 +120,37 @@ class _Passes:
         return classes.add_(src_ids.shape[1] - c.max_length_offset).clamp_(1, c.max_positions)
 
     def predict(
-        self, inputs: Tensor, *, need_weights: bool = False, all_masked: bool = False
+        self,
+        inputs: Tensor,
+        *,
+        need_weights: bool = False,
+        all_masked: bool = False,
+        rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Decoded | None]:
         """One decoder pass: at every [MASK] of ``inputs``, the most probable allowed token and its
         log-probability (elsewhere: 0); and, from the reference path, the :class:`Decoded` (with the
         attention weights if asked for). ``all_masked``: the caller's word that ``inputs`` is [MASK]
-        everywhere, without padding (a first pass), which saves checking.
+        everywhere, without padding (a first pass), which saves checking. ``rows``: which rows of the
+        batch ``inputs`` holds (default: all of them, in order).
 
         Shapes: inputs (rows, tgt_len) -> tokens (rows, tgt_len) long, log-probs (rows, tgt_len) float32.
         """
+        encoded = self.encoded if rows is None else self.encoded.select(rows)
         if self.fast is None or need_weights:
             is_masked = inputs == self.model.config.mask_id  # (rows, tgt_len)
-            decoded = self.model.decode(inputs, self.encoded, need_weights=need_weights)
+            decoded = self.model.decode(inputs, encoded, need_weights=need_weights)
             log_probs, tokens = banned_log_probs(self.model, decoded.logits).max(dim=-1)
             return tokens.masked_fill(~is_masked, 0), log_probs.masked_fill(~is_masked, 0.0), decoded
         if self.cross is None:
             self.cross = self.fast.cross_keys_values(self.encoded.memory)
+        cross = self.cross if rows is None else [(k[rows], v[rows]) for k, v in self.cross]
         if all_masked:
             everywhere = True
         else:
             is_masked = inputs == self.model.config.mask_id
             everywhere = bool(is_masked.all())  # a first pass without padding: no gather, no scatter
         mask_id = self.model.config.mask_id if everywhere else None
-        hidden = self.fast.decode_hidden(
-            inputs, self.cross, self.encoded.may_attend, causal=False, every_token=mask_id
-        )
+        hidden = self.fast.decode_hidden(inputs, cross, encoded.may_attend, causal=False, every_token=mask_id)
         logits = self.fast.logits(
             hidden.flatten(0, 1) if everywhere else hidden[is_masked]
         )  # (masked, vocab)
@@ -239,6 +245,7 @@ def mask_predict(
     trace: list[NATIteration] | None = None,
     fast: bool = True,
     int8: bool = False,
+    adaptive: bool = False,
 ) -> list[list[Hypothesis]]:
     """Mask-predict with ``iterations`` decoder passes per candidate length (Ghazvininejad et al., 2019).
 
@@ -247,6 +254,11 @@ def mask_predict(
     those again; the other tokens and their probabilities stay. With ``trace`` (a list), each pass is
     appended to it with its attention weights, for heat maps (the reference modules run then, as with
     ``fast=False``). ``int8=True``: the fast passes with int8 products.
+
+    ``adaptive=True`` stops refining a candidate after the first pass that changes none of its tokens
+    (the termination rule of DisCo's parallel easy-first decoding and of fairseq's adaptive iterative
+    refinement, Kasai et al., 2020): K becomes a maximum. A stopped candidate keeps its tokens and their
+    probabilities. Passes after the first run only over the candidates with a token to re-predict.
 
     Shapes: src_ids (batch, src_len), padded -> per sentence, its ``length_beam`` candidates, best first.
     """
@@ -266,9 +278,13 @@ def mask_predict(
     is_real = inputs != c.pad_id
     tokens = inputs.clone()
     token_log_probs = torch.zeros(inputs.shape, device=src_ids.device)  # (rows, tgt_len)
+    # adaptive: the rows (candidates) still changing; None while that is every row.
+    changing: Tensor | None = None
     for t in range(iterations):
         if t > 0:
             n_masked = (lengths * (iterations - t)) // iterations  # (rows,)
+            if changing is not None:
+                n_masked = n_masked * changing
             if not bool((n_masked > 0).any()):
                 break
             # Rank each row's real positions by confidence, least confident first; padding goes last.
@@ -277,9 +293,22 @@ def mask_predict(
             remask = (ranks < n_masked[:, None]) & is_real
             inputs = tokens.masked_fill(remask, c.mask_id)
         is_masked = inputs == c.mask_id  # (rows, tgt_len)
-        best, best_log_probs, decoded = passes.predict(
-            inputs, need_weights=need_weights, all_masked=t == 0 and unpadded
-        )
+        # Later passes run only over the rows with a [MASK] (still changing, long enough to re-mask).
+        rows = None if t == 0 or need_weights else is_masked.any(dim=1).nonzero().squeeze(1)
+        if rows is None or rows.shape[0] == inputs.shape[0]:
+            best, best_log_probs, decoded = passes.predict(
+                inputs, need_weights=need_weights, all_masked=t == 0 and unpadded
+            )
+        else:  # cut to the longest of those rows
+            width = int(lengths[rows].max())
+            some, some_log_probs, decoded = passes.predict(inputs[rows, :width], rows=rows)
+            best = torch.zeros_like(inputs)
+            best[rows, :width] = some
+            best_log_probs = torch.zeros(inputs.shape, device=inputs.device)
+            best_log_probs[rows, :width] = some_log_probs
+        if adaptive and t > 0:
+            changed = (is_masked & (best != tokens)).any(dim=1)  # (rows,)
+            changing = changed if changing is None else changing & changed
         tokens = torch.where(is_masked, best, tokens)
         token_log_probs = torch.where(is_masked, best_log_probs, token_log_probs)
         if trace is not None and decoded is not None:
@@ -345,9 +374,10 @@ def translate_ids(
     length_beam: int = 1,
     batch_size: int = 32,
     int8: bool = False,
+    adaptive: bool = False,
 ) -> list[list[Hypothesis]]:
     """Translate source id lists with mask-predict (``iterations=1``: the single pass); for each, its
-    ``length_beam`` candidates, best first, in input order.
+    ``length_beam`` candidates, best first, in input order. ``adaptive``: see :func:`mask_predict`.
 
     Sources are id lists as in training (ending in </s>); they are sorted by length and batched. An empty
     source (no ids, or only </s>) gives one empty hypothesis without running the model; one longer than
@@ -384,7 +414,14 @@ def translate_ids(
             found = (
                 single_pass(model, src_ids, length_beam=length_beam, int8=int8)
                 if iterations == 1
-                else mask_predict(model, src_ids, iterations=iterations, length_beam=length_beam, int8=int8)
+                else mask_predict(
+                    model,
+                    src_ids,
+                    iterations=iterations,
+                    length_beam=length_beam,
+                    int8=int8,
+                    adaptive=adaptive,
+                )
             )
             for index, hyps in zip(indices, found, strict=True):
                 results[index] = hyps
