@@ -166,3 +166,53 @@ def test_nat_data_check_needs_one_row_both_close_and_faster(capsys: pytest.Captu
     out = capsys.readouterr().out
     assert "PASS" in out and "mask-predict 2, lb 3: BLEU -3.00, 1.01x" in out and "single pass" not in out
     assert not data_checks([at, row("NAT", "mask-predict 2", 31.0, 100.0)])  # as fast is not faster
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_nat_benchmark_adds_adaptive_mask_predict_rows_from_three_passes(
+    monkeypatch: pytest.MonkeyPatch, adaptive: bool
+) -> None:
+    """Which systems the NAT benchmark runs: adaptive variants of every mask-predict row with K >= 3
+    (with K = 2 nothing follows the one refinement), each Translator set as its name says."""
+    from types import SimpleNamespace
+
+    import benchmarks.nat as nat_bench
+    from qkv.config import NATConfig, preset
+    from qkv.models.nat import NATransformer
+    from qkv.models.seq2seq import Transformer
+    from qkv.translator import Translator
+
+    at = Transformer(preset("tiny", 29, dropout=0.0))
+    nat = NATransformer(NATConfig.from_dict(preset("tiny", 29, dropout=0.0).to_dict()))  # type: ignore[arg-type]
+    loaded = {"at": at, "nat": nat}
+    monkeypatch.setattr(
+        nat_bench.saved,
+        "load",
+        lambda d: SimpleNamespace(model=loaded[d], src_tokenizer=None, tgt_tokenizer=None),
+    )
+    seen: list[tuple[str, str, object]] = []
+
+    def run_rows(
+        systems: list[tuple[str, str, object]], *args: object, **kwargs: object
+    ) -> list[nat_bench.Row]:
+        seen.extend(systems)
+        return [nat_bench.Row(s, d, 1, 0.0, 0.0, 0.0, 1.0, 1.0) for s, d, _ in systems]
+
+    monkeypatch.setattr(nat_bench, "run_rows", run_rows)
+    monkeypatch.setattr(nat_bench, "length_accuracy", lambda *args: {})
+    nat_bench.benchmark("at", "nat", None, ["a"], ["b"], batches=[1], iterations=[1, 2, 4], length_beam=3,
+                        adaptive=adaptive)  # fmt: skip
+    names = [decoder for _, decoder, _ in seen]
+    with_k4 = [
+        "mask-predict 4 adaptive",
+        "mask-predict 4 adaptive, lb 3",
+        "mask-predict 4 adaptive, lb 3 + AT",
+    ]
+    assert all((name in names) == adaptive for name in with_k4)
+    assert not any("2 adaptive" in name for name in names)
+    for _, decoder, translator in seen:
+        assert isinstance(translator, Translator)
+        assert translator.adaptive == ("adaptive" in decoder)
+        if decoder.startswith("mask-predict"):
+            assert translator.iterations == int(decoder.split()[1].rstrip(","))
+            assert (translator.teacher is not None) == decoder.endswith("+ AT")
