@@ -278,13 +278,10 @@ def mask_predict(
     is_real = inputs != c.pad_id
     tokens = inputs.clone()
     token_log_probs = torch.zeros(inputs.shape, device=src_ids.device)  # (rows, tgt_len)
-    # adaptive: the rows (candidates) still changing; None while that is every row.
-    changing: Tensor | None = None
+    changing = torch.ones_like(lengths, dtype=torch.bool)  # (rows,): adaptive stops the others
     for t in range(iterations):
         if t > 0:
-            n_masked = (lengths * (iterations - t)) // iterations  # (rows,)
-            if changing is not None:
-                n_masked = n_masked * changing
+            n_masked = (lengths * (iterations - t)) // iterations * changing  # (rows,)
             if not bool((n_masked > 0).any()):
                 break
             # Rank each row's real positions by confidence, least confident first; padding goes last.
@@ -307,8 +304,7 @@ def mask_predict(
             best_log_probs = torch.zeros(inputs.shape, device=inputs.device)
             best_log_probs[rows, :width] = some_log_probs
         if adaptive and t > 0:
-            changed = (is_masked & (best != tokens)).any(dim=1)  # (rows,)
-            changing = changed if changing is None else changing & changed
+            changing &= (is_masked & (best != tokens)).any(dim=1)  # stopped: no re-predicted token changed
         tokens = torch.where(is_masked, best, tokens)
         token_log_probs = torch.where(is_masked, best_log_probs, token_log_probs)
         if trace is not None and decoded is not None:
