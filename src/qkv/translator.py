@@ -31,8 +31,8 @@ class Translator:
     pass) for each of its ``length_beam`` most probable lengths. With a ``teacher`` (an autoregressive
     model with its tokenizers), the length beam's candidates are rescored by it instead of by the NAT's
     own average log-probability. ``adaptive`` stops refining a candidate at the first pass that
-    changes none of its tokens (``iterations`` is then a maximum). ``int8`` decodes with int8 weights and dynamically quantised
-    activations (CPU), the teacher's rescoring included.
+    changes none of its tokens (``iterations`` is then a maximum). ``int8`` decodes with int8 weights and
+    dynamically quantised activations (CPU), the teacher's rescoring included.
     """
 
     model: Transformer | NATransformer

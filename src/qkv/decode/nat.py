@@ -135,22 +135,24 @@ class _Passes:
 
         Shapes: inputs (rows, tgt_len) -> tokens (rows, tgt_len) long, log-probs (rows, tgt_len) float32.
         """
-        encoded = self.encoded if rows is None else self.encoded.select(rows)
         if self.fast is None or need_weights:
+            encoded = self.encoded if rows is None else self.encoded.select(rows)
             is_masked = inputs == self.model.config.mask_id  # (rows, tgt_len)
             decoded = self.model.decode(inputs, encoded, need_weights=need_weights)
             log_probs, tokens = banned_log_probs(self.model, decoded.logits).max(dim=-1)
             return tokens.masked_fill(~is_masked, 0), log_probs.masked_fill(~is_masked, 0.0), decoded
         if self.cross is None:
             self.cross = self.fast.cross_keys_values(self.encoded.memory)
+        # The fast passes read the encoder only through these keys and values and the source mask.
         cross = self.cross if rows is None else [(k[rows], v[rows]) for k, v in self.cross]
+        memory_may_attend = self.encoded.may_attend if rows is None else self.encoded.may_attend[rows]
         if all_masked:
             everywhere = True
         else:
             is_masked = inputs == self.model.config.mask_id
             everywhere = bool(is_masked.all())  # a first pass without padding: no gather, no scatter
         mask_id = self.model.config.mask_id if everywhere else None
-        hidden = self.fast.decode_hidden(inputs, cross, encoded.may_attend, causal=False, every_token=mask_id)
+        hidden = self.fast.decode_hidden(inputs, cross, memory_may_attend, causal=False, every_token=mask_id)
         logits = self.fast.logits(
             hidden.flatten(0, 1) if everywhere else hidden[is_masked]
         )  # (masked, vocab)
