@@ -8,6 +8,8 @@ model (random weights, vocab 8000, one source of 20 tokens, exactly 32 decoder s
 row                    what runs
 =====================  ======================================================================================
 HF generate()          MarianMTModel on the exported weights (the bar's baseline), 32 new tokens
+CTranslate2, N         CTranslate2 on the exported weights, 32 steps, in its own process stopped outside its
+threads                turns (:mod:`benchmarks.ct2_worker`), at each thread count: the C++ engine
 qkv decode()           what users run: the encoder, 32 steps, greedy search (``qkv.decode``)
 qkv steps              ``FastDecoder.step`` 32 times (plus its log-softmax): no encoder, no search
 compiled step          the step's operators written as one function with a static 64-position cache,
@@ -178,7 +180,7 @@ def run(
     source = torch.randint(4, vocab, (20,), generator=generator).tolist() + [config.eos_id]
     src_ids = torch.tensor([source])
     bos = torch.full((1, 1), config.bos_id)
-    runs: dict[str, Callable[[], object]] = {}
+    runs: dict[str, tuple[Callable[[], object], int]] = {}  # name -> (run, its threads)
     table = Table(
         "one_sentence",
         f"one sentence, greedy, preset {preset_name} (random init), vocab {vocab}, source 20 tokens, exactly "
@@ -212,7 +214,25 @@ def run(
                         forced_eos_token_id=None,
                     )
 
-            runs["HF generate()"] = hf_run
+            runs["HF generate()"] = (hf_run, device.threads)
+
+        # -- CTranslate2 on the same weights, in its own stopped process (as in benchmarks/decode.py) -----
+        from benchmarks.decode import _ct2_worker, _vocabulary
+
+        vocabulary = _vocabulary(vocab)
+        ct2, missing = _ct2_worker(
+            model, vocabulary, Path(tmp) / "ct2", device, device.thread_options(), {"one": [source]}
+        )
+        if ct2 is None:
+            table.skipped["CTranslate2"] = missing or "not available"
+        else:
+            for threads in device.thread_options():
+
+                def ct2_run(threads: int = threads) -> object:
+                    assert ct2 is not None
+                    return ct2.call("translate", "one", threads, 1, steps)
+
+                runs[f"CTranslate2, {threads} thread{'s' if threads > 1 else ''}"] = (ct2_run, threads)
 
         # -- qkv decode(): the whole of it ------------------------------------------------------------
         def qkv_decode() -> object:
@@ -223,7 +243,7 @@ def run(
                 raise RuntimeError(f"qkv: expected {steps - 1} tokens + </s>, got {len(found[0][0].tokens)}")
             return found
 
-        runs["qkv decode()"] = qkv_decode
+        runs["qkv decode()"] = (qkv_decode, device.threads)
 
         # -- qkv steps: FastDecoder.step and its log-softmax, no search ---------------------------------
         stepper = CachedStepper(model)
@@ -237,7 +257,7 @@ def run(
                     log_probs, state = stepper.step(bos, state)
             return log_probs
 
-        runs["qkv steps"] = qkv_steps
+        runs["qkv steps"] = (qkv_steps, device.threads)
 
         # -- compiled step ----------------------------------------------------------------------------
         with torch.inference_mode():
@@ -276,7 +296,7 @@ def run(
                 raise RuntimeError(
                     f"the compiled step differs from FastDecoder.step: {(got - reference).abs().max().item():.2e}"
                 )
-            runs["compiled step"] = compiled_steps
+            runs["compiled step"] = (compiled_steps, device.threads)
         else:
             table.skipped["compiled step"] = "--no-compile"
 
@@ -294,7 +314,7 @@ def run(
                         out = product(inputs[width])
             return out
 
-        runs["products only"] = products_only
+        runs["products only"] = (products_only, device.threads)
         weights = _weights(model)
         flat = torch.cat([w.reshape(-1) for w in weights])  # one contiguous copy: one pass, no per-call cost
         megabytes = flat.numel() * flat.element_size() / 1e6
@@ -303,11 +323,13 @@ def run(
             with torch.inference_mode():
                 return [flat.sum() for _ in range(steps)]
 
-        runs["weights read once"] = weights_once
+        runs["weights read once"] = (weights_once, device.threads)
 
-        best = interleaved_best_times(
-            {name: (go, device.threads) for name, go in runs.items()}, device, repeats=repeats
-        )
+        try:
+            best = interleaved_best_times(runs, device, repeats=repeats)
+        finally:
+            if ct2 is not None:
+                ct2.close()
     hf_ms = best["HF generate()"] / steps * 1e3 if "HF generate()" in best else None
     for name, seconds in best.items():
         ms = seconds / steps * 1e3
@@ -321,7 +343,7 @@ def run(
             name for name, row in table.rows.items() if name != "HF generate()" and (row["ms"] or 0) > budget
         ]
         table.notes.append(
-            f"3x HF leaves {budget:.3f} ms a token for everything; above it: {', '.join(over) or 'none'}"
+            f"3x HF leaves {budget:.3f} ms a token for everything; above it: {'; '.join(over) or 'none'}"
         )
     return table
 
