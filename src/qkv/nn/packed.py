@@ -242,7 +242,7 @@ def cpu_linear(weight: Tensor, bias: Tensor | None = None, *, rows: int | None =
     ===============  ==============================  ===========================================
 
     Measured on the two CPUs this project has run on (2-core VMs): an Intel Xeon (AVX-512), where MKL's
-    packing won (README, Performance) except for one row on two threads (the 19 products of a
+    packing won (docs/performance-history.md) except for one row on two threads (the 19 products of a
     ``small`` decoder step, 19 MB of weights: 590 against 675 us, p10 of 300 interleaved runs; the
     plain product is MKL's threaded matrix-vector kernel; on one thread packed stays ahead, 1.05 vs
     1.14 ms), and an AMD EPYC (AVX2), where MKL's products were slower than oneDNN's for all but the
