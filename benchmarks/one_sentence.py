@@ -32,6 +32,7 @@ around it. The compiled step is checked against ``FastDecoder.step`` (the same l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -192,7 +193,7 @@ def run(
         ],
     )
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as cleanup:  # cleanup: before tmp goes
         # -- HF generate(), on the exported weights (as in benchmarks/decode.py) -------------------------
         from benchmarks.decode import _hf_model  # the same export and loading as the decode section
 
@@ -226,6 +227,7 @@ def run(
         if ct2 is None:
             table.skipped["CTranslate2"] = missing or "not available"
         else:
+            cleanup.callback(ct2.close)
             for threads in device.thread_options():
 
                 def ct2_run(threads: int = threads) -> object:
@@ -325,11 +327,7 @@ def run(
 
         runs["weights read once"] = (weights_once, device.threads)
 
-        try:
-            best = interleaved_best_times(runs, device, repeats=repeats)
-        finally:
-            if ct2 is not None:
-                ct2.close()
+        best = interleaved_best_times(runs, device, repeats=repeats)
     hf_ms = best["HF generate()"] / steps * 1e3 if "HF generate()" in best else None
     for name, seconds in best.items():
         ms = seconds / steps * 1e3
