@@ -205,18 +205,26 @@ def interleaved_best_times(
     *,
     repeats: int,
     on_threads: Callable[[int], None] = lambda threads: None,
+    warm: bool = False,
 ) -> dict[str, float]:
     """The fastest of ``repeats`` timed calls of each system, ``{name: (run, threads)}``, the systems taking
     turns within each round, each on its own thread count.
 
     This project's machine is a shared VM whose speed drifts by 20-30% within minutes; when each system's
     runs come in one block, a slow minute lands on one system only. Taking turns spreads it over all.
+    But a turn starts where the last system left the caches: on the Intel Xeon of stop 19, one sentence
+    through qkv ran 8-11% slower right after CTranslate2's turn than after its own run (its weights no
+    longer cached; a 10 ms matrix-product burst in between did not help, its own run did). ``warm=True``
+    runs each system once more, untimed, right before each timed call: every system is then timed warm.
     """
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeats):
         for name, (run, threads) in runs.items():
             torch.set_num_threads(threads)
             on_threads(threads)
+            if warm:
+                run()
+                device.sync()
             start = time.perf_counter()
             run()
             device.sync()

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,26 @@ def test_interleaved_best_times_takes_turns_on_each_systems_threads() -> None:
     assert calls == [("a", 1), ("b", 2)] * 3
     assert set(best) == {"a", "b"} and all(0 < seconds < 1 for seconds in best.values())
     assert torch.get_num_threads() == device.threads  # given back
+
+    # warm=True: each system runs twice in a row in its turn and only the second call is timed. A system
+    # whose odd-numbered calls are slow (a cold start) is then timed on its fast even-numbered ones.
+    calls.clear()
+
+    def cold_first(name: str) -> object:
+        def run() -> None:
+            calls.append((name, torch.get_num_threads()))
+            if sum(1 for called, _ in calls if called == name) % 2 == 1:
+                time.sleep(0.05)
+
+        return run
+
+    systems = {"a": (cold_first("a"), 1), "b": (cold_first("b"), 2)}
+    best = interleaved_best_times(systems, device, repeats=2, warm=True)
+    assert calls == [("a", 1), ("a", 1), ("b", 2), ("b", 2)] * 2
+    assert all(seconds < 0.04 for seconds in best.values())
+    calls.clear()
+    cold = interleaved_best_times(systems, device, repeats=1)  # the same systems, not warmed: slow
+    assert all(seconds >= 0.05 for seconds in cold.values())
 
 
 def test_nat_rows_take_turns_batch_by_batch_and_score_each_system() -> None:
