@@ -101,20 +101,23 @@ def _take_turns(
     batches: dict[str, list[list[int]]],
     on_threads: Callable[[int], None],
 ) -> None:
-    """Time the systems again, taking turns (:func:`interleaved_best_times`; ``on_threads`` tells
-    CTranslate2 which of its translators runs), and keep each one's best of both measurements."""
+    """Time the systems again, taking turns (:func:`interleaved_best_times`, each turn warm; ``on_threads``
+    tells CTranslate2 which of its translators runs), and keep each one's best of both measurements."""
     if len(table.rows) < 2:
         return
     for key, runs in chosen.items():
         sentences = len(batches[key.split("_")[0]])
-        best = interleaved_best_times(runs, device, repeats=sizes.decode_repeats, on_threads=on_threads)
+        best = interleaved_best_times(
+            runs, device, repeats=sizes.decode_repeats, on_threads=on_threads, warm=True
+        )
         for system, seconds in best.items():
             row = table.rows[system]
             row[key] = max(row[key] or 0.0, sentences * steps / seconds)
     table.notes.append(
         f"best of {sizes.decode_repeats} runs per thread count, then of {sizes.decode_repeats} more with "
-        f"{', '.join(table.rows)} taking turns at their best thread counts (CTranslate2 in a process of "
-        "its own, stopped outside its turns)"
+        f"{', '.join(table.rows)} taking turns at their best thread counts, each turn timed warm (run once "
+        "more right before: after another system's turn its weights are no longer cached); CTranslate2 in "
+        "a process of its own, stopped outside its turns"
     )
 
 
