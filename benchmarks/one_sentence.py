@@ -63,6 +63,7 @@ from qkv.decode.fast import FastDecoder, fast_decoder
 from qkv.decode.step import CachedState, CachedStepper
 from qkv.models.seq2seq import Transformer
 from qkv.nn.layers import DecoderLayer
+from qkv.nn.packed import stack_linears
 
 CAPACITY = 64  # the compiled step's static cache: positions 0 .. CAPACITY - 1
 
@@ -102,15 +103,9 @@ def static_step(model: Transformer) -> Callable[..., Tensor]:
     output = (model.output_proj if model.output_proj is not None else model.tgt_embed).weight.detach()
     final = None if model.decoder_norm is None else model.decoder_norm
     slots = torch.arange(CAPACITY)
+    # W_Q, W_K, W_V as one product, as FastDecoder stacks them
     fused_qkv = [
-        (
-            torch.cat(
-                [layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight]
-            ).detach(),
-            torch.cat(
-                [layer.self_attn.q_proj.bias, layer.self_attn.k_proj.bias, layer.self_attn.v_proj.bias]
-            ).detach(),
-        )
+        stack_linears([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj])
         for layer in model.decoder
     ]
 
@@ -119,7 +114,7 @@ def static_step(model: Transformer) -> Callable[..., Tensor]:
 
     def layer_step(
         layer: DecoderLayer,
-        qkv_weights: tuple[Tensor, Tensor],
+        qkv_weights: tuple[Tensor, Tensor | None],
         h: Tensor,
         position: Tensor,
         allowed: Tensor,
