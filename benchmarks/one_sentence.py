@@ -365,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 rounds: a smoke test")
     parser.add_argument("--json", type=Path, help="also write the table and the machine here")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: at least one round is needed")
     device = pick_device("cpu", args.threads)
     preset_name, vocab, steps, repeats = (
         ("tiny", 256, 4, 2) if args.quick else ("small", 8000, 32, args.repeats)

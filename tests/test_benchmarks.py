@@ -291,3 +291,11 @@ def test_one_sentence_floor_rows_and_the_compiled_step_matches_the_fast_step(tmp
                 torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
                 token = expected.argmax(-1, keepdim=True)
         assert (model.decoder_norm is not None) == norm_first  # both stack ends were exercised
+
+
+def test_one_sentence_refuses_zero_rounds(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.one_sentence import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--repeats", "0"])
+    assert stopped.value.code == 2 and "--repeats 0" in capsys.readouterr().err
