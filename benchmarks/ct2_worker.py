@@ -4,13 +4,14 @@ systems of the decoding and BERT sections.
 Why a process. This project's VM drifts by 20-30% within minutes, so the suite's systems take turns
 (:func:`benchmarks.common.interleaved_best_times`) and a slow minute lands on all of them. CTranslate2 used
 to run after the torch systems instead: once one of its translators had run on two threads, torch work in
-the same process ran slower for as long as the process lived (2.6x on the Intel Xeon of an earlier session),
-because its OpenMP threads stay behind and keep a core busy. On the AMD EPYC of stop 16, a torch matmul loop
+the same process ran slower for as long as the process lived (2.6x on an Intel Xeon, 2026-11-23),
+because its OpenMP threads stay behind and keep a core busy. On an AMD EPYC (2026-12-02), a torch matmul loop
 timed right after each in-process translation (batch 32, 2 threads) ran 1.13-1.16x slower than alone, and
 right after each call of this worker 0.99-1.08x (two runs, best of 10). It held CTranslate2 back as well: a
 single sentence greedy on 2 threads, 441 tok/s in the suite's process against 877 in this worker (491 on 1
-thread either way; taking turns in one run). The worker is stopped (``SIGSTOP``) as soon as a call returns
-and continued (``SIGCONT``) just before the next, so its threads cannot run while a torch system is timed.
+thread either way; taking turns in one run). The worker is stopped (``SIGSTOP``) as soon as a call returns,
+and the call returns only once the kernel reports it stopped; it is continued (``SIGCONT``) just before the
+next call, so its threads cannot run while a torch system is timed.
 
 :class:`Worker` is the torch side: ``worker.call("method", *args)`` runs a method of the job the worker was
 started with and returns its result (JSON). The jobs, :class:`TranslatorJob` and :class:`EncoderJob`, run in
@@ -87,8 +88,21 @@ class Worker:
         return message["result"]
 
     def _stop(self) -> None:
-        if hasattr(signal, "SIGSTOP") and self._proc.poll() is None:
-            os.kill(self._proc.pid, signal.SIGSTOP)
+        """Freeze the worker and return once it is frozen.
+
+        ``kill`` only makes ``SIGSTOP`` pending: the worker stops when the kernel next runs it, which on a
+        busy machine can be after the caller has started timing a torch system. The worker is this
+        process's child, so ``waitid`` with ``WSTOPPED`` blocks until the kernel reports it stopped (every
+        thread of it), or exited. ``WNOWAIT`` leaves that report in place: an exited worker is still reaped
+        by ``Popen``, and a stopped one's report is cleared by the ``SIGCONT`` of the next call.
+        """
+        if not hasattr(signal, "SIGSTOP") or self._proc.poll() is not None:
+            return
+        os.kill(self._proc.pid, signal.SIGSTOP)
+        if hasattr(os, "waitid"):
+            found = os.waitid(os.P_PID, self._proc.pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
+            self._stopped = found is not None and found.si_code == os.CLD_STOPPED
+        else:  # a Python without os.waitid: the stop takes effect a moment later
             self._stopped = True
 
     def _continue(self) -> None:

@@ -3,7 +3,9 @@ between calls, errors raised here with the worker's traceback, and nothing left 
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,14 +37,30 @@ def _state(pid: int) -> str:
     return stat[stat.rindex(")") + 2]
 
 
+def _state_within(pid: int, want: str, seconds: float = 5.0) -> str:
+    """The state letter once it is ``want``, or the last one read when ``seconds`` have passed.
+
+    A signal takes effect when the kernel next runs its target: on a busy machine /proc can still say R
+    for a while after ``SIGSTOP`` was sent (it read R once under load), so one read is a race."""
+    deadline = time.monotonic() + seconds
+    state = _state(pid)
+    while state != want and time.monotonic() < deadline:
+        time.sleep(0.005)
+        state = _state(pid)
+    return state
+
+
 def test_worker_translates_as_ctranslate2_does_here_and_is_stopped_between_calls(model_dir: Path) -> None:
     batch = [[f"w{i}" for i in range(5, 5 + n)] for n in (3, 7, 5)]
     with Worker(
         "translator", model_dir=str(model_dir), options=OPTIONS, threads=[1], batches={"b": batch}
     ) as w:
         found = w.call("translate", "b", 1, 2, 6)
+        if hasattr(os, "waitid"):  # the call returned only once the kernel had the worker stopped
+            report = os.waitid(os.P_PID, w._proc.pid, os.WSTOPPED | os.WNOHANG | os.WNOWAIT)
+            assert report is not None and report.si_code == os.CLD_STOPPED
         if sys.platform.startswith("linux"):
-            assert _state(w._proc.pid) == "T"  # frozen until the next call
+            assert _state_within(w._proc.pid, "T") == "T"  # frozen until the next call
         assert w.call("translate", "b", 1, 2, 6) == found  # continued, it answers again
         pid = w._proc.pid
     translator = ctranslate2.Translator(str(model_dir), **OPTIONS, intra_threads=1)
