@@ -1,4 +1,4 @@
-"""The dependency direction of DESIGN.md, checked by reading every module's imports (no cycles)."""
+"""The dependency direction of docs/architecture.md, checked by reading every module's imports (no cycles)."""
 
 from __future__ import annotations
 
