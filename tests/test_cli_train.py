@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from qkv import checkpoint, cli
+from qkv.cli.train import cmd_train
 from qkv.data import demo
 from tests.train.runs import train_here
 
@@ -41,7 +42,7 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         for option in action.option_strings:
             assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), option
     # Independently of the parser: every args.NAME that cmd_train reads is an option --NAME-with-dashes.
-    read = set(re.findall(r"args\.(\w+)", inspect.getsource(cli.cmd_train)))
+    read = set(re.findall(r"args\.(\w+)", inspect.getsource(cmd_train)))
     assert {"out", "resume", "max_steps", "seed", "data"} <= read
     for name in read:
         assert f"--{name.replace('_', '-')}" in text, name
