@@ -7,7 +7,9 @@ touches fresh pages, and the kernel zero-fills each 4 KiB page on first touch: m
 3,900 x 8,000 float tensor took 31 ms against 3 ms in place. Serving every allocation from the heap
 (``M_MMAP_MAX = 0``) and never trimming it (``M_TRIM_THRESHOLD``) lets the next step reuse the same pages:
 a `small`-preset training step ran 6-10% faster (0.95 s -> 0.87-0.90 s, interleaved runs on the 2-core CPU).
-The cost is that the process keeps its peak heap until it exits, which is what a training run does anyway.
+The cost is that the process keeps its peak heap until it exits, which is what a training run does anyway
+and what a long-running process that translates must not do: so only the commands that train (``qkv train``,
+``demo``, ``finetune``) call it, each explicitly.
 
 This is what jemalloc/tcmalloc preloading does for PyTorch CPU training, without a preload. Set
 ``QKV_SYSTEM_MALLOC=1`` to leave glibc's defaults alone. Elsewhere (macOS, Windows, musl) it does nothing.

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from qkv.allocator import keep_freed_memory
 from qkv.cli.common import Subparsers, UsageError, resolve_device
 
 
@@ -76,6 +77,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         valid_every=args.valid_every,
         log_every=10,
     )
+    keep_freed_memory()  # training: large tensors reuse pages instead of faulting fresh ones each step
     result, acc = finetune.finetune(
         args.out,
         kind=args.task,

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from qkv.allocator import keep_freed_memory
 from qkv.cli.common import Subparsers, UsageError
 
 # The demo model: small enough to learn the built-in corpus in a few minutes on two CPU cores.
@@ -49,6 +50,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         valid_every=max(args.steps // 4, 1),
         log_every=20,
     )
+    keep_freed_memory()  # training: large tensors reuse pages instead of faulting fresh ones each step
     result = train(
         out,
         data=DataConfig(demo_seed=args.seed),

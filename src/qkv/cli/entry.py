@@ -10,7 +10,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qkv.allocator import keep_freed_memory
 from qkv.cli.attention import add_attention_parser
 from qkv.cli.bert import add_embed_parser, add_finetune_parser
 from qkv.cli.common import UsageError
@@ -59,7 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    keep_freed_memory()  # large tensors reuse pages instead of faulting fresh ones each step
     try:
         code: int = args.func(args)
     except (UsageError, ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qkv.allocator import keep_freed_memory
 from qkv.cli.common import Subparsers, UsageError, resolve_device
 from qkv.config import PRESETS
 
@@ -104,6 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         max_bad_steps=args.max_bad_steps,
     )
+    keep_freed_memory()  # training: large tensors reuse pages instead of faulting fresh ones each step
     try:
         result = train(
             run_dir,
