@@ -157,7 +157,8 @@ def test_files_are_mode_0644_whatever_the_umask(tmp_path: Path) -> None:
 
 def test_save_replaces_a_directory_whole(tmp_path: Path) -> None:
     path = tmp_path / "model"
-    save_directory(path, tensors={}, json={"config.json": {}, "extra.json": {}})
+    # Only names qkv writes into a model directory: replaced without asking (trainer_state.json goes).
+    save_directory(path, tensors={}, json={"config.json": {}, "trainer_state.json": {}})
     save_model(path, seed=1)
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert load_directory(path)[0]["seed"] == 1
