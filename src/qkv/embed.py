@@ -14,7 +14,6 @@ sentence-transformers gives it. Modules we do not implement (Dense, ...) are ref
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qkv.config import ConfigError
 from qkv.models.bert import BertModel, CheckpointError, from_pretrained, transformer_dir
+from qkv.models.bert_files import read_json_file, read_modules
 from qkv.tokenize import Tokenizer
 
 __all__ = [
@@ -101,8 +102,8 @@ class Pooling:
         modules_file = root / "modules.json"
         if not modules_file.is_file():
             return cls()
-        modules: list[dict[str, Any]] = _read_json(modules_file)
-        unknown = [str(m.get("type")) for m in modules if not str(m.get("type", "")).endswith(_KNOWN_MODULES)]
+        modules = read_modules(modules_file)
+        unknown = [str(m["type"]) for m in modules if not str(m["type"]).endswith(_KNOWN_MODULES)]
         if unknown:
             raise CheckpointError(
                 f"{modules_file}: module {unknown[0]!r} is not supported; qkv embeds with Transformer, "
@@ -115,7 +116,7 @@ class Pooling:
         config_file = root / str(pooling[0].get("path", "")) / "config.json"
         if not config_file.is_file():
             raise CheckpointError(f"{config_file}: not found, but {modules_file} lists a Pooling module")
-        config: dict[str, Any] = _read_json(config_file)
+        config: dict[str, Any] = read_json_file(config_file)
         on = [key for key in _UNSUPPORTED_POOLING if config.get(key)]
         if on:
             raise CheckpointError(f"{config_file}: {on[0]}=true is not supported; qkv pools cls/max/mean")
@@ -130,11 +131,16 @@ class Pooling:
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: cannot read it as JSON ({error})") from error
+def _setting(settings: dict[str, Any], key: str, kind: type, default: Any, source: Path) -> Any:
+    """``settings[key]`` (a JSON settings file's value), which must be of ``kind`` (or null/absent)."""
+    value = settings.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{source}: {key}={value!r} must be {'true or false' if kind is bool else 'an integer'}"
+        )
+    return value
 
 
 # ---- tokenizer ----------------------------------------------------------------------------------------------
@@ -153,9 +159,9 @@ def load_bert_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
         tokenizer = Tokenizer.load(root / "tokenizer.json", specials_in_text=True)
     elif (root / "vocab.txt").is_file():
         settings_file = root / "tokenizer_config.json"
-        settings: dict[str, Any] = _read_json(settings_file) if settings_file.is_file() else {}
+        settings: dict[str, Any] = read_json_file(settings_file) if settings_file.is_file() else {}
         tokenizer = Tokenizer.from_vocab_txt(
-            root / "vocab.txt", lowercase=bool(settings.get("do_lower_case", True))
+            root / "vocab.txt", lowercase=_setting(settings, "do_lower_case", bool, True, settings_file)
         )
     else:
         raise FileNotFoundError(f"{root}: no tokenizer.json or vocab.txt; a BERT directory needs one of them")
@@ -206,13 +212,18 @@ class SentenceEmbedder:
         if not isinstance(model, BertModel):  # for mypy: no head was asked for
             raise TypeError(f"expected a BertModel, got {type(model).__name__}")
         settings_file = model_dir / "sentence_bert_config.json"
-        settings: dict[str, Any] = _read_json(settings_file) if settings_file.is_file() else {}
+        settings: dict[str, Any] = read_json_file(settings_file) if settings_file.is_file() else {}
+        max_length = _setting(settings, "max_seq_length", int, None, settings_file)
+        if max_length is not None and max_length < 2:
+            raise ConfigError(
+                f"{settings_file}: max_seq_length={max_length} leaves no room for [CLS] and [SEP]"
+            )
         return cls(
             model,
             load_bert_tokenizer(model_dir),
             Pooling.from_folder(root),
-            max_length=settings.get("max_seq_length"),
-            lowercase=bool(settings.get("do_lower_case", False)),
+            max_length=max_length,
+            lowercase=_setting(settings, "do_lower_case", bool, False, settings_file),
         )
 
     @property

@@ -20,13 +20,14 @@ tokenizer from a ``vocab.txt``. Their special ids are whatever the file says (``
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import tokenizers
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+
+from qkv.storage import CheckpointError, write_file
 
 __all__ = [
     "BOS_ID",
@@ -206,14 +207,19 @@ class Tokenizer:
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "<string>", specials_in_text: bool = False) -> Tokenizer:
-        """A tokenizer from ``tokenizer.json`` text; ValueError naming ``source`` if it is not one."""
+        """A tokenizer from ``tokenizer.json`` text; :class:`~qkv.storage.CheckpointError` (a ValueError)
+        naming ``source`` if it is not one."""
         try:
             inner = tokenizers.Tokenizer.from_str(text)
         except Exception as error:  # tokenizers raises a bare Exception
-            raise ValueError(
-                f"{source}: not a valid tokenizer.json ({error}); "
+            raise CheckpointError(
+                f"{source}: not a valid tokenizer.json ({_one_line(error)}); "
                 "write one with Tokenizer.save() or Hugging Face tokenizers"
             ) from error
+        except BaseException as error:  # a panic inside the Rust library (pyo3's PanicException)
+            if isinstance(error, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise CheckpointError(f"{source}: not a valid tokenizer.json ({_one_line(error)})") from error
         return cls(inner, specials_in_text=specials_in_text)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -224,14 +230,14 @@ class Tokenizer:
         target = Path(path)
         if target.is_dir():
             target = target / TOKENIZER_FILE
-        _write_text_atomic(target, self.to_json())
-        return target
+        return write_file(target, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, specials_in_text: bool = False) -> Tokenizer:
         """Read a ``tokenizer.json`` file, or ``tokenizer.json`` inside a directory.
 
-        Raises FileNotFoundError naming the path when it does not exist, ValueError when it is not a
+        Raises FileNotFoundError naming the path when it does not exist, and
+        :class:`~qkv.storage.CheckpointError` (a ValueError) naming it when it is not UTF-8 or not a
         tokenizer file.
         """
         target = Path(path)
@@ -242,9 +248,13 @@ class Tokenizer:
                 f"{target}: no such tokenizer file; train one with qkv.tokenize.train_tokenizer() and save() "
                 "it, or point at the tokenizer.json of a model directory"
             )
-        return cls.from_json(
-            target.read_text(encoding="utf-8"), source=str(target), specials_in_text=specials_in_text
-        )
+        try:
+            text = target.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise CheckpointError(
+                f"{target}: not UTF-8 text (byte {error.start}); expected a tokenizer.json"
+            ) from error
+        return cls.from_json(text, source=str(target), specials_in_text=specials_in_text)
 
     @classmethod
     def from_vocab_txt(cls, path: str | os.PathLike[str], *, lowercase: bool = True) -> Tokenizer:
@@ -262,9 +272,12 @@ class Tokenizer:
                 f"{target}: no such vocabulary file; pass the vocab.txt of a BERT checkpoint "
                 "(or its directory)"
             )
-        vocab: dict[str, int] = models.WordPiece.read_file(str(target))
+        try:
+            vocab: dict[str, int] = models.WordPiece.read_file(str(target))
+        except Exception as error:  # tokenizers raises a bare Exception (e.g. for bytes that are not UTF-8)
+            raise CheckpointError(f"{target}: cannot be read as a vocab.txt ({_one_line(error)})") from error
         if "[UNK]" not in vocab:
-            raise ValueError(
+            raise CheckpointError(
                 f"{target}: has no [UNK] line; a BERT vocab.txt lists one token per line, including [UNK]"
             )
         inner = tokenizers.Tokenizer(
@@ -387,17 +400,6 @@ def _checked_specials(tokenizer: Tokenizer) -> Tokenizer:
     return tokenizer
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling, fsync it, then rename it over ``path`` (mode 0644)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-            file.flush()
-            os.fchmod(file.fileno(), 0o644)  # mkstemp makes 0600
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

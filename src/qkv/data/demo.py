@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,6 +64,7 @@ from qkv.data.demo_grammar import (
     render_en,
     render_zh,
 )
+from qkv.storage import write_file
 
 #: Pairs in the corpus by default.
 DEFAULT_SIZE = 12_000
@@ -214,12 +214,4 @@ def write_tsv(path: str | os.PathLike[str], pairs: Sequence[tuple[str, str]]) ->
     for chinese, english in pairs:
         if any(c in text for text in (chinese, english) for c in "\t\n\r"):
             raise ValueError(f"pair {(chinese, english)!r} contains a tab or newline; it cannot go in a TSV")
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
-            file.writelines(f"{english}\t{chinese}\n" for chinese, english in pairs)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_file(target, "".join(f"{english}\t{chinese}\n" for chinese, english in pairs))

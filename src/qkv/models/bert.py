@@ -20,22 +20,27 @@ absent, from the ids and the pad id: bool, True = may attend (:mod:`qkv.nn.masks
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from qkv.config import BERT_PRESETS, BertConfig, ConfigError
+from qkv.models import bert_files
+from qkv.models.bert_files import (
+    HF_CONFIG_KEYS,
+    WEIGHTS_INDEX_FILE,
+    CheckpointError,
+    config_from_hf,
+    config_to_hf,
+    transformer_dir,
+)
 from qkv.nn import masks
 from qkv.nn.dropout import Dropout
 from qkv.nn.embedding import TokenEmbedding
@@ -362,23 +367,6 @@ _DECODER_BIAS = "cls.predictions.decoder.bias"
 # is the word embedding matrix (tied) in BERT.
 _IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids", "cls.predictions.decoder.weight")
 
-# Hugging Face config.json key -> BertConfig field.
-HF_CONFIG_KEYS: tuple[tuple[str, str], ...] = (
-    ("vocab_size", "vocab_size"),
-    ("hidden_size", "d_model"),
-    ("num_attention_heads", "heads"),
-    ("intermediate_size", "d_ff"),
-    ("num_hidden_layers", "layers"),
-    ("max_position_embeddings", "max_positions"),
-    ("type_vocab_size", "type_vocab_size"),
-    ("hidden_act", "activation"),
-    ("hidden_dropout_prob", "dropout"),
-    ("attention_probs_dropout_prob", "attention_dropout"),
-    ("layer_norm_eps", "layer_norm_eps"),
-    ("pad_token_id", "pad_id"),
-    ("initializer_range", "init_std"),
-)
-
 
 def _name_table(layers: int) -> dict[str, tuple[str, str]]:
     """Hugging Face name (without the prefix) -> (part, qkv name), with ``{i}`` expanded for every layer."""
@@ -391,179 +379,6 @@ def _name_table(layers: int) -> dict[str, tuple[str, str]]:
 
 def _has_head(model: nn.Module) -> bool:
     return not isinstance(model, BertModel)
-
-
-# ---- config.json ----------------------------------------------------------------------------------------
-
-
-def config_from_hf(data: Mapping[str, Any], *, source: str = "config.json") -> BertConfig:
-    """A :class:`BertConfig` from a Hugging Face BERT ``config.json`` dict.
-
-    Missing keys take Hugging Face's defaults (which are BERT-base's, as are ours). Architectures that differ
-    from BERT in computation (another model_type, relative positions, a decoder, an approximate GELU) are
-    refused with a message naming the key, rather than loaded and silently computed differently.
-    """
-    model_type = data.get("model_type", "bert")
-    if model_type != "bert":
-        raise ConfigError(
-            f"{source}: model_type={model_type!r}; qkv loads BERT-architecture checkpoints "
-            f"(model_type 'bert', as BERT, MiniLM and many sentence-transformers models are)"
-        )
-    for key, allowed in (("position_embedding_type", "absolute"), ("is_decoder", False)):
-        if key in data and data[key] != allowed:
-            raise ConfigError(f"{source}: {key}={data[key]!r} is not supported; qkv's BERT needs {allowed!r}")
-    if data.get("add_cross_attention"):
-        raise ConfigError(f"{source}: add_cross_attention=true is not supported (BERT as a decoder)")
-    values: dict[str, Any] = {}
-    for hf_key, ours in HF_CONFIG_KEYS:
-        if hf_key in data and data[hf_key] is not None:
-            values[ours] = data[hf_key]
-    if values.get("activation", "gelu") not in ("gelu", "relu"):
-        raise ConfigError(
-            f"{source}: hidden_act={values['activation']!r} is not supported; qkv's BERT has 'gelu' "
-            f"(exact, erf-based, as Hugging Face's 'gelu') and 'relu'"
-        )
-    try:
-        return BertConfig(**values)
-    except ConfigError as error:
-        raise ConfigError(f"{source}: {error}") from error
-
-
-def config_to_hf(
-    config: BertConfig, architecture: str = "BertModel", num_labels: int | None = None
-) -> dict[str, Any]:
-    """The Hugging Face ``config.json`` dict of ``config`` (with ``id2label`` when there are labels)."""
-    data: dict[str, Any] = {"architectures": [architecture], "model_type": "bert"}
-    for hf_key, ours in HF_CONFIG_KEYS:
-        data[hf_key] = getattr(config, ours)
-    data["position_embedding_type"] = "absolute"
-    if num_labels is not None:
-        data["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
-        data["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
-    return data
-
-
-# ---- finding and reading checkpoint files ---------------------------------------------------------------
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be loaded; the message names the file and the tensor."""
-
-
-# Files that hold pickles (or formats we do not read): named in the refusal, never opened.
-_REFUSED_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
-_REFUSED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-WEIGHTS_FILE = "model.safetensors"
-WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-
-
-def transformer_dir(path: str | os.PathLike[str]) -> Path:
-    """The directory holding the BERT ``config.json`` and weights.
-
-    That is ``path`` itself, except in an older sentence-transformers folder whose ``modules.json`` puts the
-    Transformer module in a subdirectory (``0_Transformer/``).
-    """
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such directory; --model expects a Hugging Face BERT directory")
-    modules_file = root / "modules.json"
-    if modules_file.is_file():
-        for module in _read_json(modules_file):
-            if str(module.get("type", "")).endswith("models.Transformer"):
-                return root / str(module.get("path", ""))
-    return root
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: cannot read it as JSON ({error})") from error
-
-
-@dataclass(frozen=True)
-class _TensorInfo:
-    file: Path
-    shape: tuple[int, ...]
-    dtype: str
-
-
-def _read_safetensors_header(path: Path) -> dict[str, _TensorInfo]:
-    """Names, shapes and dtypes from a safetensors header, after checking every tensor's bytes are there.
-
-    A safetensors file is an 8-byte little-endian header length, a JSON header with each tensor's byte range
-    in the data section, then the data. A copy cut short loses the last tensors' bytes: name them.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as file:
-        prefix = file.read(8)
-        if len(prefix) < 8:
-            raise CheckpointError(f"{path}: truncated ({size} bytes): too short for a safetensors header")
-        header_len = int.from_bytes(prefix, "little")
-        if header_len > size - 8:
-            raise CheckpointError(
-                f"{path}: truncated inside its header ({size} bytes, the header alone needs {header_len + 8}); "
-                f"copy or download the file again"
-            )
-        try:
-            header = json.loads(file.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"{path}: not a safetensors file (unreadable header: {error})") from error
-    data_size = size - 8 - header_len
-    header.pop("__metadata__", None)
-    infos: dict[str, _TensorInfo] = {}
-    cut: list[tuple[int, str, int]] = []
-    for name, entry in header.items():
-        begin, end = entry["data_offsets"]
-        if end > data_size:
-            cut.append((begin, name, end))
-        infos[name] = _TensorInfo(path, tuple(entry["shape"]), entry["dtype"])
-    if cut:
-        begin, name, end = min(cut)
-        more = f" (and {len(cut) - 1} more tensors after it)" if len(cut) > 1 else ""
-        raise CheckpointError(
-            f"{path}: truncated: tensor {name!r} needs bytes {begin}..{end} of the data section, but the file "
-            f"holds only {data_size}{more}; copy or download the file again"
-        )
-    return infos
-
-
-def _weight_files(model_dir: Path) -> dict[str, _TensorInfo]:
-    """Every tensor in the directory's safetensors weights (one file or an index of shards).
-
-    Refuses a directory that has only pickle weights: unpickling runs whatever code the file contains.
-    """
-    single = model_dir / WEIGHTS_FILE
-    index = model_dir / WEIGHTS_INDEX_FILE
-    if single.is_file():
-        return _read_safetensors_header(single)
-    if index.is_file():
-        weight_map: dict[str, str] = _read_json(index).get("weight_map", {})
-        infos: dict[str, _TensorInfo] = {}
-        for shard in sorted(set(weight_map.values())):
-            shard_path = model_dir / shard
-            if not shard_path.is_file():
-                raise CheckpointError(f"{index}: lists shard {shard!r}, which is not in {model_dir}")
-            infos.update(_read_safetensors_header(shard_path))
-        absent = sorted(set(weight_map) - set(infos))
-        if absent:
-            raise CheckpointError(
-                f"{index}: tensor {absent[0]!r} is not in its shard {weight_map[absent[0]]}"
-            )
-        return infos
-    refused = sorted(
-        p.name for p in model_dir.iterdir() if p.name in _REFUSED_FILES or p.suffix in _REFUSED_SUFFIXES
-    )
-    if refused:
-        raise CheckpointError(
-            f"{model_dir}: has no {WEIGHTS_FILE}, only {', '.join(refused)}. qkv loads safetensors only and "
-            f"never unpickles a checkpoint (a pickle can run arbitrary code). Convert it once, where you "
-            f"trust the file, e.g. with transformers: BertModel.from_pretrained(DIR).save_pretrained(DIR) "
-            f"(writes {WEIGHTS_FILE})"
-        )
-    raise CheckpointError(
-        f"{model_dir}: no {WEIGHTS_FILE}; expected a Hugging Face BERT directory (config.json + {WEIGHTS_FILE})"
-    )
 
 
 # ---- matching names, checking shapes, loading --------------------------------------------------------------
@@ -723,17 +538,14 @@ def load_pretrained(
     encoder tensor (unless ``strict=False``), or a directory with only pickle weights, which is never opened.
     """
     model_dir = transformer_dir(path)
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path}: not found; a Hugging Face BERT directory has a config.json")
-    hf_config = _read_json(config_path)
-    config = config_from_hf(hf_config, source=str(config_path))
-    infos = _weight_files(model_dir)
+    hf_config, config = bert_files.read_hf_config(model_dir)
+    config_path = model_dir / bert_files.CONFIG_FILE
+    infos = bert_files.weight_files(model_dir)
     has_pooler = any(n.removeprefix(_PREFIX).startswith("pooler.") for n in infos)
     config = dataclasses.replace(config, add_pooler=has_pooler)
     if num_labels is None:
-        num_labels = len(hf_config.get("id2label") or {}) or 2
-    model = _build(config, head, num_labels, hf_config.get("classifier_dropout"))
+        num_labels = bert_files.num_labels_of(hf_config, config_path) or 2
+    model = _build(config, head, num_labels, bert_files.classifier_dropout_of(hf_config, config_path))
 
     files = sorted({info.file for info in infos.values()})
     source = str(files[0]) if len(files) == 1 else str(model_dir / WEIGHTS_INDEX_FILE)
@@ -741,17 +553,7 @@ def load_pretrained(
     _check(
         model, plan, {n: i.shape for n, i in infos.items()}, report, hf_name_of, source=source, strict=strict
     )
-    handles: dict[Path, Any] = {}
-
-    def fetch(name: str) -> Tensor:
-        file = infos[name].file
-        if file not in handles:
-            handles[file] = safe_open(str(file), framework="pt")
-        try:
-            return handles[file].get_tensor(name)  # type: ignore[no-any-return]
-        except Exception as error:  # safetensors raises its own SafetensorError
-            raise CheckpointError(f"{file}: cannot read tensor {name!r} ({error})") from error
-
+    fetch = bert_files.TensorReader(infos)
     _copy(model, plan, fetch)
     return model.eval(), report
 
@@ -814,7 +616,6 @@ def save_pretrained(
     ``labels`` names the classes of a head in ``id2label`` (default ``LABEL_i``).
     """
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
     num_labels = (
         model.classifier.out_features
         if isinstance(model, (BertForSequenceClassification, BertForTokenClassification))
@@ -826,28 +627,4 @@ def save_pretrained(
             raise ValueError(f"{len(labels)} label names for a head of {num_labels} labels")
         config["id2label"] = {str(i): label for i, label in enumerate(labels)}
         config["label2id"] = {label: i for i, label in enumerate(labels)}
-    tensors = hf_state_dict(model)
-
-    def write_weights(temp: Path) -> None:
-        save_file(tensors, str(temp), metadata={"format": "pt"})  # transformers requires the format key
-
-    def write_config(temp: Path) -> None:
-        temp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-
-    _write_atomic(out / WEIGHTS_FILE, write_weights)
-    _write_atomic(out / "config.json", write_config)
-    return out
-
-
-def _write_atomic(target: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temporary sibling of ``target``, make it 0644, then rename it over ``target``."""
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
-    temp = Path(temp_name)
-    try:
-        write(temp)
-        os.chmod(temp, 0o644)
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    return bert_files.write_pretrained(out, config, hf_state_dict(model))
