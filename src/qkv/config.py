@@ -8,11 +8,16 @@ so it also holds under ``python -O``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 Activation = Literal["relu", "gelu"]
 PositionKind = Literal["sinusoidal", "learned"]
+_C = TypeVar("_C", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -27,6 +32,66 @@ def _positive(name: str, value: int) -> None:
 def _probability(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{name}={value!r} must be in [0, 1)")
+
+
+# The Literal aliases above, by the name a field's annotation gives them (annotations are strings here).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "Activation": ("relu", "gelu"),
+    "PositionKind": ("sinusoidal", "learned"),
+}
+
+
+def _check_types(config: Any) -> None:
+    """Each field of a config dataclass holds its annotated type (a JSON file can hold anything), checked
+    before any other rule compares or divides it."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        kind = str(f.type)
+        if kind == "int":
+            ok, wanted = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif kind == "float":
+            ok, wanted = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif kind == "bool":
+            ok, wanted = isinstance(value, bool), "true or false"
+        elif kind in _CHOICES:
+            ok = isinstance(value, str) and value in _CHOICES[kind]
+            wanted = " or ".join(repr(choice) for choice in _CHOICES[kind])
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{f.name}={_short(value)} must be {wanted}")
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _config_from_dict(cls: type[_C], data: Any, source: str | None, *, ignore: Sequence[str] = ()) -> _C:
+    """``cls(**data)`` for a dict read from a file: not an object, unknown keys, missing fields and bad
+    values are all a :class:`ConfigError` naming ``source`` (the file) and the field."""
+    where = f"{source}: " if source else ""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}expected a JSON object of config fields, got {type(data).__name__}")
+    data = {k: v for k, v in data.items() if k not in ignore}
+    fields = dataclasses.fields(cls)
+    known = {f.name for f in fields}
+    unknown = sorted(str(k) for k in set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}unknown config keys {unknown}; known keys are {sorted(known)}")
+    required = [
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in data
+    ]
+    if required:
+        raise ConfigError(f"{where}missing config field {required[0]!r} (required: {', '.join(required)})")
+    try:
+        return cls(**data)
+    except ConfigError as error:
+        raise ConfigError(f"{where}{error}") from None
 
 
 def _check_layer_shape(
@@ -72,6 +137,7 @@ class ModelConfig:
     eos_id: int = 2
 
     def __post_init__(self) -> None:
+        _check_types(self)
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "heads", "d_ff", "max_positions"):
             _positive(name, getattr(self, name))
         for name in ("encoder_layers", "decoder_layers"):
@@ -107,14 +173,10 @@ class ModelConfig:
         return {"model_type": "qkv-seq2seq", **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a config.json dict; unknown keys are an error naming them."""
-        data = {k: v for k, v in data.items() if k != "model_type"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: Any, *, source: str | None = None) -> Self:
+        """Build from a config.json dict; unknown keys, missing fields and wrong types are a
+        :class:`ConfigError` naming the field (and ``source``, the file, when given)."""
+        return _config_from_dict(cls, data, source, ignore=("model_type",))
 
 
 @dataclass(frozen=True)
@@ -152,15 +214,21 @@ class NATConfig(ModelConfig):
 MODEL_TYPES: dict[str, type[ModelConfig]] = {"qkv-seq2seq": ModelConfig, "qkv-nat": NATConfig}
 
 
-def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+def model_config_from_dict(data: Any, *, source: str | None = None) -> ModelConfig:
     """The config of a saved translation model, of the class its ``model_type`` names.
 
-    A config.json without ``model_type`` (written before there were kinds) is the seq2seq model.
+    A config.json without ``model_type`` (written before there were kinds) is the seq2seq model. Every
+    problem is a :class:`ConfigError` naming the field, and ``source`` (the file) when given.
     """
+    where = f"{source}: " if source else ""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}expected a JSON object of config fields, got {type(data).__name__}")
     kind = data.get("model_type", "qkv-seq2seq")
-    if kind not in MODEL_TYPES:
-        raise ConfigError(f"model_type={kind!r} is not a qkv translation model; known: {sorted(MODEL_TYPES)}")
-    return MODEL_TYPES[kind].from_dict(data)
+    if not isinstance(kind, str) or kind not in MODEL_TYPES:
+        raise ConfigError(
+            f"{where}model_type={_short(kind)} is not a qkv translation model; known: {sorted(MODEL_TYPES)}"
+        )
+    return MODEL_TYPES[kind].from_dict(data, source=source)
 
 
 # The presets fix the shape; vocabulary sizes come from the tokenizer, so presets are built with a
@@ -242,6 +310,7 @@ class BertConfig:
     init_std: float = 0.02  # initializer_range: std of the normal init of every matrix
 
     def __post_init__(self) -> None:
+        _check_types(self)
         for name in ("vocab_size", "d_model", "heads", "d_ff", "layers", "max_positions", "type_vocab_size"):
             _positive(name, getattr(self, name))
         _check_layer_shape(self.d_model, self.heads, self.dropout, self.attention_dropout, self.activation)
@@ -251,6 +320,12 @@ class BertConfig:
             raise ConfigError(f"pad_id={self.pad_id} must be a valid token id (vocab_size {self.vocab_size})")
         if not self.init_std > 0:
             raise ConfigError(f"init_std={self.init_std!r} must be > 0")
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str | None = None) -> BertConfig:
+        """Build from a dict of qkv field names (as ``dataclasses.asdict`` wrote it); unknown keys, missing
+        fields and wrong types are a :class:`ConfigError` naming the field (and ``source``, the file)."""
+        return _config_from_dict(cls, data, source)
 
     @property
     def d_head(self) -> int:

@@ -214,16 +214,25 @@ class FineTuned:
 def load(path: str | os.PathLike[str]) -> FineTuned:
     """A fine-tuned model directory (a checkpoint, or a run's best/) with its tokenizer, in eval mode."""
     root = Path(path)
-    if not (root / checkpoint.MODEL_FILE).is_file() and (root / "best" / checkpoint.MODEL_FILE).is_file():
-        root = root / "best"
+    if not (root / checkpoint.MODEL_FILE).is_file() and root.is_dir():
+        best = checkpoint.recover(root / "best")  # restored if a writer was killed while replacing it
+        if (best / checkpoint.MODEL_FILE).is_file():
+            root = best
     config, tensors = checkpoint.load_directory(root)
+    config_file = root / checkpoint.CONFIG_FILE
     if config.get("model_type") != "qkv-bert-finetuned":
-        raise checkpoint.CheckpointError(f"{root / checkpoint.CONFIG_FILE}: not a fine-tuned qkv BERT model")
-    kind: Kind = config["task"]
-    model = build(kind, BertConfig(**config["bert"]), len(config["labels"]))
+        raise checkpoint.CheckpointError(f"{config_file}: not a fine-tuned qkv BERT model")
+    kind = config.get("task")
+    if kind not in ("classify", "tag"):
+        raise checkpoint.CheckpointError(f"{config_file}: task={kind!r} must be 'classify' or 'tag'")
+    labels = config.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
+        raise checkpoint.CheckpointError(f"{config_file}: labels must be a non-empty list of label names")
+    bert_config = BertConfig.from_dict(config.get("bert"), source=f"{config_file} (key 'bert')")
+    model = build(kind, bert_config, len(labels))
     checkpoint.check_state_dict(model.state_dict(), tensors, root / checkpoint.MODEL_FILE)
     model.load_state_dict(tensors)
-    return FineTuned(model.eval(), Tokenizer.load(root / "tokenizer.json"), kind, list(config["labels"]))
+    return FineTuned(model.eval(), Tokenizer.load(root / "tokenizer.json"), kind, list(labels))
 
 
 def export_hf(tuned: FineTuned, path: str | os.PathLike[str]) -> Path:

@@ -351,6 +351,10 @@ def _parse_json_pair(text: str, src_key: str, tgt_key: str, max_chars: int | Non
         raise _LineProblem(
             PROBLEM_JSON, f"invalid JSON at column {error.colno}: {error.msg} ({_SKIP_HINT})"
         ) from None
+    except RecursionError:  # "[[[[...": the decoder recurses once per level of nesting
+        raise _LineProblem(PROBLEM_JSON, f"invalid JSON: nested too deeply to read ({_SKIP_HINT})") from None
+    except ValueError as error:  # an integer of more digits than Python converts (sys.int_info)
+        raise _LineProblem(PROBLEM_JSON, f"invalid JSON: {error} ({_SKIP_HINT})") from None
     if not isinstance(record, dict):
         raise _LineProblem(
             PROBLEM_JSON,
