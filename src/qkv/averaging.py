@@ -55,18 +55,29 @@ def average(directories: Sequence[Path]) -> dict[str, Tensor]:
 
 
 def average_run(
-    run_dir: str | os.PathLike[str], last: int, out: str | os.PathLike[str]
+    run_dir: str | os.PathLike[str], last: int, out: str | os.PathLike[str], *, overwrite: bool = False
 ) -> tuple[Path, list[Path]]:
     """Write the average of the last ``last`` checkpoints of a run as a model directory ``out``.
 
     The config and tokenizer files come from the newest checkpoint. Returns (out, averaged checkpoints).
+    ``out`` may not be the run directory, hold it or be one of its checkpoints; an existing ``out`` holding
+    files qkv does not write into a model directory is refused unless ``overwrite``
+    (:class:`~qkv.storage.OutputExistsError`, checked before anything is read).
     """
-    chosen = run_checkpoints(run_dir)[-last:]
-    if len(chosen) < last:
+    if isinstance(last, bool) or not isinstance(last, int) or last < 1:
+        raise ValueError(f"--last {last!r}: average at least 1 checkpoint")
+    run = Path(run_dir)
+    # The checkpoints are the input: `out` may not be that folder, hold it (the run directory) or replace a
+    # checkpoint in it. A new directory elsewhere in the run (e.g. RUN/averaged) is fine.
+    inputs = [run / checkpoint.CHECKPOINTS_DIR]
+    checkpoint.check_output(out, overwrite=overwrite, inputs=inputs)
+    found = run_checkpoints(run)
+    if len(found) < last:
         raise ValueError(
-            f"{run_dir}: asked to average {last} checkpoints but only {len(chosen)} exist "
+            f"{run_dir}: asked to average {last} checkpoints but only {len(found)} exist "
             f"(train with --keep-last {last} or more)"
         )
+    chosen = found[-last:]
     tensors = average(chosen)
     newest = chosen[-1]
     skip = {checkpoint.MODEL_FILE, checkpoint.OPTIMIZER_FILE, checkpoint.TRAINER_STATE_FILE}
@@ -81,6 +92,11 @@ def average_run(
         if p.name not in skip and p.name not in json_files
     }
     path = checkpoint.save_directory(
-        out, tensors={checkpoint.MODEL_FILE: tensors}, json=json_files, text=text_files
+        out,
+        tensors={checkpoint.MODEL_FILE: tensors},
+        json=json_files,
+        text=text_files,
+        overwrite=overwrite,
+        inputs=[*inputs, *chosen],
     )
     return path, chosen

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from tqdm import tqdm
 
 from qkv.data.corpus import read_corpus
 from qkv.models.seq2seq import Transformer
+from qkv.storage import check_output_file, write_file
 from qkv.tokenize import Tokenizer
 from qkv.translator import Translator
 
@@ -62,13 +62,18 @@ def distill(
     skip_bad: bool = False,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> int:
     """Translate the sources of corpus ``data`` with ``teacher`` (beam search; ``beam=1``: greedy) and write
     ``out`` as TSV, source in ``src_col`` and translation in ``tgt_col``. Returns the pairs written:
     a source the teacher translates to nothing is left out, with a warning (``warn``) naming it.
 
     The file is written under a temporary name and renamed, so an interrupted run leaves no partial file.
+    An existing ``out`` is refused unless ``overwrite``, and ``out`` is never the corpus it reads
+    (:class:`~qkv.storage.OutputExistsError`, raised before anything is translated).
     """
+    inputs = [data] if tgt_path is None else [data, tgt_path]
+    check_output_file(out, overwrite=overwrite, inputs=inputs)
     corpus = read_corpus(data, tgt_path=tgt_path, src_col=src_col, tgt_col=tgt_col, skip_bad=skip_bad)
     translator = Translator(
         teacher,
@@ -81,19 +86,16 @@ def distill(
     )
     sources = corpus.sources
     translations = translate_all(translator, sources, progress=progress)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     # A teacher may translate a source to nothing; such a pair would stop `qkv train` (an empty target
     # side), so it is left out and reported. Line numbers are the sources' order in the corpus.
     empty: list[int] = []
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for number, (source, translation) in enumerate(zip(sources, translations, strict=True), start=1):
-            if not translation.strip():
-                empty.append(number)
-                continue
-            f.write(tsv_line(source, translation, src_col=src_col, tgt_col=tgt_col))
-    os.replace(tmp, path)
+    lines: list[str] = []
+    for number, (source, translation) in enumerate(zip(sources, translations, strict=True), start=1):
+        if not translation.strip():
+            empty.append(number)
+            continue
+        lines.append(tsv_line(source, translation, src_col=src_col, tgt_col=tgt_col))
+    write_file(out, "".join(lines), overwrite=overwrite, inputs=inputs)
     if empty and warn is not None:
         shown = ", ".join(str(n) for n in empty[:5]) + (", ..." if len(empty) > 5 else "")
         warn(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from qkv import storage
 from qkv.models import saved
 from qkv.models.seq2seq import Transformer
 from qkv.nn.layers import DecoderLayer, EncoderLayer
@@ -152,10 +153,40 @@ def vocabulary(tokenizer: Tokenizer) -> list[str]:
     return [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
 
 
-def save_spec(spec: Any, out_dir: str | os.PathLike[str], *, quantization: str | None = None) -> Path:
-    """Validate ``spec`` and write it to ``out_dir`` (replaced if present) through CTranslate2's converter.
+# What export_ctranslate2 writes (CTranslate2's files, older and newer vocabulary layouts, and the qkv
+# tokenizers): an existing --out holding only these is replaced without asking.
+CTRANSLATE2_FILES = frozenset(
+    {
+        "model.bin",
+        "config.json",
+        "vmap.txt",
+        *(
+            f"{side}vocabulary.{ext}"
+            for side in ("", "shared_", "source_", "target_")
+            for ext in ("json", "txt")
+        ),
+        saved.JOINT_TOKENIZER,
+        saved.SRC_TOKENIZER,
+        saved.TGT_TOKENIZER,
+    }
+)
+
+
+def save_spec(
+    spec: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    quantization: str | None = None,
+    text: dict[str, str] | None = None,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+) -> Path:
+    """Validate ``spec`` and write it to ``out_dir`` through CTranslate2's converter, atomically, with the
+    extra ``text`` files (name -> text) beside CTranslate2's.
 
     ``quantization``: None keeps float32; or one of CTranslate2's types (int8, int8_float32, float16, ...).
+    An existing ``out_dir`` is replaced only when it holds nothing but files this export writes, or with
+    ``overwrite``; never when it is or holds one of ``inputs`` (:func:`qkv.storage.check_output_directory`).
     """
     ct2 = _ctranslate2()
 
@@ -165,29 +196,36 @@ def save_spec(spec: Any, out_dir: str | os.PathLike[str], *, quantization: str |
         def _load(self) -> Any:
             return spec
 
-    target = Path(out_dir)
-    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(temp, ignore_errors=True)
-    _SpecConverter().convert(str(temp), quantization=quantization, force=True)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(temp, target)
-    return target
+    def fill(temp: Path) -> None:
+        _SpecConverter().convert(str(temp), quantization=quantization, force=True)  # recreates `temp`
+        for name, content in (text or {}).items():
+            (temp / name).write_text(content, encoding="utf-8")
+
+    return storage.replace_directory(
+        out_dir, fill, owned={*CTRANSLATE2_FILES, *(text or {})}, overwrite=overwrite, inputs=inputs
+    )
 
 
 def export_ctranslate2(
-    model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, quantization: str | None = None
+    model_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    quantization: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write the qkv model in ``model_dir`` (or a run directory's best model) as a CTranslate2 directory.
 
     Besides CTranslate2's files (model.bin, config.json, the vocabularies) ``out_dir`` gets the model's
     tokenizer.json (or src_tokenizer.json and tgt_tokenizer.json), to split text into the source tokens.
+    The directory is written atomically. :class:`~qkv.storage.OutputExistsError` (before anything is read)
+    refuses an ``out_dir`` that is or holds the model, or that holds files this export does not write,
+    unless ``overwrite``.
     """
+    inputs = [model_dir, saved.resolve(model_dir)]
+    storage.check_output_directory(out_dir, owned=CTRANSLATE2_FILES, overwrite=overwrite, inputs=inputs)
     loaded = saved.load(model_dir)
     if not isinstance(loaded.model, Transformer):
         raise ExportError(f"{model_dir}: only autoregressive (encoder-decoder) models export to CTranslate2")
     spec = transformer_spec(loaded.model, vocabulary(loaded.src_tokenizer), vocabulary(loaded.tgt_tokenizer))
-    target = save_spec(spec, out_dir, quantization=quantization)
-    for name, text in saved.tokenizer_files(loaded.src_tokenizer, loaded.tgt_tokenizer).items():
-        (target / name).write_text(text, encoding="utf-8")
-    return target
+    text = saved.tokenizer_files(loaded.src_tokenizer, loaded.tgt_tokenizer)
+    return save_spec(spec, out_dir, quantization=quantization, text=text, overwrite=overwrite, inputs=inputs)

@@ -207,13 +207,33 @@ def hf_tokenizer_files(tokenizer: Tokenizer, config: ModelConfig, *, name: str) 
     return {name: inner.to_str(), f"{Path(name).stem}_config.json": json.dumps(settings, indent=2) + "\n"}
 
 
-def export_marian(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+# What export_marian writes: an existing --out holding only these is replaced without asking.
+MARIAN_FILES = frozenset(
+    {
+        checkpoint.CONFIG_FILE,
+        "generation_config.json",
+        checkpoint.MODEL_FILE,
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "target_tokenizer.json",
+        "target_tokenizer_config.json",
+    }
+)
+
+
+def export_marian(
+    model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
     """Write the qkv model in ``model_dir`` (or a run directory's best model) as a Marian directory.
 
     ``out_dir`` gets config.json, generation_config.json, model.safetensors, tokenizer.json and
     tokenizer_config.json (with separate vocabularies, the target side's as target_tokenizer.json), written
-    atomically. Raises :class:`ExportError` for a model Marian cannot express.
+    atomically. Raises :class:`ExportError` for a model Marian cannot express, and
+    :class:`~qkv.storage.OutputExistsError` (before anything is read) for an ``out_dir`` that is or holds
+    the model, or that holds files this export does not write, unless ``overwrite``.
     """
+    inputs = [model_dir, saved.resolve(model_dir)]
+    checkpoint.check_output(out_dir, overwrite=overwrite, owned=MARIAN_FILES, inputs=inputs)
     loaded = saved.load(model_dir)
     if not isinstance(loaded.model, Transformer):
         raise ExportError(f"{model_dir}: only autoregressive (encoder-decoder) models have a Marian layout")
@@ -231,4 +251,7 @@ def export_marian(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
         },
         text=text,
         metadata={"format": "pt"},
+        overwrite=overwrite,
+        owned=MARIAN_FILES,
+        inputs=inputs,
     )

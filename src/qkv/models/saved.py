@@ -44,12 +44,13 @@ class SavedModel:
 
 def resolve(path: str | os.PathLike[str]) -> Path:
     """The model directory to load from a model directory or a run directory (``best/``, else the latest
-    checkpoint)."""
+    checkpoint). A ``best/`` left missing by a writer killed while replacing it is restored first."""
     p = Path(path)
     if (p / checkpoint.MODEL_FILE).is_file() or not p.is_dir():
         return p
-    if (p / "best" / checkpoint.MODEL_FILE).is_file():
-        return p / "best"
+    best = checkpoint.recover(p / "best")
+    if (best / checkpoint.MODEL_FILE).is_file():
+        return best
     latest = checkpoint.latest_checkpoint(p)
     if latest is not None:
         return latest
@@ -67,7 +68,9 @@ def load(path: str | os.PathLike[str], *, device: str = "cpu") -> SavedModel:
     """Load a model directory (or a run directory's best/latest model) for inference, in eval mode."""
     directory = resolve(path)
     config, tensors = checkpoint.load_directory(directory)
-    model_config = model_config_from_dict(config.get("model", config))
+    model_config = model_config_from_dict(
+        config.get("model", config), source=str(directory / checkpoint.CONFIG_FILE)
+    )
     model = NATransformer(model_config) if isinstance(model_config, NATConfig) else Transformer(model_config)
     checkpoint.check_state_dict(model.state_dict(), tensors, directory / checkpoint.MODEL_FILE)
     model.load_state_dict(tensors)
