@@ -47,6 +47,33 @@ class DataConfig:
     demo_seed: int = 0
 
 
+def _saved_data_config(data: Any, source: Path) -> DataConfig:
+    """The DataConfig a run saved in its trainer_state.json, every key checked (a CheckpointError names the
+    file and the key)."""
+    if not isinstance(data, dict):
+        raise checkpoint.CheckpointError(f"{source}: key 'data_config' is not an object; the file is damaged")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(DataConfig)})
+    if unknown:
+        raise checkpoint.CheckpointError(f"{source}: data_config has unknown keys {unknown}")
+    for f in dataclasses.fields(DataConfig):
+        value = data.get(f.name, f.default)
+        kind = str(f.type)  # "str | None", "int", "int | None" or "bool"
+        if value is None and kind.endswith(" | None"):
+            continue
+        base = kind.removesuffix(" | None")
+        if base == "bool":
+            ok = isinstance(value, bool)
+        elif base == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise checkpoint.CheckpointError(
+                f"{source}: data_config.{f.name} is {value!r:.50}, expected {kind.replace(' | None', ' or null')}"
+            )
+    return DataConfig(**data)
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     kind: TokenizerKind = "bpe"  # BPE splits Chinese into characters and merges English subwords
@@ -264,12 +291,19 @@ def train(
     start = time.monotonic()
     if latest is not None:
         loaded = saved.load(latest)
-        saved_state = checkpoint.load_json(latest / checkpoint.TRAINER_STATE_FILE)
-        saved_config = saved_state["train_config"]
+        state_file = latest / checkpoint.TRAINER_STATE_FILE
+        saved_state = checkpoint.load_json(state_file)
+        saved_config = saved_state.get("train_config")
+        if not isinstance(saved_config, dict):
+            raise checkpoint.CheckpointError(
+                f"{state_file}: key 'train_config' is missing or not an object; the file is damaged"
+            )
         stops = {k: getattr(train_config, k) for k in ("max_steps", "max_epochs", "max_minutes")}
-        train_config = TrainConfig.from_dict(saved_config if keep_stops else {**saved_config, **stops})
-        if data.train is None and isinstance(saved_state.get("data_config"), dict):
-            data = DataConfig(**saved_state["data_config"])
+        train_config = TrainConfig.from_dict(
+            saved_config if keep_stops else {**saved_config, **stops}, source=str(state_file)
+        )
+        if data.train is None and saved_state.get("data_config") is not None:
+            data = _saved_data_config(saved_state["data_config"], state_file)
         model_config = loaded.model.config
         prepared = prepare(
             data,

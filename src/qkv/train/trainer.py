@@ -14,12 +14,10 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
-from types import FrameType
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,139 +27,21 @@ from tqdm import tqdm
 from qkv import checkpoint
 from qkv.data.batching import make_batches, shard
 from qkv.models.seq2seq import Transformer
-from qkv.train.schedule import SCHEDULES, Schedule, learning_rate
-from qkv.train.state import TrainerState, optimizer_from_safetensors, optimizer_to_safetensors
+from qkv.train import run_files
+from qkv.train.outcome import NonFiniteLoss as NonFiniteLoss  # re-exported
+from qkv.train.outcome import TrainingInterrupted as TrainingInterrupted  # re-exported
+from qkv.train.outcome import TrainResult as TrainResult  # re-exported
+from qkv.train.processes import catching_signals, step_seed
+from qkv.train.processes import distributed_context as distributed_context  # re-exported
+from qkv.train.schedule import learning_rate
+from qkv.train.state import TrainerState, optimizer_from_safetensors
 from qkv.train.task import Example as Example  # re-exported: the seq2seq example type
 from qkv.train.task import Seq2SeqTask, Task
+from qkv.train.train_config import BEST_BY as BEST_BY  # re-exported
+from qkv.train.train_config import Precision as Precision  # re-exported
+from qkv.train.train_config import TrainConfig as TrainConfig  # re-exported
 
-Precision = Literal["fp32", "bf16", "fp16"]
 ValidationHook = Callable[[Any, int], dict[str, float]]  # (model, step) -> metrics
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the checkpoints written before are untouched."""
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM arrived; a checkpoint was written at the step boundary."""
-
-    def __init__(self, signum: int, step: int, saved: Path | None) -> None:
-        self.signum = signum
-        self.step = step
-        self.saved = saved
-        name = signal.Signals(signum).name
-        super().__init__(
-            f"{name} at step {step}; " + (f"checkpoint saved to {saved}" if saved else "nothing saved")
-        )
-
-    @property
-    def exit_code(self) -> int:
-        """The shell's convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
-        return 128 + self.signum
-
-
-# The validation metrics that can pick the best model, and whether lower or higher is better. valid_bleu
-# comes from a validation hook (qkv train --valid-bleu N): a non-autoregressive model's validation loss
-# (on random masks of the references) rose while its BLEU improved (README, cmn-eng).
-BEST_BY = {"valid_nll": "lower", "valid_bleu": "higher"}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train. Defaults follow the paper (section 5) where it says, fairseq where it does not."""
-
-    max_tokens: int = 4096  # padded tokens per batch (the larger of source and target)
-    accumulate: int = 1  # batches per optimizer step
-    max_steps: int | None = None
-    max_epochs: int | None = None
-    max_minutes: float | None = None
-    lr: float = 7e-4  # peak learning rate (the paper's base: 512^-0.5 * 4000^-0.5 = 7.0e-4)
-    schedule: Schedule = "inverse_sqrt"
-    warmup: int = 4000
-    betas: tuple[float, float] = (0.9, 0.98)
-    adam_eps: float = 1e-9
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.1
-    clip_norm: float = 0.0  # 0 = no clipping
-    precision: Precision = "fp32"
-    seed: int = 0
-    save_every: int = 1000  # steps between checkpoints (one is also written at the end)
-    keep_last: int = 2
-    valid_every: int = 1000  # steps between validations (one also runs at the end)
-    patience: int | None = None  # stop after this many validations without improvement
-    best_by: str = "valid_nll"  # the validation metric that picks best/ (and that patience watches)
-    log_every: int = 10
-    max_bad_steps: int = 0  # steps with a non-finite loss to skip before stopping
-
-    def __post_init__(self) -> None:
-        def positive(name: str) -> None:
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name}={value!r} must be positive")
-
-        for name in (
-            "max_tokens",
-            "accumulate",
-            "max_steps",
-            "max_epochs",
-            "max_minutes",
-            "lr",
-            "save_every",
-            "keep_last",
-            "valid_every",
-            "patience",
-            "log_every",
-        ):
-            positive(name)
-        if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
-            raise ValueError("give at least one of max_steps, max_epochs, max_minutes (when to stop)")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r} must be one of {SCHEDULES}")
-        if self.schedule in ("linear", "cosine") and self.max_steps is None:
-            raise ValueError(f"schedule={self.schedule!r} decays to 0 at max_steps: give max_steps")
-        if self.best_by not in BEST_BY:
-            raise ValueError(f"best_by={self.best_by!r} must be one of {sorted(BEST_BY)}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision={self.precision!r} must be fp32, bf16 or fp16")
-        if self.warmup < 0 or self.clip_norm < 0 or self.weight_decay < 0 or self.max_bad_steps < 0:
-            raise ValueError("warmup, clip_norm, weight_decay and max_bad_steps must not be negative")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if "betas" in known:
-            known["betas"] = tuple(known["betas"])
-        return cls(**known)
-
-
-@dataclass
-class TrainResult:
-    state: TrainerState
-    run_dir: Path
-    last_checkpoint: Path | None
-    best_dir: Path | None
-    stopped_because: str
-    log: list[dict[str, Any]] = field(default_factory=list)
-
-
-# -- process group ---------------------------------------------------------------------------------
-def distributed_context() -> tuple[int, int]:
-    """(rank, world size); initialises torch.distributed when started by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
 
 
 # -- the trainer -----------------------------------------------------------------------------------
@@ -266,7 +146,7 @@ class Trainer:
         size, since DDP averages gradients), so N processes equal one process with the same global batch.
         Returns (loss sum, nll sum, target tokens, whether the step was taken) summed over ranks.
         """
-        torch.manual_seed(_step_seed(self.config.seed, self.state.step, self.rank))
+        torch.manual_seed(step_seed(self.config.seed, self.state.step, self.rank))
         tensors = [self.task.tensors(self.train_data, batch, self.device) for batch in group]
         local_tokens = sum(self.task.count(t) for t in tensors)
         (global_tokens,) = self._reduce([float(local_tokens)])
@@ -347,34 +227,36 @@ class Trainer:
         """Write a resumable checkpoint (rank 0 only) and prune old ones."""
         if self.rank != 0:
             return None
-        opt_tensors, opt_meta = optimizer_to_safetensors(self.optimizer)
         trainer_state = {
             **self.run_info,
             **self.state.to_dict(),
             "train_config": self.config.to_dict(),
             "world_size": self.world,
-            "optimizer": opt_meta,
         }
-        path = checkpoint.commit_checkpoint(
+        return run_files.write_checkpoint(
             self.run_dir,
-            f"step-{self.state.step:08d}",
-            tensors={checkpoint.MODEL_FILE: self._model_tensors(), checkpoint.OPTIMIZER_FILE: opt_tensors},
-            json={**self.model_json, checkpoint.TRAINER_STATE_FILE: trainer_state},
-            text=self.model_text,
+            self.state.step,
+            model_tensors=self._model_tensors(),
+            optimizer=self.optimizer,
+            trainer_state=trainer_state,
+            model_json=self.model_json,
+            model_text=self.model_text,
+            keep_last=self.config.keep_last,
         )
-        checkpoint.prune_checkpoints(self.run_dir, self.config.keep_last)
-        return path
 
     def save_best(self) -> Path:
-        return checkpoint.save_directory(
-            self.run_dir / "best",
-            tensors={checkpoint.MODEL_FILE: self._model_tensors()},
-            json=self.model_json,
-            text=self.model_text,
+        return run_files.write_best(
+            self.run_dir,
+            model_tensors=self._model_tensors(),
+            model_json=self.model_json,
+            model_text=self.model_text,
         )
 
     def resume(self, directory: Path | None = None) -> Path | None:
-        """Load the latest checkpoint of ``run_dir`` (or ``directory``); returns it, or None if none exists."""
+        """Load the latest checkpoint of ``run_dir`` (or ``directory``); returns it, or None if none exists.
+
+        Every file is checked before anything is loaded (:func:`~qkv.train.run_files.read_resume_point`).
+        """
         if self.rank == 0:
             checkpoint.clean_stale(self.run_dir)
         if self.world > 1:
@@ -382,35 +264,20 @@ class Trainer:
         path = directory or checkpoint.latest_checkpoint(self.run_dir)
         if path is None:
             return None
-        tensors = checkpoint.load_tensors(path / checkpoint.MODEL_FILE, expected=self.model.state_dict())
-        saved = checkpoint.load_json(path / checkpoint.TRAINER_STATE_FILE)
-        if saved.get("world_size", 1) != self.world:
-            raise checkpoint.CheckpointError(
-                f"{path}: was written by a run of {saved.get('world_size')} processes, this one has {self.world}; "
-                "resume with the same number of processes (the data shards depend on it)"
-            )
-        opt_tensors = checkpoint.load_tensors(path / checkpoint.OPTIMIZER_FILE)
-        self.model.load_state_dict(tensors)
-        optimizer_from_safetensors(self.optimizer, opt_tensors, saved["optimizer"])
-        self.state = TrainerState.from_dict(saved)
+        point = run_files.read_resume_point(path, self.model.state_dict(), self.optimizer, self.world)
+        self.model.load_state_dict(point.model_tensors)
+        optimizer_from_safetensors(
+            self.optimizer,
+            point.optimizer_tensors,
+            point.optimizer_meta,
+            tensors_file=str(path / checkpoint.OPTIMIZER_FILE),
+            meta_file=str(path / checkpoint.TRAINER_STATE_FILE),
+        )
+        self.state = point.state
         return path
 
-    # -- signals -----------------------------------------------------------------------------------
-    @contextmanager
-    def _catch_signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM set a flag; the loop saves and stops at the next step boundary."""
-
-        def handler(signum: int, frame: FrameType | None) -> None:
-            if self._signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C stops at once
-            self._signal = signum
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+    def _note_signal(self, signum: int) -> None:
+        self._signal = signum
 
     # -- the loop ----------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -458,12 +325,13 @@ class Trainer:
         )
         log: list[dict[str, Any]] = []
         last_saved: Path | None = None
-        best_dir: Path | None = self.run_dir / "best" if (self.run_dir / "best").is_dir() else None
+        best = checkpoint.recover(self.run_dir / run_files.BEST_DIR)  # restored if a writer was killed
+        best_dir: Path | None = best if best.is_dir() else None
         window_tokens, window_loss, window_nll, window_start = 0, 0.0, 0.0, time.monotonic()
         stopped = self._finished_reason()  # a resumed run that had already ended trains no further step
         if stopped and self.rank == 0:
             last_saved = checkpoint.latest_checkpoint(self.run_dir)
-        with self._catch_signals():
+        with catching_signals(lambda: self._signal, self._note_signal):
             while not stopped:
                 batches = self._epoch_batches(self.state.epoch)
                 while self.state.batch_in_epoch < len(batches) and not stopped:
