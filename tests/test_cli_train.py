@@ -57,11 +57,20 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         (["--tgt", "a.en"], "--src and --tgt go together"),
         (["--data", "x.tsv", "--src", "a.zh", "--tgt", "a.en"], "not both"),
         (["--resume", "a", "--out", "b"], "leave out --out"),
+        (["--valid-src", "a.zh"], "--valid-src and --valid-tgt go together"),
+        (["--valid", "x.tsv", "--valid-src", "a.zh", "--valid-tgt", "a.en"], "not both"),
     ],
 )
 def test_bad_usage_exits_2_with_a_message(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("x.tsv", "a.zh", "a.en"):  # files the flags name exist: what is wrong is their combination
+        (tmp_path / name).write_text("", encoding="utf-8")
     assert cli.main(["train", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("qkv train: error: ") and message in err

@@ -26,14 +26,12 @@ from qkv.viz import BUNDLED_FONT, attention_weights, plot_attention
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised tiny model with a real tokenizer, saved as qkv train would."""
+def save_tiny_model(path: Path) -> Path:
+    """A randomly initialised tiny model with a real tokenizer, saved in ``path`` as qkv train would."""
     pairs = demo.generate(size=300)
     tok = train_bpe([t for pair in pairs for t in pair], 300)
     torch.manual_seed(0)
     model = Transformer(preset("tiny", tok.vocab_size, dropout=0.0, max_positions=64))
-    path = tmp_path_factory.mktemp("model") / "m"
     checkpoint.save_directory(
         path,
         tensors={checkpoint.MODEL_FILE: model.state_dict()},
@@ -41,6 +39,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         text=saved.tokenizer_files(tok, tok),
     )
     return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "m")
 
 
 def qkv(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import argparse
+from argparse import ArgumentTypeError
 from pathlib import Path
 from typing import Any
 
 from qkv.cli.common import Subparsers, UsageError
+from qkv.cli.flag_types import non_negative_int, output_file
 from qkv.cli.translate import add_decoding_options, load_translator
+
+
+def image_file(text: str) -> str:
+    """A type for --out: an output file in a format matplotlib writes, known before any model is loaded."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if Path(text).suffix.lstrip(".").lower() not in formats:
+        others = ", ".join(sorted(formats.keys() - {"png", "pdf", "svg"}))
+        raise ArgumentTypeError(f"{text}: end an image file name in .png, .pdf or .svg (or {others})")
+    return output_file(text)
+
+
+def attention_kinds(text: str) -> str:
+    from qkv.viz import KINDS
+
+    unknown = [kind for kind in text.split(",") if kind not in KINDS]
+    if unknown:
+        raise ArgumentTypeError(f"unknown kind {unknown[0]!r}; choose from {','.join(KINDS)}")
+    return text
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
@@ -84,10 +106,17 @@ def add_attention_parser(sub: Subparsers) -> None:
     p.add_argument("source", help="the source sentence")
     p.add_argument("--target", help="the target sentence to teacher-force (default: the model's translation)")
     p.add_argument(
-        "--out", default="attention.png", help="image file: .png, .pdf or .svg (default attention.png)"
+        "--out",
+        type=image_file,
+        default="attention.png",
+        help="image file: .png, .pdf or .svg (default attention.png)",
     )
-    p.add_argument("--kinds", help="comma-separated subset of encoder,decoder_self,cross (default all)")
-    p.add_argument("--layers", type=int, nargs="+", help="layers to draw (default all)")
-    p.add_argument("--heads", type=int, nargs="+", help="heads to draw (default all)")
+    p.add_argument(
+        "--kinds",
+        type=attention_kinds,
+        help="comma-separated subset of encoder,decoder_self,cross (default all)",
+    )
+    p.add_argument("--layers", type=non_negative_int, nargs="+", help="layers to draw (default all)")
+    p.add_argument("--heads", type=non_negative_int, nargs="+", help="heads to draw (default all)")
     add_decoding_options(p)
     p.set_defaults(func=cmd_attention)

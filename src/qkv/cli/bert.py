@@ -8,6 +8,16 @@ import sys
 
 from qkv.allocator import keep_freed_memory
 from qkv.cli.common import Subparsers, UsageError, resolve_device
+from qkv.cli.flag_types import (
+    device_name,
+    input_directory,
+    input_file,
+    non_negative_int,
+    output_directory,
+    positive_float,
+    positive_int,
+    seed,
+)
 
 
 def _read_stdin_lines() -> list[str]:
@@ -52,10 +62,12 @@ def add_embed_parser(sub: Subparsers) -> None:
         'sentence, {"text": ..., "embedding": [...]}, or with --similarity the cosine matrix, one JSON '
         "row per line. Without sentences, reads one per line from standard input.",
     )
-    p.add_argument("--model", metavar="DIR", required=True, help="checkpoint directory")
+    p.add_argument("--model", type=input_directory, metavar="DIR", required=True, help="checkpoint directory")
     p.add_argument("sentences", nargs="*", help="sentences to embed (default: lines of standard input)")
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
-    p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default: 32)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="sentences per forward pass (default: 32)"
+    )
     p.set_defaults(func=cmd_embed)
 
 
@@ -111,21 +123,35 @@ def add_finetune_parser(sub: Subparsers) -> None:
         "--valid dev.tsv --out runs/sentiment --max-epochs 3",
     )
     p.add_argument("--task", choices=["classify", "tag"], required=True, help="classify (N->1) or tag (N->N)")
-    p.add_argument("--model", metavar="DIR", required=True, help="a Hugging Face BERT directory")
-    p.add_argument("--data", metavar="FILE", required=True, help="training TSV")
-    p.add_argument("--valid", metavar="FILE", help="validation TSV (accuracy is reported)")
-    p.add_argument("--label-col", type=int, default=1, help="TSV column of the label/tags (default 1)")
-    p.add_argument("--text-col", type=int, default=2, help="TSV column of the text/words (default 2)")
-    p.add_argument("--out", metavar="DIR", required=True, help="run directory")
-    p.add_argument("--max-steps", type=int, help="optimizer steps (linear decay to 0 at the end)")
-    p.add_argument("--max-epochs", type=int, help="epochs (default 3 if no --max-steps)")
-    p.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batch (default 4096)")
-    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
-    p.add_argument("--warmup", type=int, default=100, help="warm-up steps (default 100)")
-    p.add_argument("--save-every", type=int, default=500, help="steps between checkpoints (default 500)")
-    p.add_argument("--valid-every", type=int, default=500, help="steps between validations (default 500)")
-    p.add_argument("--export-hf", metavar="DIR", help="also write the Hugging Face layout here")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument(
+        "--model", type=input_directory, metavar="DIR", required=True, help="a Hugging Face BERT directory"
+    )
+    p.add_argument("--data", type=input_file, metavar="FILE", required=True, help="training TSV")
+    p.add_argument("--valid", type=input_file, metavar="FILE", help="validation TSV (accuracy is reported)")
+    p.add_argument(
+        "--label-col", type=positive_int, default=1, help="TSV column of the label/tags (default 1)"
+    )
+    p.add_argument(
+        "--text-col", type=positive_int, default=2, help="TSV column of the text/words (default 2)"
+    )
+    p.add_argument("--out", type=output_directory, metavar="DIR", required=True, help="run directory")
+    p.add_argument("--max-steps", type=positive_int, help="optimizer steps (linear decay to 0 at the end)")
+    p.add_argument("--max-epochs", type=positive_int, help="epochs (default 3 if no --max-steps)")
+    p.add_argument(
+        "--max-tokens", type=positive_int, default=4096, help="padded tokens per batch (default 4096)"
+    )
+    p.add_argument("--lr", type=positive_float, default=5e-5, help="peak learning rate (default 5e-5)")
+    p.add_argument("--warmup", type=non_negative_int, default=100, help="warm-up steps (default 100)")
+    p.add_argument(
+        "--save-every", type=positive_int, default=500, help="steps between checkpoints (default 500)"
+    )
+    p.add_argument(
+        "--valid-every", type=positive_int, default=500, help="steps between validations (default 500)"
+    )
+    p.add_argument(
+        "--export-hf", type=output_directory, metavar="DIR", help="also write the Hugging Face layout here"
+    )
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--device", type=device_name, default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_finetune)

@@ -12,6 +12,15 @@ class UsageError(Exception):
     """A problem with what the user asked for; printed without a traceback, exit code 2."""
 
 
+def add_overwrite_option(p: argparse.ArgumentParser) -> None:
+    """--overwrite, for the commands whose --out would otherwise refuse a path holding what qkv did not write."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT even if it holds files qkv did not write; never allowed when OUT is or contains the input",
+    )
+
+
 def resolve_device(name: str) -> str:
     """The torch device a --device value names: auto is CUDA where there is one, else the CPU."""
     import torch

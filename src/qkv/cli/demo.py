@@ -8,6 +8,7 @@ from pathlib import Path
 
 from qkv.allocator import keep_freed_memory
 from qkv.cli.common import Subparsers, UsageError
+from qkv.cli.flag_types import output_directory, positive_float, positive_int, seed
 
 # The demo model: small enough to learn the built-in corpus in a few minutes on two CPU cores.
 DEMO_MODEL = {"d_model": 128, "heads": 4, "d_ff": 512, "encoder_layers": 3, "decoder_layers": 3}
@@ -103,13 +104,16 @@ def add_demo_parser(sub: Subparsers) -> None:
         "held-out exact match, translates 我爱你 and writes attention heat maps. A few minutes on 2 CPU cores.",
     )
     p.add_argument(
-        "--out", default="runs/demo", help="run directory (default runs/demo; replaced if present)"
+        "--out",
+        type=output_directory,
+        default="runs/demo",
+        help="run directory (default runs/demo; replaced if present)",
     )
-    p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
+    p.add_argument("--steps", type=positive_int, default=500, help="training steps (default 500)")
     p.add_argument(
-        "--max-minutes", type=float, default=3.0, help="stop training earlier than that (default 3)"
+        "--max-minutes", type=positive_float, default=3.0, help="stop training earlier than that (default 3)"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qkv.cli.common import Subparsers, UsageError, resolve_device
+from qkv.cli.common import Subparsers, UsageError, add_overwrite_option, resolve_device
+from qkv.cli.flag_types import device_name, input_directory, input_file, output_file, positive_int
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -30,6 +31,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         progress=not args.quiet,
         warn=lambda message: print(f"qkv distill: warning: {message}", file=sys.stderr),
+        overwrite=args.overwrite,
     )
     print(
         f"wrote {written:,} distilled pairs to {args.out} (source in column {args.src_col}, the teacher's "
@@ -51,17 +53,32 @@ def add_distill_parser(sub: Subparsers) -> None:
         epilog="example:\n  qkv distill --teacher runs/zh-en --data train.tsv --src-col 2 --tgt-col 1 "
         "--out train.distilled.tsv",
     )
-    p.add_argument("--teacher", metavar="DIR", required=True, help="an autoregressive model or run directory")
     p.add_argument(
-        "--data", metavar="FILE", required=True, help="TSV/JSONL pairs, or the source file with --tgt"
+        "--teacher",
+        type=input_directory,
+        metavar="DIR",
+        required=True,
+        help="an autoregressive model or run directory",
     )
-    p.add_argument("--tgt", metavar="FILE", help="target file (when --data is a plain source file)")
-    p.add_argument("--src-col", type=int, default=1, help="TSV source column, 1-based (default 1)")
-    p.add_argument("--tgt-col", type=int, default=2, help="TSV target column, 1-based (default 2)")
-    p.add_argument("--out", metavar="FILE", required=True, help="the distilled TSV to write")
-    p.add_argument("--beam", type=int, default=4, help="teacher beam size; 1 = greedy (default 4)")
-    p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
+    p.add_argument(
+        "--data",
+        type=input_file,
+        metavar="FILE",
+        required=True,
+        help="TSV/JSONL pairs, or the source file with --tgt",
+    )
+    p.add_argument(
+        "--tgt", type=input_file, metavar="FILE", help="target file (when --data is a plain source file)"
+    )
+    p.add_argument("--src-col", type=positive_int, default=1, help="TSV source column, 1-based (default 1)")
+    p.add_argument("--tgt-col", type=positive_int, default=2, help="TSV target column, 1-based (default 2)")
+    p.add_argument(
+        "--out", type=output_file, metavar="FILE", required=True, help="the distilled TSV to write"
+    )
+    p.add_argument("--beam", type=positive_int, default=4, help="teacher beam size; 1 = greedy (default 4)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="sentences per batch (default 64)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad lines (default: stop at the first)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--device", type=device_name, default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite_option(p)
     p.set_defaults(func=cmd_distill)

@@ -7,19 +7,17 @@ command raises into a message and an exit code. Run ``qkv --help`` or ``qkv SUBC
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from qkv.cli.attention import add_attention_parser
 from qkv.cli.bert import add_embed_parser, add_finetune_parser
-from qkv.cli.common import UsageError
 from qkv.cli.demo import add_demo_parser
 from qkv.cli.distill import add_distill_parser
+from qkv.cli.errors import DEBUG_VARIABLE, run_reporting_errors
 from qkv.cli.models import add_average_parser, add_export_parser
 from qkv.cli.params import add_params_parser
 from qkv.cli.train import add_train_parser
 from qkv.cli.translate import add_evaluate_parser, add_translate_parser
-from qkv.config import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
         "  qkv demo                                         # the built-in demo\n"
         "  qkv train --out runs/demo --preset tiny --max-minutes 2\n"
         '  qkv translate --model runs/demo "我爱你"\n'
-        "run `qkv COMMAND --help` for every option of a command\n",
+        "run `qkv COMMAND --help` for every option of a command\n"
+        "\nexit codes:\n"
+        "  0        done\n"
+        "  1        could not finish: a full disk, a permission, an I/O error, or a bug in qkv\n"
+        "  2        bad usage or input: a flag, a file or what is in it\n"
+        "  3        qkv train: a non-finite loss\n"
+        "  130/143  interrupted (SIGINT/SIGTERM)\n"
+        "  141      the output was closed early (qkv translate ... | head), as for SIGPIPE\n"
+        f"an error is one line on stderr; set {DEBUG_VARIABLE}=1 to see its Python traceback instead\n",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add_parser in (
@@ -58,12 +64,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    try:
-        code: int = args.func(args)
-    except (UsageError, ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"qkv {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"qkv {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return code
+    return run_reporting_errors(args.command, args.func, args)

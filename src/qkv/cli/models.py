@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from qkv.cli.common import Subparsers
+from qkv.cli.common import Subparsers, add_overwrite_option
+from qkv.cli.flag_types import input_directory, output_directory, positive_int
 
 
 def cmd_average(args: argparse.Namespace) -> int:
     from qkv.averaging import average_run
 
-    out, chosen = average_run(args.run, args.last, args.out)
+    out, chosen = average_run(args.run, args.last, args.out, overwrite=args.overwrite)
     print(f"averaged {len(chosen)} checkpoints ({chosen[0].name} .. {chosen[-1].name}) into {out}")
     return 0
 
@@ -23,9 +24,12 @@ def add_average_parser(sub: Subparsers) -> None:
         description="Write the element-wise mean of the last N checkpoints of a run as a model directory "
         "(the paper averages the last 5). Train with --keep-last N or more.",
     )
-    p.add_argument("--run", metavar="DIR", required=True, help="the run directory")
-    p.add_argument("--last", type=int, default=5, help="how many checkpoints (default 5)")
-    p.add_argument("--out", metavar="DIR", required=True, help="model directory to write")
+    p.add_argument("--run", type=input_directory, metavar="DIR", required=True, help="the run directory")
+    p.add_argument("--last", type=positive_int, default=5, help="how many checkpoints (default 5)")
+    p.add_argument(
+        "--out", type=output_directory, metavar="DIR", required=True, help="model directory to write"
+    )
+    add_overwrite_option(p)
     p.set_defaults(func=cmd_average)
 
 
@@ -33,11 +37,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "marian":
         from qkv.export.marian import export_marian
 
-        out = export_marian(args.model, args.out)
+        out = export_marian(args.model, args.out, overwrite=args.overwrite)
     else:
         from qkv.export.ctranslate2 import export_ctranslate2
 
-        out = export_ctranslate2(args.model, args.out, quantization=args.quantization)
+        out = export_ctranslate2(
+            args.model, args.out, quantization=args.quantization, overwrite=args.overwrite
+        )
     print(f"wrote {out} ({args.format})")
     return 0
 
@@ -56,12 +62,21 @@ def add_export_parser(sub: Subparsers) -> None:
         "  qkv export --model runs/zh-en --format marian --out runs/zh-en-marian\n"
         "  qkv export --model runs/zh-en --format ctranslate2 --out runs/zh-en-ct2 --quantization int8\n",
     )
-    p.add_argument("--model", metavar="DIR", required=True, help="qkv model or run directory")
+    p.add_argument(
+        "--model", type=input_directory, metavar="DIR", required=True, help="qkv model or run directory"
+    )
     p.add_argument("--format", choices=["marian", "ctranslate2"], required=True, help="the layout to write")
-    p.add_argument("--out", metavar="DIR", required=True, help="output directory (replaced if present)")
+    p.add_argument(
+        "--out",
+        type=output_directory,
+        metavar="DIR",
+        required=True,
+        help="output directory (an earlier export there is replaced)",
+    )
     p.add_argument(
         "--quantization",
         default=None,
         help="ctranslate2 only: int8, int8_float32, float16, bfloat16, ... (default: float32)",
     )
+    add_overwrite_option(p)
     p.set_defaults(func=cmd_export)

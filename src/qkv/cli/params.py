@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from qkv.cli.common import Subparsers, UsageError
+from qkv.cli.flag_types import input_directory, positive_int
 from qkv.config import BERT_PRESETS, PRESETS, ModelConfig, NATConfig, model_config_from_dict, preset
 
 
@@ -87,18 +88,22 @@ def add_params_parser(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--vocab",
-        type=int,
+        type=positive_int,
         default=37000,
         help="(shared) vocabulary size (default: 37000, the paper's joint BPE vocabulary)",
     )
     p.add_argument(
         "--tgt-vocab",
-        type=int,
+        type=positive_int,
         default=None,
         help="separate target vocabulary size (implies unshared embeddings)",
     )
     p.add_argument(
-        "--model", metavar="DIR", default=None, help="a saved qkv model directory instead of a preset"
+        "--model",
+        type=input_directory,
+        metavar="DIR",
+        default=None,
+        help="a saved qkv model directory instead of a preset",
     )
     p.add_argument(
         "--check",

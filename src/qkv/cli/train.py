@@ -9,7 +9,16 @@ from typing import Any
 
 from qkv.allocator import keep_freed_memory
 from qkv.cli.common import Subparsers, UsageError, resolve_device
-from qkv.config import PRESETS
+from qkv.cli.flag_types import (
+    device_name,
+    input_file,
+    non_negative_int,
+    output_directory,
+    positive_float,
+    positive_int,
+    seed,
+)
+from qkv.cli.train_options import add_model_options, add_optimisation_options
 
 
 def _bleu_hook(sentences: int) -> Any:
@@ -46,6 +55,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("give either --data FILE (TSV or JSONL) or --src FILE --tgt FILE, not both")
     if bool(args.src) != bool(args.tgt):
         raise UsageError("--src and --tgt go together: two aligned plain-text files")
+    if args.valid and args.valid_src:
+        raise UsageError("give either --valid FILE or --valid-src FILE --valid-tgt FILE, not both")
+    if bool(args.valid_src) != bool(args.valid_tgt):
+        raise UsageError("--valid-src and --valid-tgt go together: two aligned plain-text files")
     if args.resume and args.init_from:
         raise UsageError("--resume continues a run from its own checkpoint; --init-from starts a new one")
     if args.resume and args.out and Path(args.resume) != Path(args.out):
@@ -150,29 +163,50 @@ def add_train_parser(sub: Subparsers) -> None:
         "  qkv train --data train.tsv --valid dev.tsv --src-col 2 --tgt-col 1 --preset small --out runs/zh-en\n"
         "  qkv train --resume runs/zh-en                      # continue exactly where it stopped\n"
         "  torchrun --nproc_per_node=2 -m qkv train ...       # data-parallel on 2 processes\n"
-        "\nexit codes: 0 done, 2 bad usage or input, 3 non-finite loss, 130/143 stopped by SIGINT/SIGTERM "
-        "(a checkpoint was saved)",
+        "\nexit codes: 0 done, 1 could not finish (disk full, I/O error), 2 bad usage or input, 3 non-finite "
+        "loss, 130/143 stopped by SIGINT/SIGTERM (a checkpoint was saved)",
     )
     g = p.add_argument_group("data")
     g.add_argument(
         "--data",
+        type=input_file,
         metavar="FILE",
         help='training pairs: TSV (see --src-col/--tgt-col) or JSONL ({"src": ..., "tgt": ...} per line)',
     )
-    g.add_argument("--src", metavar="FILE", help="source side of two aligned plain-text files (with --tgt)")
-    g.add_argument("--tgt", metavar="FILE", help="target side of two aligned plain-text files (with --src)")
-    g.add_argument("--valid", metavar="FILE", help="validation pairs in the same format as --data")
-    g.add_argument("--valid-src", metavar="FILE", help="validation source file (with --valid-tgt)")
-    g.add_argument("--valid-tgt", metavar="FILE", help="validation target file")
-    g.add_argument("--src-col", type=int, default=1, help="TSV column of the source, 1-based (default 1)")
-    g.add_argument("--tgt-col", type=int, default=2, help="TSV column of the target, 1-based (default 2)")
+    g.add_argument(
+        "--src",
+        type=input_file,
+        metavar="FILE",
+        help="source side of two aligned plain-text files (with --tgt)",
+    )
+    g.add_argument(
+        "--tgt",
+        type=input_file,
+        metavar="FILE",
+        help="target side of two aligned plain-text files (with --src)",
+    )
+    g.add_argument(
+        "--valid", type=input_file, metavar="FILE", help="validation pairs in the same format as --data"
+    )
+    g.add_argument(
+        "--valid-src", type=input_file, metavar="FILE", help="validation source file (with --valid-tgt)"
+    )
+    g.add_argument("--valid-tgt", type=input_file, metavar="FILE", help="validation target file")
+    g.add_argument(
+        "--src-col", type=positive_int, default=1, help="TSV column of the source, 1-based (default 1)"
+    )
+    g.add_argument(
+        "--tgt-col", type=positive_int, default=2, help="TSV column of the target, 1-based (default 2)"
+    )
     g.add_argument(
         "--skip-bad",
         action="store_true",
         help="skip bad lines and report how many of each kind (default: stop at the first, naming "
         "file and line)",
     )
-    g.add_argument("--max-chars", type=int, default=2000, help="longest line side accepted, in characters")
+    g.add_argument(
+        "--max-chars", type=positive_int, default=2000, help="longest line side accepted, in characters"
+    )
     g = p.add_argument_group("tokenizer")
     g.add_argument(
         "--tokenizer",
@@ -180,94 +214,50 @@ def add_train_parser(sub: Subparsers) -> None:
         default="bpe",
         help="bpe (Chinese characters stay single tokens, English gets subwords) or char",
     )
-    g.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary size (default 8000)")
+    g.add_argument("--vocab-size", type=positive_int, default=8000, help="BPE vocabulary size (default 8000)")
     g.add_argument(
         "--separate-vocab",
         action="store_true",
         help="one vocabulary per side instead of one joint vocabulary (embeddings then unshared)",
     )
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--model-type",
-        choices=["seq2seq", "nat"],
-        default="seq2seq",
-        help="seq2seq: the autoregressive Transformer (default); nat: non-autoregressive, trained as "
-        "Mask-Predict's conditional masked LM with a length predictor (train it on a `qkv distill` output)",
-    )
-    g.add_argument(
-        "--length-weight",
-        type=float,
-        default=0.1,
-        help="nat: weight of the length-prediction loss (default 0.1)",
-    )
-    g.add_argument(
-        "--init-from",
-        metavar="DIR",
-        help="start from a trained model (model or run dir): its tokenizers, its architecture (the flags "
-        "below may change e.g. the depth) and every weight whose name and shape match. A NAT learns much "
-        "faster from its autoregressive teacher's weights than from scratch",
-    )
-    g.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model shape (default small)")
-    g.add_argument("--d-model", type=int, help="override the preset's model width")
-    g.add_argument("--heads", type=int, help="override the number of attention heads")
-    g.add_argument("--d-ff", type=int, help="override the feed-forward width")
-    g.add_argument("--layers", type=int, help="encoder and decoder layers")
-    g.add_argument("--encoder-layers", type=int, help="encoder layers")
-    g.add_argument("--decoder-layers", type=int, help="decoder layers")
-    g.add_argument("--dropout", type=float, help="override the dropout rate")
-    g.add_argument("--pre-ln", action="store_true", help="pre-LN layers (default: post-LN, as in the paper)")
-    g.add_argument("--max-positions", type=int, help="longest sequence in tokens (longer pairs are left out)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batch (default 4096)")
-    g.add_argument("--accumulate", type=int, default=1, help="batches per optimizer step (default 1)")
-    g.add_argument(
-        "--lr", type=float, default=7e-4, help="peak learning rate (default 7e-4, the paper's base)"
-    )
-    g.add_argument(
-        "--schedule",
-        choices=["inverse_sqrt", "linear", "cosine", "constant"],
-        default="inverse_sqrt",
-        help="learning-rate schedule after warm-up (default inverse_sqrt, the paper's)",
-    )
-    g.add_argument("--warmup", type=int, default=4000, help="warm-up steps (default 4000)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
-    g.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1 (the paper)")
-    g.add_argument("--clip-norm", type=float, default=0.0, help="clip the gradient norm (0 = off)")
-    g.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="bf16/fp16 autocast (fp16 with loss scaling on CUDA)",
-    )
-    g.add_argument(
-        "--max-bad-steps",
-        type=int,
-        default=0,
-        help="steps with a non-finite loss to skip before stopping (default 0)",
-    )
+    add_model_options(p)
+    add_optimisation_options(p)
     g = p.add_argument_group("run")
-    g.add_argument("--out", metavar="DIR", help="run directory: checkpoints/, best/, metrics.jsonl")
+    g.add_argument(
+        "--out",
+        type=output_directory,
+        metavar="DIR",
+        help="run directory: checkpoints/, best/, metrics.jsonl",
+    )
     g.add_argument(
         "--resume",
         metavar="DIR",
         help="continue the run in DIR from its latest checkpoint (its data too, unless data is given)",
     )
-    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    g.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps")
     g.add_argument(
         "--max-epochs",
-        type=int,
+        type=positive_int,
         help="stop after this many epochs (default 10 if no other limit; with --resume and no limit, "
         "the run's own limits)",
     )
-    g.add_argument("--max-minutes", type=float, help="stop after this many minutes of wall time")
-    g.add_argument("--seed", type=int, default=0, help="seed for weights, data order and dropout (default 0)")
-    g.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
-    g.add_argument("--keep-last", type=int, default=2, help="checkpoints kept (default 2)")
-    g.add_argument("--valid-every", type=int, default=1000, help="steps between validations (default 1000)")
-    g.add_argument("--patience", type=int, help="stop after this many validations without improvement")
+    g.add_argument("--max-minutes", type=positive_float, help="stop after this many minutes of wall time")
+    g.add_argument(
+        "--seed", type=seed, default=0, help="seed for weights, data order and dropout (default 0)"
+    )
+    g.add_argument(
+        "--save-every", type=positive_int, default=1000, help="steps between checkpoints (default 1000)"
+    )
+    g.add_argument("--keep-last", type=positive_int, default=2, help="checkpoints kept (default 2)")
+    g.add_argument(
+        "--valid-every", type=positive_int, default=1000, help="steps between validations (default 1000)"
+    )
+    g.add_argument(
+        "--patience", type=positive_int, help="stop after this many validations without improvement"
+    )
     g.add_argument(
         "--valid-bleu",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="at each validation also translate the first N validation pairs (greedy; a NAT: its single "
@@ -281,8 +271,8 @@ def add_train_parser(sub: Subparsers) -> None:
         "(needs --valid-bleu N; suits --model-type nat, whose validation loss on random masks of the "
         "references can rise while its BLEU improves). A resumed run keeps its own.",
     )
-    g.add_argument("--log-every", type=int, default=10, help="steps between log lines (default 10)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    g.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    g.add_argument("--log-every", type=positive_int, default=10, help="steps between log lines (default 10)")
+    g.add_argument("--device", type=device_name, default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    g.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

@@ -9,6 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from qkv.cli.common import Subparsers, UsageError, resolve_device
+from qkv.cli.flag_types import (
+    device_name,
+    input_directory,
+    input_file,
+    non_negative_float,
+    non_negative_int,
+    output_file,
+    positive_int,
+)
 
 
 def add_decoding_options(p: argparse.ArgumentParser) -> None:
@@ -16,21 +25,24 @@ def add_decoding_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding")
     g.add_argument(
         "--model",
+        type=input_directory,
         metavar="DIR",
         required=True,
         help="a model directory, or a run directory (its best/ model, else the latest checkpoint)",
     )
-    g.add_argument("--beam", type=int, default=4, help="beam size; 1 = greedy (default 4)")
-    g.add_argument("--alpha", type=float, default=0.6, help="length penalty ((5+len)/6)^alpha (default 0.6)")
+    g.add_argument("--beam", type=positive_int, default=4, help="beam size; 1 = greedy (default 4)")
+    g.add_argument(
+        "--alpha", type=non_negative_float, default=0.6, help="length penalty ((5+len)/6)^alpha (default 0.6)"
+    )
     g.add_argument(
         "--max-len-a",
-        type=float,
+        type=non_negative_float,
         default=1.2,
         help="output length limit: a * source length + b tokens (default a=1.2)",
     )
-    g.add_argument("--max-len-b", type=int, default=10, help="see --max-len-a (default b=10)")
-    g.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    g.add_argument("--max-len-b", type=non_negative_int, default=10, help="see --max-len-a (default b=10)")
+    g.add_argument("--batch-size", type=positive_int, default=64, help="sentences per batch (default 64)")
+    g.add_argument("--device", type=device_name, default="auto", help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument(
         "--int8",
         action="store_true",
@@ -46,7 +58,7 @@ def add_decoding_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--iterations",
-        type=int,
+        type=positive_int,
         default=1,
         help="nat: mask-predict passes; 1 = single pass, argmax everywhere (default 1)",
     )
@@ -59,12 +71,13 @@ def add_decoding_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--length-beam",
-        type=int,
+        type=positive_int,
         default=1,
         help="nat: decode the L most probable lengths, keep the best by average log-prob (default 1)",
     )
     g.add_argument(
         "--rescore-model",
+        type=input_directory,
         metavar="DIR",
         help="nat: rescore the length beam's candidates with this autoregressive model (the teacher)",
     )
@@ -85,10 +98,8 @@ def load_translator(args: argparse.Namespace) -> Any:
         )
     if args.decoder == "at" and is_nat:
         raise UsageError(f"--decoder at: {model.path} is a non-autoregressive model; use --decoder nat")
-    if args.iterations < 1 or args.length_beam < 1:
-        raise UsageError("--iterations and --length-beam must be at least 1")
     if args.int8:
-        from qkv.nn.packed import int8_available
+        from qkv.infer.products import int8_available
 
         if next(model.model.parameters()).device.type != "cpu":
             raise UsageError("--int8 runs on a CPU; add --device cpu")
@@ -200,7 +211,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             hypotheses += translator.translate(sources[start : start + step], first_line=start + 1)
             bar.update(min(step, len(sources) - start))
     if args.output:
-        Path(args.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+        try:
+            Path(args.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+        except OSError as e:
+            e.filename = e.filename or args.output  # a full disk's error names no file otherwise
+            raise
     scores = score(hypotheses, corpus.targets, tokenize=args.tokenize)
     print(scores.report())
     return 0
@@ -232,18 +247,28 @@ def add_evaluate_parser(sub: Subparsers) -> None:
         "(guessed from the references unless --tokenize is given).",
     )
     p.add_argument(
-        "--data", metavar="FILE", required=True, help="TSV/JSONL pairs, or the source file with --tgt"
+        "--data",
+        type=input_file,
+        metavar="FILE",
+        required=True,
+        help="TSV/JSONL pairs, or the source file with --tgt",
     )
-    p.add_argument("--tgt", metavar="FILE", help="reference file (when --data is a plain source file)")
-    p.add_argument("--src-col", type=int, default=1, help="TSV source column, 1-based (default 1)")
-    p.add_argument("--tgt-col", type=int, default=2, help="TSV reference column, 1-based (default 2)")
+    p.add_argument(
+        "--tgt", type=input_file, metavar="FILE", help="reference file (when --data is a plain source file)"
+    )
+    p.add_argument("--src-col", type=positive_int, default=1, help="TSV source column, 1-based (default 1)")
+    p.add_argument(
+        "--tgt-col", type=positive_int, default=2, help="TSV reference column, 1-based (default 2)"
+    )
     p.add_argument("--skip-bad", action="store_true", help="skip bad lines (default: stop at the first)")
     p.add_argument(
         "--tokenize",
         choices=["13a", "zh", "intl", "char", "none"],
         help="sacreBLEU tokenization (default: zh for Chinese references, else 13a)",
     )
-    p.add_argument("--output", metavar="FILE", help="also write the translations here, one per line")
+    p.add_argument(
+        "--output", type=output_file, metavar="FILE", help="also write the translations here, one per line"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_decoding_options(p)
     p.set_defaults(func=cmd_evaluate)
