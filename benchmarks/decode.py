@@ -38,7 +38,7 @@ from benchmarks.ct2_worker import Worker
 from qkv.config import preset
 from qkv.decode import decode, pad_batch
 from qkv.models.seq2seq import Transformer
-from qkv.nn.packed import full_range_activations, int8_available
+from qkv.infer.products import full_range_activations, int8_available
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CASES = [("batch", "greedy", 1), ("batch", "beam", 4), ("single", "greedy", 1), ("single", "beam", 4)]

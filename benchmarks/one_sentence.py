@@ -13,11 +13,8 @@ HF generate()          MarianMTModel on the exported weights (the bar's baseline
 CTranslate2            CTranslate2 on the exported weights, 32 steps, in its own process stopped outside its
                        turns (:mod:`benchmarks.ct2_worker`), at its best thread count: the C++ engine
 qkv decode()           what users run: the encoder, 32 steps, greedy search (``qkv.decode``)
-qkv steps              ``FastDecoder.step`` 32 times (plus its log-softmax): no encoder, no search
-compiled step          the step's operators written as one function with a static 64-position cache,
-                       compiled by ``torch.compile`` (inductor, C++ wrapper): no Python between operators
-                       (``--no-compile`` skips it; compiling takes 5-20 s)
-products only          the step's 19 weight products (FastDecoder's own, W_Q W_K W_V ... the output
+qkv steps              ``StepDecoder.step`` 32 times (plus its log-softmax): no encoder, no search
+products only          the step's 19 weight products (StepDecoder's own, W_Q W_K W_V ... the output
                        projection) back to back, 32 times: nothing else
 weights read once      summing the 19 products' weights (19 MB at ``small``, one contiguous copy), 32
                        times: what reading them costs at this machine's memory bandwidth
@@ -25,10 +22,11 @@ weights read once      summing the 19 products' weights (19 MB at ``small``, one
 
 Every row prints ms a token, tokens/s and its ratio to HF, and the table's last note says what the bar
 leaves: HF's time a token / 3. A row whose time is above that budget cannot meet the bar whatever runs
-around it. The compiled step is checked against ``FastDecoder.step`` (the same logits) before it is timed.
+around it. (The step's operators compiled by ``torch.compile`` ran no faster than the step itself:
+docs/performance-history.md.)
 
-    .venv/bin/python -m benchmarks.one_sentence --threads 2          # about a minute
-    .venv/bin/python -m benchmarks.one_sentence --quick --no-compile  # tiny sizes: a smoke test
+    .venv/bin/python -m benchmarks.one_sentence --threads 2   # about a minute
+    .venv/bin/python -m benchmarks.one_sentence --quick       # tiny sizes: a smoke test
 """
 
 from __future__ import annotations
@@ -38,13 +36,11 @@ import contextlib
 import json
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from benchmarks.common import (
     Column,
@@ -59,20 +55,16 @@ from benchmarks.common import (
 )
 from qkv.config import preset
 from qkv.decode import decode
-from qkv.decode.fast import FastDecoder, fast_decoder
 from qkv.decode.step import CachedState, CachedStepper
+from qkv.infer.stacks import StepDecoder, step_decoder
 from qkv.models.seq2seq import Transformer
-from qkv.nn.layers import DecoderLayer
-from qkv.nn.packed import stack_linears
-
-CAPACITY = 64  # the compiled step's static cache: positions 0 .. CAPACITY - 1
 
 
-def _products(decoder: FastDecoder) -> list[Callable[[Tensor], Tensor]]:
+def _products(decoder: StepDecoder) -> list[Callable[[Tensor], Tensor]]:
     """The step's weight products in the order a step runs them (cross K/V excluded: once per sentence)."""
     found: list[Callable[[Tensor], Tensor]] = []
-    for layer in decoder.layers:
-        found += [layer.self_qkv, layer.self_out, layer.cross_q, layer.cross_out, layer.fc_in, layer.fc_out]
+    for ops in decoder.layers:
+        found += [ops.self_qkv, ops.self_out, ops.cross_q, ops.cross_out, ops.fc_in, ops.fc_out]  # type: ignore[list-item]
     return [*found, decoder.output]
 
 
@@ -87,91 +79,7 @@ def _weights(model: Transformer) -> list[Tensor]:
     return [*found, output.weight.detach()]
 
 
-def static_step(model: Transformer) -> Callable[..., Tensor]:
-    """The decoder step as one plain function over a static cache, for ``torch.compile``.
-
-    ``step(token (1,), position (1,), keys, values, cross_keys, cross_values) -> log-probs (1, vocab)``;
-    keys/values: one (1, heads, CAPACITY, d_head) buffer per layer, written at ``position``; cross: one
-    (1, heads, src_len, d_head) per layer. The same operators as :class:`~qkv.decode.fast.FastDecoder`
-    (fused Q/K/V, Add & Norm written out), positions past ``position`` masked instead of cut off.
-    """
-    c = model.config
-    d, heads = c.d_model, c.heads
-    d_head = d // heads
-    table = model.positions(CAPACITY, 0).detach().reshape(CAPACITY, d)
-    embedding, multiplier = model.tgt_embed.weight.detach(), model.tgt_embed.multiplier
-    output = (model.output_proj if model.output_proj is not None else model.tgt_embed).weight.detach()
-    final = None if model.decoder_norm is None else model.decoder_norm
-    slots = torch.arange(CAPACITY)
-    # W_Q, W_K, W_V as one product, as FastDecoder stacks them
-    fused_qkv = [
-        stack_linears([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj])
-        for layer in model.decoder
-    ]
-
-    def norm(h: Tensor, module: nn.Module) -> Tensor:
-        return F.layer_norm(h, (d,), module.weight, module.bias, module.eps)
-
-    def layer_step(
-        layer: DecoderLayer,
-        qkv_weights: tuple[Tensor, Tensor | None],
-        h: Tensor,
-        position: Tensor,
-        allowed: Tensor,
-        cache: tuple[Tensor, Tensor, Tensor, Tensor],
-    ) -> Tensor:
-        keys, values, cross_keys, cross_values = cache
-
-        def self_attention(y: Tensor) -> Tensor:
-            qkv = F.linear(y, *qkv_weights).view(1, 3, heads, 1, d_head)
-            keys.index_copy_(2, position, qkv[:, 1])
-            values.index_copy_(2, position, qkv[:, 2])
-            context = F.scaled_dot_product_attention(qkv[:, 0], keys, values, attn_mask=allowed)
-            return layer.self_attn.out_proj(context.reshape(1, d))  # type: ignore[no-any-return]
-
-        def cross_attention(y: Tensor) -> Tensor:
-            q = layer.cross_attn.q_proj(y).view(1, heads, 1, d_head)
-            context = F.scaled_dot_product_attention(q, cross_keys, cross_values)
-            return layer.cross_attn.out_proj(context.reshape(1, d))  # type: ignore[no-any-return]
-
-        def feed_forward(y: Tensor) -> Tensor:
-            hidden = layer.ffn.fc_in(y)
-            hidden = F.gelu(hidden) if layer.ffn.activation == "gelu" else torch.relu(hidden)
-            return layer.ffn.fc_out(hidden)  # type: ignore[no-any-return]
-
-        if layer.norm_first:
-            h = h + self_attention(norm(h, layer.norm_self_attn))
-            h = h + cross_attention(norm(h, layer.norm_cross_attn))
-            return h + feed_forward(norm(h, layer.norm_ffn))
-        h = norm(h + self_attention(h), layer.norm_self_attn)
-        h = norm(h + cross_attention(h), layer.norm_cross_attn)
-        return norm(h + feed_forward(h), layer.norm_ffn)
-
-    def step(
-        token: Tensor,
-        position: Tensor,
-        keys: list[Tensor],
-        values: list[Tensor],
-        cross_keys: list[Tensor],
-        cross_values: list[Tensor],
-    ) -> Tensor:
-        h = embedding.index_select(0, token) * multiplier + table.index_select(0, position)  # (1, d)
-        allowed = (slots <= position).view(1, 1, 1, CAPACITY)
-        for i, layer in enumerate(model.decoder):
-            cache = (keys[i], values[i], cross_keys[i], cross_values[i])
-            h = layer_step(layer, fused_qkv[i], h, position, allowed, cache)  # type: ignore[arg-type]
-        if final is not None:
-            h = norm(h, final)
-        return torch.log_softmax(F.linear(h, output), dim=-1)
-
-    return step
-
-
-def run(
-    *, preset_name: str, vocab: int, steps: int, repeats: int, compile_step: bool, device: Device
-) -> Table:
-    if steps > CAPACITY:
-        raise ValueError(f"--steps {steps}: the compiled step's static cache holds {CAPACITY} positions")
+def run(*, preset_name: str, vocab: int, steps: int, repeats: int, device: Device) -> Table:
     config = preset(preset_name, vocab, dropout=0.0)
     torch.manual_seed(0)
     model = Transformer(config).eval()
@@ -254,7 +162,7 @@ def run(
 
         runs["qkv decode()"] = (qkv_decode, device.threads)
 
-        # -- qkv steps: FastDecoder.step and its log-softmax, no search ---------------------------------
+        # -- qkv steps: StepDecoder.step and its log-softmax, no search ---------------------------------
         stepper = CachedStepper(model)
         with torch.inference_mode():
             first: CachedState = stepper.encode(src_ids)
@@ -268,49 +176,8 @@ def run(
 
         runs["qkv steps"] = (qkv_steps, device.threads)
 
-        # -- compiled step ----------------------------------------------------------------------------
-        with torch.inference_mode():
-            reference, state = stepper.step(bos, CachedState(first.encoded, model.new_cache()))
-        cross = [(layer.cross_k, layer.cross_v) for layer in state.cache.layers]
-        if compile_step:
-            shape = (1, config.heads, CAPACITY, config.d_model // config.heads)
-            compiled = torch.compile(
-                static_step(model), fullgraph=True, dynamic=False, options={"cpp_wrapper": True}
-            )
-            positions = [torch.tensor([p]) for p in range(steps)]
-            token = torch.tensor([config.bos_id])
-            cross_k = [k for k, _ in cross]
-            cross_v = [v for _, v in cross]
-
-            def compiled_steps() -> object:
-                with torch.inference_mode():
-                    keys = [torch.zeros(shape) for _ in model.decoder]
-                    values = [torch.zeros(shape) for _ in model.decoder]
-                    for p in positions:
-                        log_probs = compiled(token, p, keys, values, cross_k, cross_v)
-                return log_probs
-
-            start = time.perf_counter()
-            with torch.inference_mode():
-                got = compiled(
-                    token,
-                    positions[0],
-                    [torch.zeros(shape) for _ in model.decoder],
-                    [torch.zeros(shape) for _ in model.decoder],
-                    cross_k,
-                    cross_v,
-                )
-            table.notes.append(f"compiled step: {time.perf_counter() - start:.1f} s to compile")
-            if not torch.allclose(got, reference, atol=1e-4, rtol=1e-4):
-                raise RuntimeError(
-                    f"the compiled step differs from FastDecoder.step: {(got - reference).abs().max().item():.2e}"
-                )
-            runs["compiled step"] = (compiled_steps, device.threads)
-        else:
-            table.skipped["compiled step"] = "--no-compile"
-
         # -- products only, and the weights read once ---------------------------------------------------
-        decoder = fast_decoder(model, 1)
+        decoder = step_decoder(model, 1)
         products = _products(decoder)
         inputs = {width: torch.randn(1, width) for width in (config.d_model, config.d_ff)}
         d, d_ff = config.d_model, config.d_ff
@@ -359,9 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=10, help="best of this many rounds (default 10)")
-    parser.add_argument(
-        "--no-compile", action="store_true", help="skip the compiled-step row (compiling takes 5-20 s)"
-    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 rounds: a smoke test")
     parser.add_argument("--json", type=Path, help="also write the table and the machine here")
     args = parser.parse_args(argv)
@@ -377,7 +241,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             vocab=vocab,
             steps=steps,
             repeats=repeats,
-            compile_step=not args.no_compile,
             device=device,
         )
     print(table.render())

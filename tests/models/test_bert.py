@@ -29,7 +29,7 @@ from qkv.models.bert import (
     BertModel,
     CheckpointError,
 )
-from qkv.nn.snapshot import _SNAPSHOTS
+from qkv.infer.snapshot import _SNAPSHOTS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never reach for the hub
 

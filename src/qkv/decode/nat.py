@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qkv.decode.fast import can_use_fast_decoder
-from qkv.decode.fast_sequence import FastPasses, fast_passes
+from qkv import infer
 from qkv.decode.hypothesis import Hypothesis
 from qkv.decode.step import token_ids
+from qkv.infer.stacks import Passes, passes
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Decoded, Encoded, EncoderDecoder, Transformer
 from qkv.nn import masks
@@ -71,23 +71,15 @@ def banned_log_probs(model: NATransformer, logits: Tensor) -> Tensor:
     return log_probs
 
 
-def _fast_passes_or_none(model: EncoderDecoder, *, fast: bool, int8: bool) -> FastPasses | None:
-    """The model's fast CPU passes where they may run (and are wanted), else None (the modules run).
-    int8 exists only as a mode of the fast passes: asking for it where they cannot run is an error."""
-    if fast and can_use_fast_decoder(model, model.src_embed.weight):
-        return fast_passes(model, int8=int8)
-    if int8:
-        weight = model.src_embed.weight
-        raise ValueError(
-            "int8 decoding runs on a CPU, in float32, in eval mode, without gradients and without attention "
-            f"weights (here: {weight.device.type}, {weight.dtype}, training={model.training}, fast={fast})"
-        )
-    return None
+def _fast_passes_or_none(model: EncoderDecoder, *, fast: bool, int8: bool) -> Passes | None:
+    """The model's prepared passes where :func:`qkv.infer.backend` picks them, else None (the modules run)."""
+    chosen = infer.backend(model, model.src_embed.weight, fast=fast, int8=int8)
+    return None if chosen is None else passes(model, int8=chosen == "int8")
 
 
 class _Passes:
     """The encoder and the decoder passes of one batch: the model's modules (the reference, and the only
-    way to get attention weights), or on a CPU at inference :class:`~qkv.decode.fast_sequence.FastPasses`,
+    way to get attention weights), or on a CPU at inference :class:`~qkv.infer.stacks.Passes`,
     which computes the cross-attention keys and values once for every pass and the logits of the
     [MASK] positions only."""
 
@@ -221,7 +213,7 @@ def single_pass(
     """[MASK] at every position of each candidate length, one decoder pass, argmax at every position.
 
     ``fast=False`` runs the model's modules even where the fast CPU passes could (tests compare the two);
-    ``int8=True`` runs the fast passes with int8 products (:mod:`qkv.decode.fast_sequence`).
+    ``int8=True`` runs the fast passes with int8 products (:mod:`qkv.infer.stacks`).
 
     Shapes: src_ids (batch, src_len), padded -> per sentence, its ``length_beam`` candidates, best first.
     """
@@ -329,7 +321,7 @@ def teacher_scores(
 
     ``sources`` end with </s>; ``outputs`` are bare target ids; both in the teacher's vocabulary. Each
     distinct source is encoded once (a length beam repeats it per candidate); one teacher-forced pass
-    scores every output, through :mod:`qkv.decode.fast_sequence` on a CPU unless ``fast=False``
+    scores every output, through :mod:`qkv.infer.stacks` on a CPU unless ``fast=False``
     (``int8=True``: with int8 products).
     """
     c = teacher.config

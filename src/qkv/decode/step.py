@@ -30,8 +30,8 @@ from typing import Protocol, TypeVar
 import torch
 from torch import Tensor
 
-from qkv.decode.fast import FastDecoder, can_use_fast_decoder, fast_decoder
-from qkv.decode.fast_sequence import fast_passes
+from qkv import infer
+from qkv.infer.stacks import StepDecoder, passes, step_decoder
 from qkv.models.seq2seq import Encoded, Transformer
 from qkv.nn.cache import KVCache
 
@@ -194,11 +194,11 @@ class _ModelStepper:
 class CachedStepper(_ModelStepper):
     """Incremental decoding: one decoder position per step, earlier keys and values from the cache.
 
-    On a CPU in float32 without gradients, steps run through :class:`~qkv.decode.fast.FastDecoder` (the
-    same function as ``model.decode``, packed weights, fewer calls), its weights packed for the rows of
-    each batch's first step; ``fast=False`` always takes ``model.decode``, the reference. ``int8=True``
-    runs the fast step with int8 weights and dynamically quantised activations (an approximation:
-    ``qkv evaluate --int8`` measures what it costs in BLEU); it needs the fast step's conditions.
+    Where :func:`qkv.infer.backend` picks prepared weights (a CPU, float32, no gradients), the encoder runs
+    as :class:`~qkv.infer.stacks.Passes` and the steps as :class:`~qkv.infer.stacks.StepDecoder` (the same
+    layer functions, weights prepared once, for the rows of each batch's first step); ``fast=False``
+    always takes the model's modules, the reference. ``int8=True`` runs the steps with int8 products (an
+    approximation: ``qkv evaluate --int8`` measures what it costs in BLEU; the encoder stays float32).
     """
 
     def __init__(self, model: Transformer, *, fast: bool = True, int8: bool = False) -> None:
@@ -207,28 +207,24 @@ class CachedStepper(_ModelStepper):
             raise ValueError("int8 decoding is a mode of the fast step: it needs fast=True")
         self.fast = fast
         self.int8 = int8
-        self._fast_decoder: FastDecoder | None = None
+        self._step_decoder: StepDecoder | None = None
 
     def encode(self, src_ids: Tensor) -> CachedState:
-        """The encoder runs through the fast whole-sequence pass where the fast step may run (float32:
-        the encoder is not quantised under ``int8``), else through the model's modules."""
-        if self.fast and can_use_fast_decoder(self.model, self.model.src_embed.weight):
-            encoded = fast_passes(self.model).encode(src_ids)
+        if infer.backend(self.model, self.model.src_embed.weight, fast=self.fast) is not None:
+            encoded = passes(self.model).encode(src_ids)
         else:
             encoded = self.model.encode(src_ids)
         return CachedState(encoded, self.model.new_cache())
 
     def step(self, tokens: Tensor, state: CachedState) -> tuple[Tensor, CachedState]:
-        if self.fast and tokens.shape[1] == 1 and can_use_fast_decoder(self.model, state.encoded.memory):
-            if self._fast_decoder is None or state.cache.length == 0:  # a new batch: packed for its rows
-                self._fast_decoder = fast_decoder(self.model, tokens.shape[0], int8=self.int8)
-            logits = self._fast_decoder.step(tokens, state.encoded, state.cache, beams=state.beams)
+        memory = state.encoded.memory
+        if tokens.shape[1] == 1 and infer.backend(self.model, memory, fast=self.fast, int8=self.int8):
+            if self._step_decoder is None or state.cache.length == 0:  # a new batch: prepared for its rows
+                self._step_decoder = step_decoder(self.model, tokens.shape[0], int8=self.int8)
+            logits = self._step_decoder.step(tokens, state.encoded, state.cache, beams=state.beams)
             return torch.log_softmax(logits, dim=-1), state  # (rows, vocab)
         if self.int8:
-            raise ValueError(
-                "int8 decoding runs on a CPU, in float32, without gradients, one token per step "
-                f"(here: {state.encoded.memory.device.type}, {state.encoded.memory.dtype})"
-            )
+            raise ValueError("int8 decoding feeds one token per step")
         state = state.ungrouped()  # the reference reads one encoder row per decoder row
         decoded = self.model.decode(tokens, state.encoded, cache=state.cache)  # logits (rows, 1, vocab)
         if decoded.cache is None:

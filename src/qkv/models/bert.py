@@ -31,7 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv import infer
 from qkv.config import BERT_PRESETS, BertConfig, ConfigError
+from qkv.infer.layers import frozen_layer
+from qkv.infer.snapshot import model_snapshot
 from qkv.models import bert_files
 from qkv.models.bert_files import (
     HF_CONFIG_KEYS,
@@ -42,12 +45,11 @@ from qkv.models.bert_files import (
     transformer_dir,
 )
 from qkv.nn import masks
+from qkv.nn.attention import KeyMask
 from qkv.nn.dropout import Dropout
 from qkv.nn.embedding import TokenEmbedding
-from qkv.nn.frozen import FrozenLayer, empty_rows
-from qkv.nn.layers import EncoderLayer
+from qkv.nn.layers import EncoderLayer, LayerOps, encoder_layer
 from qkv.nn.positional import LearnedPositions
-from qkv.nn.snapshot import fast_inference_allowed, model_snapshot
 
 __all__ = [
     "BERT_PRESETS",
@@ -175,32 +177,31 @@ class BertModel(nn.Module):
         attends to everything when no mask is given.) ``need_weights`` returns every layer's attention
         weights, per head; it takes the explicit attention path.
 
-        At inference on a CPU (float32, eval mode, no gradients, no weights asked for, ``fused``) the
-        encoder layers run frozen (:class:`~qkv.nn.frozen.FrozenLayer`, products packed for oneDNN, built
-        once per weights): the same function, ~1.2x faster on MiniLM; ``fast=False`` runs the modules.
+        Where :func:`qkv.infer.backend` picks prepared weights (a CPU, float32, eval mode, no gradients, no
+        weights asked for, ``fused``) the layers run on them (products packed for hundreds of rows, built
+        once per weights): the same function; ``fast=False`` runs the modules.
         """
         if attention_mask is None:
             may_attend = masks.padding(ids, self.config.pad_id)  # (batch, 1, 1, length)
         else:
             may_attend = masks.padding(attention_mask, 0)  # attention_mask != 0
         x = self.embeddings(ids, token_type_ids)
-        if fast and fused and not need_weights and fast_inference_allowed(self, x):
-            mask = masks.none_if_all_allowed(may_attend)
-            empty = empty_rows(mask)
-            for frozen in model_snapshot(self, "bert-encoder", self._frozen_encoder):
-                x = frozen(x, mask, empty)
-            pooled = self.pooler(x) if self.pooler is not None else None
-            return BertOutput(x, pooled, may_attend, None)
+        mask = KeyMask.of(may_attend)  # worked out once for the stack
         weights: list[Tensor] | None = [] if need_weights else None
-        for layer in self.encoder:
-            x, w = layer(x, may_attend, need_weights=need_weights, fused=fused)
+        if fast and fused and not need_weights and infer.backend(self, x) is not None:
+            stack = model_snapshot(self, "bert-encoder", self._prepared_layers)
+        else:
+            layers: list[EncoderLayer] = list(self.encoder)  # type: ignore[arg-type]
+            stack = [layer.ops(need_weights=need_weights, fused=fused) for layer in layers]
+        for ops in stack:
+            x, w = encoder_layer(ops, x, mask)
             if weights is not None and w is not None:
                 weights.append(w)  # (batch, heads, length, length)
         pooled = self.pooler(x) if self.pooler is not None else None
         return BertOutput(x, pooled, may_attend, weights)
 
-    def _frozen_encoder(self) -> list[FrozenLayer]:
-        return [FrozenLayer(layer, many_rows=True) for layer in self.encoder]  # type: ignore[arg-type]
+    def _prepared_layers(self) -> list[LayerOps]:
+        return [frozen_layer(layer, many_rows=True) for layer in self.encoder]  # type: ignore[arg-type]
 
 
 def init_bert_weights(module: nn.Module, std: float) -> None:

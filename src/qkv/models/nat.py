@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from qkv.config import NATConfig
 from qkv.models.seq2seq import Decoded, Encoded, EncoderDecoder
 from qkv.nn import masks
+from qkv.nn.attention import KeyMask
 
 
 def length_classes(tgt_lengths: Tensor, src_lengths: Tensor, max_offset: int) -> Tensor:
@@ -85,8 +86,8 @@ class NATransformer(EncoderDecoder):
         self/cross weights per layer (batch, heads, tgt_len, tgt_len / src_len) when asked for).
         """
         # (batch, 1, 1, tgt_len): no triangle; None (on a CPU) where nothing is padded
-        self_may_attend = masks.none_if_all_allowed(masks.padding(tgt_ids, self.config.pad_id))
-        memory_may_attend = masks.none_if_all_allowed(encoded.may_attend)
+        self_may_attend = KeyMask.of(masks.padding(tgt_ids, self.config.pad_id))  # once for the stack
+        memory_may_attend = KeyMask.of(encoded.may_attend)
         x = self.dropout(self.tgt_embed(tgt_ids) + self.positions(tgt_ids.shape[1]))
         self_weights: list[Tensor] | None = [] if need_weights else None
         cross_weights: list[Tensor] | None = [] if need_weights else None

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from qkv.config import ModelConfig
 from qkv.nn import masks
+from qkv.nn.attention import NO_MASK, KeyMask
 from qkv.nn.cache import KVCache
 from qkv.nn.dropout import Dropout
 from qkv.nn.embedding import TokenEmbedding
@@ -123,7 +124,7 @@ class EncoderDecoder(nn.Module):
         Shapes: src_ids (batch, src_len) -> Encoded(memory (batch, src_len, d_model), ...).
         """
         may_attend = masks.padding(src_ids, self.config.pad_id)  # (batch, 1, 1, src_len)
-        layer_mask = masks.none_if_all_allowed(may_attend)
+        layer_mask = KeyMask.of(may_attend)  # worked out once for the stack
         x = self.src_embed(src_ids) + self.positions(src_ids.shape[1])
         x = self.dropout(x)
         weights: list[Tensor] | None = [] if need_weights else None
@@ -192,15 +193,16 @@ class Transformer(EncoderDecoder):
 
         x = self.tgt_embed(tgt_ids) + self.positions(new, offset)
         x = self.dropout(x)
-        memory_may_attend = masks.none_if_all_allowed(encoded.may_attend)
+        self_mask = NO_MASK if self_may_attend is None else KeyMask.of(self_may_attend)
+        memory_mask = KeyMask.of(encoded.may_attend)  # both worked out once for the stack
         self_weights: list[Tensor] | None = [] if need_weights else None
         cross_weights: list[Tensor] | None = [] if need_weights else None
         for i, layer in enumerate(self.decoder):
             x, sw, cw = layer(
                 x,
                 encoded.memory,
-                self_may_attend,
-                memory_may_attend,
+                self_mask,
+                memory_mask,
                 cache=None if cache is None else cache.layers[i],
                 need_weights=need_weights,
                 fused=fused,

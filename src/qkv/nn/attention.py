@@ -3,24 +3,37 @@
     Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V
     MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W_O,  head_i = Attention(Q W_Q_i, K W_K_i, V W_V_i)
 
+This module is the one definition of attention in qkv. :func:`self_attention` and :func:`cross_attention`
+are the two attention sublayers, written over *products* (callables ``x -> x W^T + b``) and an attention
+*kernel*: :class:`MultiHeadAttention` runs them with its ``nn.Linear`` weights and :func:`attend`
+(training, heat maps); :mod:`qkv.infer` runs the very same functions with weights prepared for inference.
+
 :func:`attend` has two paths that compute the same thing:
   * the explicit path spells the formula out and can return the attention weights (for heat maps);
   * the fused path calls ``torch.nn.functional.scaled_dot_product_attention`` (one kernel, less memory).
 Masks are bool, True = may attend, broadcastable to (batch, heads, q_len, k_len) (see :mod:`qkv.nn.masks`).
 A query whose keys are all masked gets a zero context on both paths (softmax over no keys is undefined;
-the explicit formula would give NaN).
+the explicit formula would give NaN), and in the sublayers whatever the kernel (:class:`KeyMask`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv.nn import masks
 from qkv.nn.cache import LayerCache
-from qkv.nn.packed import stack_linears
+
+Product = Callable[[Tensor], Tensor]
+"""A linear map x -> x W^T + b. Shapes: (..., in_features) -> (..., out_features)."""
+
+Kernel = Callable[[Tensor, Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor | None]]
+"""(q, k, v, may_attend) -> (context, weights or None): softmax(q k^T / sqrt(d_head)) v, as :func:`attend`."""
 
 
 def attend(
@@ -45,13 +58,10 @@ def attend(
     """
     if not need_weights and fused:
         if may_attend is not None and may_attend.device.type == "cpu" and bool(may_attend.all()):
-            # Nothing is masked (a batch without padding, a single sentence): the kernel without a mask
-            # is faster, and on a CPU the check costs one pass over the small bool mask.
-            may_attend = None
+            may_attend = None  # nothing is masked: the kernel without a mask is faster
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=may_attend, dropout_p=dropout)
         if may_attend is not None:
             # Kernels differ on rows with no allowed key (some give NaN): make them zero, as documented.
-            # The check is cheap (the mask is small); the extra pass over the context runs only if needed.
             # On an accelerator the check itself would make the host wait, so the fill always runs there.
             has_key = may_attend.any(dim=-1, keepdim=True)
             if context.device.type != "cpu" or not bool(has_key.all()):
@@ -72,16 +82,150 @@ def attend(
     return context, (returned if need_weights else None)
 
 
+class KeyMask(NamedTuple):
+    """A mask worked out once for a whole stack of layers, not once per layer.
+
+    may_attend: bool, broadcastable to (batch, heads, q_len, k_len), True = may attend; None when
+    nothing is masked (the kernels are faster without a mask). no_key: (batch, 1, q_len or 1, 1), True
+    where a query has no key it may attend to (its context is set to zero); None when every query has one.
+    """
+
+    may_attend: Tensor | None
+    no_key: Tensor | None
+
+    @classmethod
+    def of(cls, may_attend: Tensor | None) -> KeyMask:
+        may_attend = None if may_attend is None else masks.none_if_all_allowed(may_attend)
+        if may_attend is None:
+            return cls(None, None)
+        has_key = may_attend.any(dim=-1, keepdim=True)
+        # On an accelerator the check would make the host wait: the fill then always runs.
+        if may_attend.device.type == "cpu" and bool(has_key.all()):
+            return cls(may_attend, None)
+        return cls(may_attend, ~has_key)
+
+
+NO_MASK = KeyMask(None, None)
+
+
 def split_heads(x: Tensor, heads: int) -> Tensor:
-    """(batch, length, d_model) -> (batch, heads, length, d_head)."""
+    """(batch, length, d_model) -> (batch, heads, length, d_head), a view."""
     batch, length, d_model = x.shape
     return x.view(batch, length, heads, d_model // heads).transpose(1, 2)
+
+
+def split_stacked_heads(x: Tensor, parts: int, heads: int) -> tuple[Tensor, ...]:
+    """The output of ``parts`` stacked projections (e.g. W_Q, W_K, W_V side by side), as ``parts`` views
+    (batch, heads, length, d_head). Shapes: x (batch, length, parts * d_model)."""
+    batch, length, width = x.shape
+    split = x.view(batch, length, parts, heads, width // (parts * heads)).permute(2, 0, 3, 1, 4)
+    return tuple(split.unbind(0))
 
 
 def merge_heads(x: Tensor) -> Tensor:
     """(batch, heads, length, d_head) -> (batch, length, heads * d_head): the Concat of section 3.2.2."""
     batch, heads, length, d_head = x.shape
     return x.transpose(1, 2).reshape(batch, length, heads * d_head)
+
+
+def _attend_masked(
+    kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: KeyMask
+) -> tuple[Tensor, Tensor | None]:
+    context, weights = kernel(q, k, v, mask.may_attend)
+    if mask.no_key is not None:
+        context = context.masked_fill(mask.no_key, 0.0)
+    return context, weights
+
+
+def self_attention(
+    h: Tensor,
+    project_qkv: Product,
+    project_out: Product,
+    heads: int,
+    mask: KeyMask,
+    kernel: Kernel,
+    cache: LayerCache | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Self-attention: queries, keys and values all from ``h``; with a cache, the keys and values of
+    the new positions are appended to the earlier ones.
+
+    ``project_qkv`` is W_Q, W_K, W_V as one product (their outputs side by side).
+    Shapes: h (batch, len, d_model) -> (batch, len, d_model), weights (batch, heads, len, k_len) or None.
+    """
+    q, k, v = split_stacked_heads(project_qkv(h), 3, heads)  # each (batch, heads, len, d_head)
+    if cache is not None:
+        k, v = cache.append_self(k, v)  # (batch, heads, cached + len, d_head)
+    context, weights = _attend_masked(kernel, q, k, v, mask)
+    return project_out(merge_heads(context)), weights
+
+
+def memory_keys_values(memory: Tensor, project_kv: Product, heads: int) -> tuple[Tensor, Tensor]:
+    """Cross-attention's keys and values of the encoder output; ``project_kv`` is W_K, W_V as one product.
+    Shapes: memory (batch, src_len, d_model) -> two views (batch, heads, src_len, d_head)."""
+    k, v = split_stacked_heads(project_kv(memory), 2, heads)
+    return k, v
+
+
+def cached_memory_keys_values(
+    memory: Tensor, project_kv: Product, heads: int, cache: LayerCache | None
+) -> tuple[Tensor, Tensor]:
+    """:func:`memory_keys_values`, computed on a cache's first step and read from it afterwards (the
+    memory does not change while decoding). Kept contiguous: every later step reads them."""
+    if cache is not None and cache.cross_k is not None and cache.cross_v is not None:
+        return cache.cross_k, cache.cross_v
+    k, v = memory_keys_values(memory, project_kv, heads)
+    if cache is not None:
+        k, v = k.contiguous(), v.contiguous()
+        cache.cross_k, cache.cross_v = k, v
+    return k, v
+
+
+def cross_attention(
+    h: Tensor,
+    project_q: Product,
+    keys_values: tuple[Tensor, Tensor],
+    project_out: Product,
+    heads: int,
+    mask: KeyMask,
+    kernel: Kernel,
+    *,
+    queries: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Cross-attention: queries from the decoder's ``h``, keys and values from the encoder output.
+
+    ``queries``: the split queries of ``h``, when the caller has them already.
+    Shapes: h (batch, len, d_model); keys_values (batch, heads, src_len, d_head) each
+    -> (batch, len, d_model), weights (batch, heads, len, src_len) or None.
+    """
+    q = split_heads(project_q(h), heads) if queries is None else queries
+    context, weights = _attend_masked(kernel, q, *keys_values, mask)
+    return project_out(merge_heads(context)), weights
+
+
+def stack_linears(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
+    """The weight and bias of several linear maps of one input, computed as one: their outputs side by
+    side, in order (e.g. W_Q, W_K, W_V -> one (3 d_model, d_model) product). Weight (sum of outs, in).
+    Differentiable: gradients reach each map's own parameters."""
+    weight = torch.cat([linear.weight for linear in linears], dim=0)
+    if all(linear.bias is None for linear in linears):
+        return weight, None
+    bias = torch.cat(
+        [
+            linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+            for linear in linears
+        ]
+    )
+    return weight, bias
+
+
+def stacked_product(*linears: nn.Linear) -> Product:
+    """The linear maps of one input as one product, stacked at each call (so it follows every change of
+    the weights and passes gradients to them)."""
+
+    def product(x: Tensor) -> Tensor:
+        return F.linear(x, *stack_linears(list(linears)))
+
+    return product
 
 
 class MultiHeadAttention(nn.Module):
@@ -111,23 +255,22 @@ class MultiHeadAttention(nn.Module):
             if proj.bias is not None:
                 nn.init.zeros_(proj.bias)
 
-    def _stacked(self, x: Tensor, projections: tuple[nn.Linear, ...]) -> tuple[Tensor, ...]:
-        """Several projections of the same input as one product (inference): W_Q, W_K, W_V of
-        self-attention, W_K, W_V of cross-attention; the same numbers as separate products.
+    def kernel(self, *, need_weights: bool = False, fused: bool = True) -> Kernel:
+        """:func:`attend` with this module's dropout (in training mode) and the caller's choices."""
+        dropout = self.dropout if self.training else 0.0
 
-        Shapes: x (batch, len, d_model) -> one (batch, len, d_model) per projection.
+        def kernel(
+            q: Tensor, k: Tensor, v: Tensor, may_attend: Tensor | None
+        ) -> tuple[Tensor, Tensor | None]:
+            return attend(q, k, v, may_attend, dropout=dropout, need_weights=need_weights, fused=fused)
 
-        The weights are stacked on every call (a copy of a few d_model x d_model matrices): a copy kept
-        between calls would go stale, unseen, if a weight were changed through ``.data``.
-        """
-        weight, bias = stack_linears(list(projections))  # (n d_model, d_model), (n d_model,)
-        return F.linear(x, weight, bias).split(self.d_model, dim=-1)
+        return kernel
 
     def forward(
         self,
         x: Tensor,
         memory: Tensor | None = None,
-        may_attend: Tensor | None = None,
+        may_attend: Tensor | KeyMask | None = None,
         *,
         cache: LayerCache | None = None,
         need_weights: bool = False,
@@ -140,31 +283,11 @@ class MultiHeadAttention(nn.Module):
             may_attend: bool, broadcastable to (batch, heads, q_len, k_len); True = may attend
             -> output (batch, q_len, d_model), weights (batch, heads, q_len, k_len) or None
         """
-        if memory is None:  # self-attention
-            if torch.is_grad_enabled():
-                q, k, v = (split_heads(p(x), self.heads) for p in (self.q_proj, self.k_proj, self.v_proj))
-            else:
-                # Inference: W_Q, W_K, W_V as one product (3 d_model outputs), the same numbers as
-                # three; ~3% faster on BERT-MiniLM's forward here. Training keeps three.
-                qkv = self._stacked(x, (self.q_proj, self.k_proj, self.v_proj))
-                q, k, v = (split_heads(t, self.heads) for t in qkv)
-            # each (batch, heads, q_len, d_head)
-            if cache is not None:
-                k, v = cache.append_self(k, v)  # (batch, heads, cached + q_len, d_head)
-        else:
-            q = split_heads(self.q_proj(x), self.heads)
-            if cache is not None and cache.cross_k is not None and cache.cross_v is not None:
-                k, v = cache.cross_k, cache.cross_v  # the memory does not change while decoding
-            elif torch.is_grad_enabled():
-                k = split_heads(self.k_proj(memory), self.heads)
-                v = split_heads(self.v_proj(memory), self.heads)
-            else:  # inference: W_K, W_V as one product
-                kv = self._stacked(memory, (self.k_proj, self.v_proj))
-                k, v = (split_heads(t, self.heads) for t in kv)
-            if cache is not None:
-                cache.cross_k, cache.cross_v = k, v
-        dropout = self.dropout if self.training else 0.0
-        context, weights = attend(
-            q, k, v, may_attend, dropout=dropout, need_weights=need_weights, fused=fused
-        )
-        return self.out_proj(merge_heads(context)), weights
+        mask = may_attend if isinstance(may_attend, KeyMask) else KeyMask.of(may_attend)
+        kernel = self.kernel(need_weights=need_weights, fused=fused)
+        if memory is None:
+            qkv = stacked_product(self.q_proj, self.k_proj, self.v_proj)
+            return self_attention(x, qkv, self.out_proj, self.heads, mask, kernel, cache)
+        kv = stacked_product(self.k_proj, self.v_proj)
+        keys_values = cached_memory_keys_values(memory, kv, self.heads, cache)
+        return cross_attention(x, self.q_proj, keys_values, self.out_proj, self.heads, mask, kernel)

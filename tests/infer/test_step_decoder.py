@@ -9,15 +9,15 @@ import torch
 
 from qkv.config import preset
 from qkv.decode import decode, pad_batch
-from qkv.decode import fast as fast_module
 from qkv.decode.beam import beam_search
-from qkv.decode.fast import _attention, fast_decoder
 from qkv.decode.greedy import greedy_search
 from qkv.decode.step import CachedStepper
+from qkv.infer import layers as inference_layers
+from qkv.infer import products, stacks
+from qkv.infer.layers import step_kernel
+from qkv.infer.products import Int8Linear, SplitTransposedLinear, TransposedLinear, int8_available
+from qkv.infer.snapshot import _SNAPSHOTS
 from qkv.models.seq2seq import Transformer
-from qkv.nn import packed
-from qkv.nn.packed import Int8Linear, SplitTransposedLinear, TransposedLinear, int8_available
-from qkv.nn.snapshot import _SNAPSHOTS
 from tests.decode.conftest import random_model
 
 # The fast step does the reference's float32 arithmetic with the same BLAS (packed weights, Q/K/V as one
@@ -52,8 +52,8 @@ KERNELS = {
 @pytest.fixture(params=list(KERNELS.values()), ids=list(KERNELS))
 def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     mkl_fast, bmm_min_rows = request.param
-    monkeypatch.setattr(packed, "mkl_is_fast_here", lambda: mkl_fast)
-    monkeypatch.setattr(fast_module, "_BMM_MIN_QUERY_ROWS", bmm_min_rows)
+    monkeypatch.setattr(products, "mkl_is_fast_here", lambda: mkl_fast)
+    monkeypatch.setattr(inference_layers, "_BMM_MIN_QUERY_ROWS", bmm_min_rows)
     _SNAPSHOTS.clear()  # no snapshot built under another choice
 
 
@@ -77,8 +77,8 @@ def test_fast_steps_equal_reference_steps(changes: dict[str, object], kernels: N
                 fast_state = fast_state.select(order)
                 ref_state = ref_state.select(order)
             tokens = torch.randint(3, 23, (4, 1), generator=generator)
-    assert fast._fast_decoder is not None  # the fast path really ran
-    assert reference._fast_decoder is None
+    assert fast._step_decoder is not None  # the fast path really ran
+    assert reference._step_decoder is None
 
 
 def test_one_snapshot_follows_each_batch_source_mask() -> None:
@@ -145,33 +145,33 @@ def test_the_reference_path_runs_when_gradients_or_training_are_on(
     with torch.no_grad():  # no inference mode, but no gradients: fast
         stepper = CachedStepper(model)
         stepper.step(torch.full((len(sources), 1), 1), stepper.encode(src))
-        assert stepper._fast_decoder is not None
+        assert stepper._step_decoder is not None
     stepper = CachedStepper(model)  # gradients on: the reference (the fast step has no backward)
     log_probs, _ = stepper.step(torch.full((len(sources), 1), 1), stepper.encode(src))
-    assert stepper._fast_decoder is None and log_probs.requires_grad
+    assert stepper._step_decoder is None and log_probs.requires_grad
     model.train()
     try:
         with torch.no_grad():
             stepper = CachedStepper(model)
             stepper.step(torch.full((len(sources), 1), 1), stepper.encode(src))
-            assert stepper._fast_decoder is None  # training mode (dropout): the reference
+            assert stepper._step_decoder is None  # training mode (dropout): the reference
     finally:
         model.eval()
 
 
 def test_snapshot_is_reused_and_follows_weight_changes(model: Transformer, sources: list[list[int]]) -> None:
     _SNAPSHOTS.pop(model, None)
-    first = fast_decoder(model, 6)
-    assert fast_decoder(model, 6) is first
-    assert fast_decoder(model, 7) is not first  # packed for another number of rows
-    assert fast_decoder(model, 6) is first  # still kept
+    first = stacks.step_decoder(model, 6)
+    assert stacks.step_decoder(model, 6) is first
+    assert stacks.step_decoder(model, 7) is not first  # packed for another number of rows
+    assert stacks.step_decoder(model, 6) is first  # still kept
 
     src = pad_batch(sources, model.config.pad_id)
     before = decode(model, sources, method="greedy")
     with torch.no_grad():
         assert model.output_proj is not None
         model.output_proj.weight.neg_()  # each step's most likely token becomes its least likely
-    assert fast_decoder(model, 6) is not first  # the in-place update is seen
+    assert stacks.step_decoder(model, 6) is not first  # the in-place update is seen
     after = decode(model, sources, method="greedy")
     with torch.inference_mode():
         reference = greedy_search(CachedStepper(model, fast=False), src)
@@ -184,14 +184,14 @@ def test_one_row_on_two_threads_splits_the_products_and_equals_the_reference(
 ) -> None:
     """Off Intel, one row on 2 threads: each product in one block per thread (SplitTransposedLinear),
     where its outputs split evenly (the tiny preset's 23-word output does not: unsplit)."""
-    monkeypatch.setattr(packed, "mkl_is_fast_here", lambda: False)
+    monkeypatch.setattr(products, "mkl_is_fast_here", lambda: False)
     _SNAPSHOTS.clear()
     model = _variant(norm_first=False)
     src = pad_batch([[5, 6, 7, 2]], model.config.pad_id)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        decoder = fast_decoder(model, 1)
+        decoder = stacks.step_decoder(model, 1)
         assert isinstance(decoder.layers[0].fc_in, SplitTransposedLinear)
         assert isinstance(decoder.output, TransposedLinear)
         fast, reference = CachedStepper(model), CachedStepper(model, fast=False)
@@ -213,12 +213,12 @@ def test_snapshot_depends_on_the_thread_count(model: Transformer) -> None:
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = fast_decoder(model, 4)
+        one = stacks.step_decoder(model, 4)
         torch.set_num_threads(2)
-        two = fast_decoder(model, 4)
+        two = stacks.step_decoder(model, 4)
         assert two is not one
         torch.set_num_threads(1)
-        assert fast_decoder(model, 4) is one
+        assert stacks.step_decoder(model, 4) is one
     finally:
         torch.set_num_threads(threads)
 
@@ -228,7 +228,7 @@ def test_snapshot_does_not_keep_its_model_alive() -> None:
     import weakref
 
     model = _variant()
-    fast_decoder(model, 2)
+    stacks.step_decoder(model, 2)
     alive = weakref.ref(model)
     del model
     gc.collect()
@@ -261,9 +261,9 @@ def test_int8_steps_are_close_to_float32_steps(rows: int) -> None:
             total += rows
             tokens = ref_lp.argmax(-1, keepdim=True)
     assert agree >= 0.85 * total  # a random model has near-ties; the cmn-eng model loses 0.13 BLEU
-    assert int8._fast_decoder is not None and int8._fast_decoder.int8
-    assert isinstance(int8._fast_decoder.output, Int8Linear)
-    assert isinstance(int8._fast_decoder.layers[0].fc_in, Int8Linear)
+    assert int8._step_decoder is not None and int8._step_decoder.int8
+    assert isinstance(int8._step_decoder.output, Int8Linear)
+    assert isinstance(int8._step_decoder.layers[0].fc_in, Int8Linear)
 
 
 @needs_int8
@@ -300,7 +300,7 @@ def test_grouped_beam_state_refuses_selections_that_split_a_sentence(model: Tran
 def test_attention_equals_float64_softmax(bmm_min_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """softmax(Q K^T / sqrt(d)) V on cache-like views, with a padding mask; a query whose keys are all
     masked is left to the caller (NaN or zeros), every other row equals the float64 formula."""
-    monkeypatch.setattr(fast_module, "_BMM_MIN_QUERY_ROWS", bmm_min_rows)
+    monkeypatch.setattr(inference_layers, "_BMM_MIN_QUERY_ROWS", bmm_min_rows)
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(3, 2, 4, 8, generator=generator)
     buffer = torch.randn(3, 2, 16, 8, generator=generator)  # capacity 16, 5 valid positions
@@ -310,9 +310,9 @@ def test_attention_equals_float64_softmax(bmm_min_rows: int, monkeypatch: pytest
     scores = q.double() @ k.double().transpose(-1, -2) / 8**0.5
     scores = scores.masked_fill(~may_attend, float("-inf"))
     expected = torch.softmax(scores, dim=-1) @ v.double()
-    out = _attention(q, k, v, may_attend)
+    out, _ = step_kernel(q, k, v, may_attend)
     assert out.shape == (3, 2, 4, 8)
     torch.testing.assert_close(out[:2].double(), expected[:2], atol=1e-5, rtol=0)
-    unmasked = _attention(q, k, v, None)
+    unmasked, _ = step_kernel(q, k, v, None)
     full = torch.softmax(q.double() @ k.double().transpose(-1, -2) / 8**0.5, dim=-1) @ v.double()
     torch.testing.assert_close(unmasked.double(), full, atol=1e-5, rtol=0)

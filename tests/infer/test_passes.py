@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from qkv.config import NATConfig, preset
-from qkv.decode.fast_sequence import fast_passes
 from qkv.decode.nat import NATIteration, mask_predict, single_pass, teacher_scores
+from qkv.infer import products, stacks
+from qkv.infer.products import int8_available
+from qkv.infer.snapshot import _SNAPSHOTS
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
-from qkv.nn import packed
-from qkv.nn.packed import int8_available
-from qkv.nn.snapshot import _SNAPSHOTS
+from qkv.nn.layers import cross_queries
 from tests.reference import randomize_norms_and_biases
 
 VOCAB, PAD, BOS, EOS = 29, 0, 1, 2
@@ -33,8 +33,8 @@ VARIANTS = {
 
 @pytest.fixture(autouse=True, params=[True, False], ids=["intel products", "other products"])
 def _cpu_policy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test here runs with both of :func:`qkv.nn.packed.cpu_linear`'s policies, whatever the CPU."""
-    monkeypatch.setattr(packed, "mkl_is_fast_here", lambda: request.param)
+    """Every test here runs with both of :func:`qkv.nn.products.cpu_linear`'s policies, whatever the CPU."""
+    monkeypatch.setattr(products, "mkl_is_fast_here", lambda: request.param)
     _SNAPSHOTS.clear()
 
 
@@ -74,7 +74,7 @@ def _sources() -> torch.Tensor:
 def test_encoder_equals_the_reference(changes: dict[str, object]) -> None:
     model = _nat(**changes)
     src = _sources()
-    fast, reference = fast_passes(model).encode(src), model.encode(src)
+    fast, reference = stacks.passes(model).encode(src), model.encode(src)
     torch.testing.assert_close(fast.memory, reference.memory, atol=ATOL, rtol=0)
     assert torch.equal(fast.may_attend, reference.may_attend)
     assert not fast.memory.isnan().any()
@@ -88,7 +88,7 @@ def test_nat_decoder_equals_the_reference(changes: dict[str, object]) -> None:
     src = _sources()[[0, 1, 3]]
     encoded = model.encode(src)
     tgt = torch.tensor([[1, 7, 1, 1, 9], [1, 1, 1, PAD, PAD], [4, PAD, PAD, PAD, PAD]])
-    passes = fast_passes(model)
+    passes = stacks.passes(model)
     hidden = passes.decode_hidden(
         tgt, passes.cross_keys_values(encoded.memory), encoded.may_attend, causal=False
     )
@@ -105,7 +105,7 @@ def test_first_pass_prefix_equals_the_reference(changes: dict[str, object]) -> N
     mask = model.config.mask_id
     src = _sources()[[0, 1, 3]]
     encoded = model.encode(src)
-    passes = fast_passes(model)
+    passes = stacks.passes(model)
     cross = passes.cross_keys_values(encoded.memory)
     for length in (4, 1, 4, 6):
         tgt = torch.full((3, length), mask)
@@ -126,7 +126,7 @@ def test_causal_pass_equals_teacher_forcing(changes: dict[str, object]) -> None:
     model = _at(**changes)
     src = _sources()[[0, 1, 3]]
     tgt_in = torch.tensor([[BOS, 5, 6, 7], [BOS, 8, PAD, PAD], [BOS, PAD, PAD, PAD]])
-    passes = fast_passes(model)
+    passes = stacks.passes(model)
     encoded = passes.encode(src)
     hidden = passes.decode_hidden(
         tgt_in, passes.cross_keys_values(encoded.memory), encoded.may_attend, causal=True
@@ -139,7 +139,7 @@ def test_causal_pass_does_not_look_ahead() -> None:
     """Changing a later target token leaves every earlier position's output unchanged; without the
     triangle (the NAT's pass) it does not."""
     model = _at()
-    passes = fast_passes(model)
+    passes = stacks.passes(model)
     encoded = passes.encode(_sources()[:1])
     cross = passes.cross_keys_values(encoded.memory)
     a = torch.tensor([[BOS, 5, 6, 7, 8]])
@@ -226,26 +226,26 @@ def test_snapshot_follows_weight_changes() -> None:
     model = _nat()
     src = _sources()[[0]]
     with torch.inference_mode():
-        first = fast_passes(model)
-        assert fast_passes(model) is first
+        first = stacks.passes(model)
+        assert stacks.passes(model) is first
     with torch.no_grad():
         model.encoder[0].ffn.fc_in.weight.mul_(1.5)
     with torch.inference_mode():
-        second = fast_passes(model)
+        second = stacks.passes(model)
         assert second is not first
         torch.testing.assert_close(second.encode(src).memory, model.encode(src).memory, atol=ATOL, rtol=0)
     model.encoder[1].ffn.fc_out = nn.Linear(model.config.d_ff, model.config.d_model)
     with torch.inference_mode():
-        third = fast_passes(model)
+        third = stacks.passes(model)
         assert third is not second
         torch.testing.assert_close(third.encode(src).memory, model.encode(src).memory, atol=ATOL, rtol=0)
 
 
 def test_an_encoder_layer_has_no_cross_attention() -> None:
     model = _nat()
-    passes = fast_passes(model)
+    passes = stacks.passes(model)
     with pytest.raises(TypeError, match="no cross-attention"):
-        passes.encoder[0].cross_queries(torch.zeros(1, 2, model.config.d_model))
+        cross_queries(passes.encoder[0], torch.zeros(1, 2, model.config.d_model))
 
 
 needs_int8 = pytest.mark.skipif(not int8_available(), reason="no fbgemm/x86 int8 kernels in this torch build")
@@ -258,8 +258,8 @@ def test_int8_passes_approximate_the_float32_reference() -> None:
     scale, everywhere; the decoding and the teacher's scores run and stay close."""
     model = _nat()
     src = _sources()[[0, 1, 3]]
-    passes, reference = fast_passes(model, int8=True), model.encode(src)
-    assert passes is not fast_passes(model)  # a snapshot of its own
+    passes, reference = stacks.passes(model, int8=True), model.encode(src)
+    assert passes is not stacks.passes(model)  # a snapshot of its own
     memory = passes.encode(src).memory
     scale = reference.memory.abs().mean()
     assert (memory - reference.memory).abs().mean() < 0.05 * scale

@@ -1,22 +1,16 @@
-"""Linear maps for CPU inference: the weight pre-packed for the matrix multiply, or stored in int8.
+"""Linear maps for CPU inference, ``x -> x W^T + b`` with the weight prepared once: packed for the BLAS's
+matrix multiply, transposed, split across threads, or stored in int8.
 
-``F.linear`` hands the weight to the BLAS in its plain layout, and the BLAS re-packs it into its blocked
-layout on every call. For the small products of a decoding step (a batch of 1-128 rows times a 256-1024
-wide weight) that re-packing is a large part of the work: on this project's 2-core Xeon, a (32, 256) x
-(256, 8000) product takes 0.73 ms through ``F.linear`` and 0.47 ms with the weight packed once
-(measured with ``torch.ops.mkl`` directly). :class:`PackedLinear` packs once, with MKL's packed GEMM — the operator
-PyTorch's own compiler uses for frozen CPU linears (``torch.ops.mkl._mkl_linear``).
+``F.linear`` hands the weight to the BLAS in its plain layout, and the BLAS re-packs it on every call; for
+the small products of decoding (1-128 rows times a 256-1024 wide weight) that is a large part of the work.
+:func:`cpu_linear` picks, per CPU vendor, thread count and number of rows, the layout this CPU multiplies
+fastest; every choice computes the same numbers up to rounding. :class:`Int8Linear` stores the weight in
+int8 and quantises the input on every call (``qkv translate --int8``), an approximation.
+:func:`product` is the one place that picks a product for a weight. The measurements behind each choice
+are in ``docs/performance-history.md`` and what ``python -m benchmarks`` prints.
 
-MKL packs for one number of rows (``rows_hint``) and uses the packed copy only for inputs with exactly
-that many rows; any other number of rows runs the plain product on the original weight: the same numbers,
-without the speed-up. Where MKL's packed GEMM is missing (a build without MKL, a non-x86 CPU) or the
-weight is not a float32 CPU tensor, :class:`PackedLinear` computes ``F.linear``.
-
-:class:`Int8Linear` stores the weight in int8 and quantises the input on every call (dynamic
-quantisation): a quarter of the weight bytes, an approximation (``qkv translate --int8``).
-
-The weight must not change while either is in use (the packed copy would not follow it);
-:func:`qkv.decode.fast.fast_decoder` rebuilds its snapshot when a parameter changes. Nothing here has a
+The weight must not change while a product is in use (a packed copy would not follow it);
+:func:`qkv.infer.snapshot.model_snapshot` rebuilds products when a parameter changes. Nothing here has a
 gradient.
 """
 
@@ -68,8 +62,8 @@ class PackedLinear:
         if _float32_on_cpu(self.weight, self.bias) and mkl_packing_available():
             self.weight = self.weight.contiguous()
             self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, self.rows_hint)
-            # The operator itself, not ``torch.ops.mkl._mkl_linear``: looking it up and going through its
-            # overload packet cost ~2 us a call, 19 calls in every decoder step.
+            # The operator itself, not ``torch.ops.mkl._mkl_linear``: the lookup and the overload packet
+            # cost more than the product itself at one row.
             self._mkl_linear = torch.ops.mkl._mkl_linear.default
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -96,11 +90,10 @@ class OneDNNLinear:
     """y = x W^T + b, W packed once into oneDNN's blocked layout, for any number of rows.
 
     Unlike MKL's packing (:class:`PackedLinear`), oneDNN's does not depend on the row count, so it suits
-    products whose rows change from call to call: a non-autoregressive decoder pass has batch x target
-    length rows. It has a fixed cost of ~10 us a call, so it pays on wide weights only: the output
-    projection, (10, 256) x (256, 8000), 0.62 ms through ``F.linear`` and 0.26 ms packed here (2-core Xeon).
-    The same numbers as ``F.linear``; falls back to it where oneDNN is missing or the input is not a
-    float32 CPU tensor.
+    products whose rows change from call to call (a non-autoregressive pass has batch x length rows). It
+    has a fixed cost per call, so it pays on large weights only (:func:`cpu_linear` says which). The same
+    numbers as ``F.linear``; falls back to it where oneDNN is missing or the input is not a float32 CPU
+    tensor.
 
     Shapes: x (..., in_features) -> (..., out_features).
     """
@@ -135,10 +128,9 @@ class PlainLinear:
 class TransposedLinear:
     """y = b + x (W^T), W^T stored once as a contiguous (in_features, out_features) matrix.
 
-    The BLAS then reads the weight in its non-transposed layout. For one row (a matrix-vector product,
-    bound by reading the weight) that layout streams better on an AMD EPYC (Zen 3) with MKL: the 19
-    products of a ``small`` decoder step, 19 MB of weights, 1.30 ms against 2.23 ms MKL-packed and
-    2.84 ms through ``F.linear`` (one thread). The same numbers as ``F.linear`` up to rounding.
+    The BLAS then reads the weight in its non-transposed layout, which streams better for one row (a
+    matrix-vector product, bound by reading the weight) on CPUs where MKL does not run its fastest code
+    (:func:`mkl_is_fast_here`). The same numbers as ``F.linear`` up to rounding.
 
     Shapes: x (..., in_features) -> (..., out_features).
     """
@@ -160,12 +152,9 @@ class SplitTransposedLinear:
     """y = b + x (W^T) with W^T stored as ``blocks`` column blocks, (blocks, in_features, out / blocks),
     computed as one batched product: each of torch's threads streams its own block.
 
-    For one row (a matrix-vector product, bound by reading the weight) on an AMD EPYC (Zen 3) with MKL,
-    the BLAS's own matrix-vector kernels ran no faster on two threads than on one (:class:`TransposedLinear`,
-    the 19 products of a ``small`` decoder step, 19 MB: 1.42 ms on either), while ``torch.bmm`` gives each
-    thread one block: 1.01 ms (best of 15 interleaved rounds), the same numbers bit for bit in the case
-    checked (an 8000 x 256 product). More rows (a fallback, not the case it is for) are computed from the
-    same blocks and copied into place.
+    For one row on CPUs where the BLAS's own matrix-vector kernels run no faster on two threads than on
+    one, ``torch.bmm`` gives each thread one block. More rows (a fallback, not the case it is for) are
+    computed from the same blocks and copied into place.
 
     Shapes: x (..., in_features) -> (..., out_features); ``out_features`` divisible by ``blocks``.
     """
@@ -211,18 +200,15 @@ def _cpuinfo() -> str:
 def mkl_is_fast_here() -> bool:
     """Whether this CPU is one MKL runs its fast code paths on: MKL picks its kernels by CPU vendor and
     gives Intel's best ones to Intel CPUs only (CTranslate2 uses MKL on Intel CPUs only, for the same
-    reason). On the AMD EPYC this project also runs on, MKL's packed GEMM made a 32-row decoder step's
-    products 1.4x slower than oneDNN's (5.46 vs 3.86 ms), where on an Intel Xeon it made them fastest."""
+    reason); elsewhere oneDNN's products and the transposed layouts are faster."""
     return "GenuineIntel" in _cpuinfo()
 
 
 CpuLinear = PackedLinear | OneDNNLinear | TransposedLinear | SplitTransposedLinear | PlainLinear
 
-# Below this many outputs, oneDNN's fixed cost per call (~10 us) outweighs its faster kernel on an Intel CPU.
+# Below this many outputs, oneDNN's fixed cost per call outweighs its faster kernel on an Intel CPU.
 _ONEDNN_MIN_OUT_FEATURES_ON_INTEL = 4096
-# Elsewhere oneDNN pays for weights larger than this (d_model 256 x 256): on the AMD EPYC, at 12-128 rows,
-# F.linear won for every weight up to 256 x 256 (e.g. 128 x 384 at 36 rows: 67 vs 92 us) and oneDNN for
-# every larger one (768 x 256: 199 vs 160 us; 2048 x 512: 862 vs 599 us; 8000 x 256 at 32 rows: 2.6 vs 1.1 ms).
+# Elsewhere oneDNN pays for weights larger than d_model 256 x 256 (at 12-128 rows; F.linear below).
 _ONEDNN_MIN_WEIGHT_ELSEWHERE = 256 * 256 + 1
 
 
@@ -240,14 +226,6 @@ def cpu_linear(weight: Tensor, bias: Tensor | None = None, *, rows: int | None =
                      threads split, a block each;
                      else as ->
     ===============  ==============================  ===========================================
-
-    Measured on the two CPUs this project has run on (2-core VMs): an Intel Xeon (AVX-512), where MKL's
-    packing won (docs/performance-history.md) except for one row on two threads (the 19 products of a
-    ``small`` decoder step, 19 MB of weights: 590 against 675 us, p10 of 300 interleaved runs; the
-    plain product is MKL's threaded matrix-vector kernel; on one thread packed stays ahead, 1.05 vs
-    1.14 ms), and an AMD EPYC (AVX2), where MKL's products were slower than oneDNN's for all but the
-    smallest weights, and the transposed layout fastest at one row, split across the threads on two
-    (:class:`SplitTransposedLinear`).
     """
     if mkl_is_fast_here():
         if rows == 1 and torch.get_num_threads() > 1:
@@ -268,26 +246,10 @@ def cpu_linear(weight: Tensor, bias: Tensor | None = None, *, rows: int | None =
 
 
 def cpu_linear_many_rows(weight: Tensor, bias: Tensor | None = None) -> CpuLinear:
-    """The float32 product of this weight for inputs of hundreds of rows or more (a BERT batch: 32 x 128
-    tokens): packed once for oneDNN, whose kernels beat the BLAS's plain product at that size on both CPUs
-    measured (all-MiniLM-L6-v2, 32 x 128, the six layers' products: 471 -> 381 ms a forward pass on the
-    Intel Xeon, min of 6 interleaved runs; ~5% on the AMD EPYC). ``F.linear`` where oneDNN is missing."""
+    """The float32 product of this weight for inputs of hundreds of rows or more (a BERT batch): packed
+    once for oneDNN, whose kernels beat the BLAS's plain product at that size on every CPU measured.
+    ``F.linear`` where oneDNN is missing."""
     return OneDNNLinear(weight, bias)
-
-
-def stack_linears(linears: list[torch.nn.Linear]) -> tuple[Tensor, Tensor | None]:
-    """The weight and bias of several linear maps of one input, computed as one: their outputs side by
-    side, in order (e.g. W_Q, W_K, W_V -> one (3 d_model, d_model) product). Weight (sum of outs, in)."""
-    weight = torch.cat([linear.weight.detach() for linear in linears], dim=0)
-    if all(linear.bias is None for linear in linears):
-        return weight, None
-    bias = torch.cat(
-        [
-            linear.bias.detach() if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
-            for linear in linears
-        ]
-    )
-    return weight, bias
 
 
 # -- int8 ----------------------------------------------------------------------------------------------
@@ -310,8 +272,7 @@ def int8_available() -> bool:
 def full_range_activations() -> bool:
     """Whether activations may use all 8 bits: on CPUs with AVX-512 VNNI, fbgemm's int8 products
     accumulate in 32 bits; without it they pass through saturating 16-bit sums, and torch's x86 default
-    is to quantise activations to 7 bits (``reduce_range``). On the cmn-eng model (README), 7 bits cost
-    0.49 BLEU at beam 4 and 8 bits 0.13."""
+    is to quantise activations to 7 bits (``reduce_range``), which costs more BLEU (docs/performance.md)."""
     return "avx512_vnni" in _cpuinfo()
 
 
@@ -320,8 +281,7 @@ class Int8Linear:
     (dynamic quantisation): a quarter of the weight bytes and int8 arithmetic, for CPU inference.
 
     The kernels are torch's fbgemm ``quantized::linear_dynamic``; activations are quantised per call
-    to 8 bits, or to 7 where the CPU lacks AVX-512 VNNI (:func:`full_range_activations`). The error is
-    about 1% of the output's scale with 8 bits, 2% with 7 (root mean square, random weights);
+    to 8 bits, or to 7 where the CPU lacks AVX-512 VNNI (:func:`full_range_activations`);
     ``qkv evaluate --int8`` shows what it does to BLEU. torch marks its quantised tensor types as deprecated (pytorch issue
     184982); they run in the pinned torch 2.13, and :func:`int8_available` says when they do not.
 
@@ -345,3 +305,24 @@ class Int8Linear:
         flat = x.reshape(-1, self.in_features)
         out = self._linear(flat, self.packed, self.reduce_range)
         return out.view(*x.shape[:-1], self.out_features)  # type: ignore[no-any-return]
+
+
+Product = CpuLinear | Int8Linear
+
+
+def product(
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    int8: bool = False,
+    rows: int | None = None,
+    many_rows: bool = False,
+) -> Product:
+    """The inference product of one weight: int8 with ``int8``; else this CPU's fastest float32 product
+    for ``rows`` rows (:func:`cpu_linear`; None: a number that changes from call to call), or with
+    ``many_rows`` for hundreds of rows and more (:func:`cpu_linear_many_rows`)."""
+    weight = weight.detach()
+    bias = None if bias is None else bias.detach()
+    if int8:
+        return Int8Linear(weight, bias)
+    return cpu_linear_many_rows(weight, bias) if many_rows else cpu_linear(weight, bias, rows=rows)

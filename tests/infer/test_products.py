@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from qkv.nn import packed
-from qkv.nn.packed import (
+from qkv.infer import products
+from qkv.infer.products import (
     Int8Linear,
     OneDNNLinear,
     PackedLinear,
@@ -18,8 +18,8 @@ from qkv.nn.packed import (
     int8_available,
     mkl_packing_available,
     onednn_packing_available,
-    stack_linears,
 )
+from qkv.nn.attention import stack_linears
 
 
 def _reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -63,7 +63,7 @@ def test_packing_is_used_where_mkl_has_it() -> None:
 
 
 def test_without_mkl_packing_it_is_plain_linear(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(packed, "mkl_packing_available", lambda: False)
+    monkeypatch.setattr(products, "mkl_packing_available", lambda: False)
     weight, bias = torch.randn(6, 5), torch.randn(6)
     linear = PackedLinear(weight, bias)
     assert linear.packed is None
@@ -100,7 +100,7 @@ def test_onednn_linear_falls_back_where_it_cannot_pack(monkeypatch: pytest.Monke
     weight = torch.randn(6, 5, dtype=torch.float64)
     assert OneDNNLinear(weight).packed is None
     torch.testing.assert_close(OneDNNLinear(weight)(x), x @ weight.T)
-    monkeypatch.setattr(packed, "onednn_packing_available", lambda: False)
+    monkeypatch.setattr(products, "onednn_packing_available", lambda: False)
     assert OneDNNLinear(torch.randn(6, 5)).packed is None
     monkeypatch.undo()
     weight32 = torch.randn(6, 5)
@@ -180,7 +180,7 @@ def test_cpu_linear_picks_by_cpu_and_rows_and_always_computes_the_product(
     kind: type,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(packed, "mkl_is_fast_here", lambda: mkl_fast)
+    monkeypatch.setattr(products, "mkl_is_fast_here", lambda: mkl_fast)
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     generator = torch.Generator().manual_seed(out_features)
     weight = torch.randn(out_features, 256, generator=generator) * 0.1
@@ -196,7 +196,7 @@ def test_cpu_linear_picks_by_cpu_and_rows_and_always_computes_the_product(
 def test_mkl_is_fast_on_intel_cpus_only() -> None:
     with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
         intel = "GenuineIntel" in cpuinfo.read()
-    assert packed.mkl_is_fast_here() == intel
+    assert products.mkl_is_fast_here() == intel
 
 
 # -- int8 ---------------------------------------------------------------------------------------------
@@ -210,9 +210,9 @@ def test_int8_linear_is_close_to_float64(full_range: bool, monkeypatch: pytest.M
 
     8-bit activations are only right on a CPU with AVX-512 VNNI: elsewhere fbgemm's products pass through
     saturating 16-bit sums (1.7% error here on an AVX2-only AMD EPYC), which is why qkv uses 7 bits there."""
-    if full_range and not packed.full_range_activations():
+    if full_range and not products.full_range_activations():
         pytest.skip("this CPU lacks AVX-512 VNNI: qkv never uses 8-bit activations here")
-    monkeypatch.setattr(packed, "full_range_activations", lambda: full_range)
+    monkeypatch.setattr(products, "full_range_activations", lambda: full_range)
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(300, 256, generator=generator) * 0.05
     bias = torch.randn(300, generator=generator) * 0.1

@@ -1,9 +1,8 @@
 """Frozen copies of a model's weights for fast inference, kept while the weights stay the same.
 
-The fast CPU paths (:mod:`qkv.decode.fast`, :mod:`qkv.decode.fast_sequence`, BERT's frozen forward in
-:mod:`qkv.models.bert`) prepare each weight once (packed for the BLAS, stacked, int8). :func:`model_snapshot`
-keeps what they built per model and key, and builds afresh when any parameter has changed or moved; a
-snapshot never keeps its model alive.
+The inference stacks (:mod:`qkv.infer.stacks`) prepare each weight once (packed for the BLAS, stacked,
+int8). :func:`model_snapshot` keeps what they built per model and key, and builds afresh when any
+parameter has changed or moved; a snapshot never keeps its model alive.
 """
 
 from __future__ import annotations
@@ -14,26 +13,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.module import (
     register_module_module_registration_hook,
     register_module_parameter_registration_hook,
 )
-
-
-def fast_inference_allowed(model: nn.Module, activation: Tensor) -> bool:
-    """Whether a frozen fast path computes what the model's modules would, here and now: a float32 model
-    on a CPU, in eval mode, with no gradients wanted and CPU autocast off. ``activation``: any tensor of
-    the pass (its device and dtype)."""
-    return (
-        activation.device.type == "cpu"
-        and activation.dtype == torch.float32
-        and not model.training
-        and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
-    )
-
 
 # Per model: a few snapshots by key, each with the parameter versions it was built from.
 _SNAPSHOTS: weakref.WeakKeyDictionary[nn.Module, OrderedDict[Hashable, tuple[tuple[int, ...] | None, Any]]]
@@ -44,9 +28,10 @@ _T = TypeVar("_T")
 
 
 # A model's parameter list is read once and kept until any module anywhere registers or is assigned a
-# parameter or submodule (torch's global registration hooks count those): walking a model's ~100
-# modules took 0.1 ms, a tenth of a one-sentence NAT translation.
+# parameter or submodule (torch's global registration hooks count those, installed on the first
+# snapshot, not at import): walking a model's modules at every call costs as much as a short pass.
 _registrations = 0
+_hooks_installed = False
 _PARAMETERS: weakref.WeakKeyDictionary[nn.Module, tuple[int, list[nn.Parameter], bool]]
 _PARAMETERS = weakref.WeakKeyDictionary()
 
@@ -56,8 +41,12 @@ def _count_registration(*_: object) -> None:
     _registrations += 1
 
 
-register_module_parameter_registration_hook(_count_registration)
-register_module_module_registration_hook(_count_registration)
+def _install_hooks() -> None:
+    global _hooks_installed
+    if not _hooks_installed:
+        register_module_parameter_registration_hook(_count_registration)
+        register_module_module_registration_hook(_count_registration)
+        _hooks_installed = True
 
 
 _VERSION = operator.attrgetter("_version")
@@ -67,6 +56,7 @@ _DATA_PTR = operator.methodcaller("data_ptr")
 def _parameter_versions(model: nn.Module) -> tuple[int, ...] | None:
     """Changes when any parameter is updated in place, replaced or moved; None where torch keeps no
     version count (parameters made under ``torch.inference_mode()``)."""
+    _install_hooks()
     found = _PARAMETERS.get(model)
     if found is None or found[0] != _registrations:
         parameters = list(model.parameters())
@@ -75,7 +65,7 @@ def _parameter_versions(model: nn.Module) -> tuple[int, ...] | None:
     read_at, parameters, inference = found
     if inference:
         return None
-    # map with operator getters, not a comprehension of pairs: 34 vs 40 us for a 3+3-layer model's 129
+    # map with operator getters: faster than a comprehension of pairs, read at every decoding call
     return (read_at, *map(_VERSION, parameters), *map(_DATA_PTR, parameters))
 
 
