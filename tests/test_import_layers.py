@@ -84,3 +84,15 @@ def test_there_are_no_import_cycles() -> None:
     for m in sorted(modules):
         if m not in state:
             visit(m, [])
+
+
+def test_infer_imports_only_the_parts_and_the_seq2seq_types() -> None:
+    """qkv.infer prepares weights under the one layer definition: it reads qkv.nn and the seq2seq model's
+    types, never the searches, training, data, files or the command line."""
+    allowed = ("qkv.config", "qkv.nn", "qkv.infer", "qkv.models.seq2seq")
+    for target in imports_of("qkv.infer"):
+        assert any(target == a or target.startswith(a + ".") for a in allowed), target
+
+
+def test_nn_knows_nothing_of_inference_backends() -> None:
+    assert not touches(imports_of("qkv.nn"), "qkv.infer")

@@ -3,10 +3,9 @@
 glibc serves allocations above ``M_MMAP_THRESHOLD`` (128 KiB to 32 MiB, adjusted on the fly) with a fresh
 ``mmap`` and gives the memory back on ``free``. A training step allocates its large activations and the
 logits (tokens x vocabulary, ~100 MB for a 3,000-token batch at 8k words) anew each time, so every step
-touches fresh pages, and the kernel zero-fills each 4 KiB page on first touch: measured here, writing a new
-3,900 x 8,000 float tensor took 31 ms against 3 ms in place. Serving every allocation from the heap
-(``M_MMAP_MAX = 0``) and never trimming it (``M_TRIM_THRESHOLD``) lets the next step reuse the same pages:
-a `small`-preset training step ran 6-10% faster (0.95 s -> 0.87-0.90 s, interleaved runs on the 2-core CPU).
+touches fresh pages, and the kernel zero-fills each 4 KiB page on first touch. Serving every allocation
+from the heap (``M_MMAP_MAX = 0``) and never trimming it (``M_TRIM_THRESHOLD``) lets the next step reuse
+the same pages (what that gained is in docs/performance-history.md).
 The cost is that the process keeps its peak heap until it exits, which is what a training run does anyway
 and what a long-running process that translates must not do: so only the commands that train (``qkv train``,
 ``demo``, ``finetune``) call it, each explicitly.

@@ -1,8 +1,7 @@
 """Dropout (section 5.4: P_drop = 0.1 on sublayer outputs and on embeddings + positions), fast on CPU.
 
-``torch.nn.Dropout`` draws one random number per element through ``bernoulli_``; on a CPU that costs ~7 ns an
-element, more than the matrix products around it at qkv's sizes (measured: 31 ms for a 3,900 x 1,024
-activation, 5x the rest of the feed-forward's elementwise work). Here one 64-bit draw feeds four elements:
+``torch.nn.Dropout`` draws one random number per element through ``bernoulli_``; on a CPU that can cost
+more than the matrix products around it at qkv's sizes. Here one 64-bit draw feeds four elements:
 each gets 15 random bits, an element is kept when its bits are >= round(p * 2^15), so p is honoured to
 1/32,768, and kept elements are scaled by 1 / (1 - p_effective) so that the expectation is exact. Same
 semantics as ``nn.Dropout`` (identity in eval mode or with p = 0), deterministic under ``torch.manual_seed``,

@@ -1,8 +1,8 @@
 """Run a model in eval mode (dropout off) for a while, then give it back in the mode it had.
 
-``nn.Module.eval()`` walks every submodule and sets an attribute on each: for a 3+3-layer model that is ~0.35
-ms, as long as a whole non-autoregressive pass over a short sentence. Decoding one sentence at a time called
-it twice per sentence; :func:`eval_mode` switches only a model that is in training mode.
+``nn.Module.eval()`` walks every submodule and sets an attribute on each, which for a small model costs as
+much as a whole non-autoregressive pass over a short sentence. :func:`eval_mode` switches only a model that
+is in training mode, so decoding one sentence at a time does not pay it twice per sentence.
 """
 
 from __future__ import annotations
