@@ -45,3 +45,36 @@ def test_demo_does_not_warn_when_it_runs_its_steps(
     out, err = run_demo(tmp_path, capsys, "--steps", "3", "--max-minutes", "5")
     assert "trained 3 steps" in out and "(max_steps)" in out
     assert "warning" not in err
+
+
+def _digest(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
+def test_demo_never_deletes_a_directory_it_did_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A training run of the user's (checkpoints/ and all) or a folder with the user's file in it is
+    refused, unchanged; only a previous demo run (its marker and its own files) is replaced."""
+    run = tmp_path / "my-run"
+    (run / "checkpoints" / "step-1").mkdir(parents=True)
+    (run / "checkpoints" / "step-1" / "model.safetensors").write_bytes(b"weights")
+    (run / "metrics.jsonl").write_text("{}\n")
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    for directory in (run, user):
+        before = _digest(directory)
+        assert cli.main(["demo", "--out", str(directory), "--quiet"]) == 2
+        assert "the demo replaces only its own runs" in capsys.readouterr().err
+        assert _digest(directory) == before
+    # A demo run with a file added by the user is not the demo's any more.
+    out, _ = run_demo(tmp_path, capsys, "--steps", "2")
+    (tmp_path / "demo" / "notes.txt").write_text("mine")
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    (tmp_path / "demo" / "notes.txt").unlink()
+    out, _ = run_demo(tmp_path, capsys, "--steps", "2")
+    assert "removing the previous demo run" in out

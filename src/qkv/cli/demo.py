@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +19,6 @@ DEMO_ENOUGH_STEPS = 0.8
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import shutil
     import time
 
     import torch
@@ -34,11 +34,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    if out.exists():
-        if not (out / "checkpoints").is_dir():
-            raise UsageError(f"{out}: exists and is not a qkv run directory; choose another --out")
-        print(f"removing the previous demo run in {out}")
-        shutil.rmtree(out)
+    _remove_previous_demo_run(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("a qkv demo run: `qkv demo` replaces this directory\n", encoding="utf-8")
     print("== 1. train on the built-in Chinese->English demo corpus (qkv.data.demo)")
     config = TrainConfig(
         max_tokens=2048,  # small batches: more updates per CPU second on this small corpus
@@ -95,6 +93,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# What a demo run directory holds. It is replaced by the next demo only when it holds the marker and
+# nothing else: a training run of the user's (or any file added to the demo's) is never deleted.
+DEMO_MARKER = ".qkv-demo"
+_DEMO_ENTRIES = {DEMO_MARKER, "checkpoints", "best", "metrics.jsonl", "attention.png"}
+
+
+def _remove_previous_demo_run(out: Path) -> None:
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    others = sorted(entry.name for entry in out.iterdir() if entry.name not in _DEMO_ENTRIES)
+    if not (out / DEMO_MARKER).is_file() or others:
+        what = f"holds {', '.join(others[:5])}" if others else "is not a qkv demo run"
+        raise UsageError(
+            f"{out}: exists and {what}; the demo replaces only its own runs: choose another --out"
+        )
+    print(f"removing the previous demo run in {out}")
+    shutil.rmtree(out)
+
+
 def add_demo_parser(sub: Subparsers) -> None:
     """`qkv demo` and its options."""
     p = sub.add_parser(
@@ -107,7 +124,7 @@ def add_demo_parser(sub: Subparsers) -> None:
         "--out",
         type=output_directory,
         default="runs/demo",
-        help="run directory (default runs/demo; replaced if present)",
+        help="run directory (default runs/demo; a previous demo run there is replaced, anything else is refused)",
     )
     p.add_argument("--steps", type=positive_int, default=500, help="training steps (default 500)")
     p.add_argument(
