@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from qkv import checkpoint
 from qkv.config import NATConfig, model_config_from_dict
 from qkv.models.nat import NATransformer
@@ -71,10 +73,12 @@ def load(path: str | os.PathLike[str], *, device: str = "cpu") -> SavedModel:
     model_config = model_config_from_dict(
         config.get("model", config), source=str(directory / checkpoint.CONFIG_FILE)
     )
-    model = NATransformer(model_config) if isinstance(model_config, NATConfig) else Transformer(model_config)
-    checkpoint.check_state_dict(model.state_dict(), tensors, directory / checkpoint.MODEL_FILE)
-    model.load_state_dict(tensors)
-    model.to(device).eval()
+    model_class = NATransformer if isinstance(model_config, NATConfig) else Transformer
+    # Shapes are compared on a model without storage (the meta device) before anything is allocated: a
+    # config whose sizes disagree with its weights is an error, never a huge allocation.
+    with torch.device("meta"):
+        skeleton = model_class(model_config)  # type: ignore[arg-type]
+    checkpoint.check_state_dict(skeleton.state_dict(), tensors, directory / checkpoint.MODEL_FILE)
     if (directory / JOINT_TOKENIZER).is_file():
         src = tgt = Tokenizer.load(directory / JOINT_TOKENIZER)
     elif (directory / SRC_TOKENIZER).is_file() and (directory / TGT_TOKENIZER).is_file():
@@ -92,4 +96,7 @@ def load(path: str | os.PathLike[str], *, device: str = "cpu") -> SavedModel:
             raise checkpoint.CheckpointError(
                 f"{directory}: the {name} tokenizer has {tok.vocab_size} tokens but the model expects {size}"
             )
+    model = model_class(model_config)  # type: ignore[arg-type]
+    model.load_state_dict(tensors)
+    model.to(device).eval()
     return SavedModel(model, src, tgt, directory)
