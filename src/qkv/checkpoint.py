@@ -73,7 +73,7 @@ DIR_MODE = storage.DIR_MODE
 MAX_HEADER_BYTES = storage.MAX_HEADER_BYTES
 
 # What qkv writes into a model directory (a checkpoint, best/, an average): an existing directory holding
-# only these is replaced without asking; anything else in it needs overwrite=True (storage.py).
+# only these is replaced without asking; anything else in it needs overwrite=True (qkv.storage.outputs).
 MODEL_DIRECTORY_FILES = frozenset(
     {
         CONFIG_FILE,
