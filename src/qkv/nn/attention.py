@@ -219,10 +219,14 @@ def stack_linears(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
 
 
 def stacked_product(*linears: nn.Linear) -> Product:
-    """The linear maps of one input as one product, stacked at each call (so it follows every change of
-    the weights and passes gradients to them)."""
+    """The linear maps of one input as one product: their outputs side by side. Without gradients, one
+    product of the weights stacked at each call (so it follows every change of the weights); with
+    gradients, each map's own product, concatenated: training keeps the numbers (and the bits) of
+    separate projections."""
 
     def product(x: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            return torch.cat([linear(x) for linear in linears], dim=-1)
         return F.linear(x, *stack_linears(list(linears)))
 
     return product
