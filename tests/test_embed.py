@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from qkv.embed import Pooling, SentenceEmbedder, cosine_similarity, load_bert_tokenizer, pool
-from qkv.models.bert import CheckpointError
+from qkv.models.bert_hf import CheckpointError
 from qkv.tokenize import Tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never reach for the hub

@@ -23,7 +23,8 @@ from qkv import averaging, checkpoint, distill
 from qkv.config import BertConfig, ConfigError, preset
 from qkv.data.corpus import PROBLEM_JSON, CorpusError, read_jsonl
 from qkv.export.marian import export_marian
-from qkv.models import bert, saved
+from qkv.models import bert_hf as bert  # its load_pretrained and save_pretrained (BertModel comes along)
+from qkv.models import saved
 from qkv.models.seq2seq import Transformer
 from qkv.storage import CheckpointError, OutputExistsError, WriteError
 from qkv.tokenize import Tokenizer, train_chars

@@ -50,9 +50,11 @@ def test_storage_imports_nothing_of_qkv() -> None:
 
 def test_one_checkpoint_error_class_everywhere() -> None:
     from qkv import checkpoint
-    from qkv.models import bert, bert_files
+    from qkv.models import bert_files, bert_hf
 
-    assert checkpoint.CheckpointError is bert.CheckpointError is bert_files.CheckpointError is CheckpointError
+    assert (
+        checkpoint.CheckpointError is bert_hf.CheckpointError is bert_files.CheckpointError is CheckpointError
+    )
     assert issubclass(OutputExistsError, CheckpointError) and issubclass(CheckpointError, ValueError)
     assert issubclass(WriteError, OSError)
 

@@ -291,7 +291,7 @@ class BertConfig:
     Vocabulary 30,522 WordPiece ids, 512 learned positions, 2 token types (segments A and B), hidden size
     768, 12 post-LN layers of 12 heads, FFN 3,072 with GELU, LayerNorm eps 1e-12, dropout 0.1 on hidden
     states and on attention weights. ``add_pooler`` adds the dense + tanh layer on the [CLS] position.
-    Field names are qkv's; :mod:`qkv.models.bert` maps them to and from Hugging Face's config.json.
+    Field names are qkv's; :mod:`qkv.models.bert_files` maps them to and from Hugging Face's config.json.
     """
 
     vocab_size: int = 30522

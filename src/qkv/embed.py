@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qkv.config import ConfigError
-from qkv.models.bert import BertModel, CheckpointError, from_pretrained, transformer_dir
+from qkv.models.bert import BertModel
 from qkv.models.bert_files import read_json_file, read_modules
+from qkv.models.bert_hf import CheckpointError, from_pretrained, transformer_dir
 from qkv.tokenize import Tokenizer
 
 __all__ = [

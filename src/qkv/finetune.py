@@ -29,13 +29,8 @@ from qkv.config import BertConfig
 from qkv.data.batching import collate
 from qkv.data.corpus import CorpusError, read_tsv
 from qkv.embed import load_bert_tokenizer
-from qkv.models.bert import (
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    Head,
-    load_pretrained,
-    save_pretrained,
-)
+from qkv.models.bert import BertForSequenceClassification, BertForTokenClassification, Head
+from qkv.models.bert_hf import load_pretrained, save_pretrained
 from qkv.nn.modes import eval_mode
 from qkv.tokenize import Tokenizer
 from qkv.train.trainer import TrainConfig, Trainer, TrainResult

@@ -1,5 +1,6 @@
-"""qkv.models.bert against Hugging Face transformers: the real all-MiniLM-L6-v2 checkpoint, a tiny random
-BERT with copied weights, checkpoint errors, export, and BERT-base's parameter count.
+"""qkv.models.bert and qkv.models.bert_hf (its checkpoints in and out) against Hugging Face transformers: the
+real all-MiniLM-L6-v2 checkpoint, a tiny random BERT with copied weights, checkpoint errors, export, and
+BERT-base's parameter count.
 
 References: transformers' BertModel / BertFor* (an independent implementation; eager attention, which
 spells the softmax out), hand arithmetic for the parameter counts. The real checkpoint comes from the
@@ -21,15 +22,15 @@ from safetensors.torch import load_file, save_file
 
 from qkv import params
 from qkv.config import BERT_PRESETS, BertConfig, ConfigError
-from qkv.models import bert
+from qkv.infer.snapshot import _SNAPSHOTS
+from qkv.models import bert_hf
 from qkv.models.bert import (
     BertForMaskedLM,
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
-    CheckpointError,
 )
-from qkv.infer.snapshot import _SNAPSHOTS
+from qkv.models.bert_hf import CheckpointError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never reach for the hub
 
@@ -64,7 +65,7 @@ def transformers() -> Any:
 
 @pytest.fixture(scope="module")
 def ours(minilm_dir: Path) -> BertModel:
-    model, report = bert.load_pretrained(minilm_dir)
+    model, report = bert_hf.load_pretrained(minilm_dir)
     assert isinstance(model, BertModel)
     assert report.missing == [] and report.unexpected == [] and report.initialised == []
     assert report.ignored == ["embeddings.position_ids"]  # a buffer, recomputed
@@ -182,7 +183,7 @@ def test_truncated_checkpoint_names_the_cut_tensor(
     header.pop("__metadata__", None)
     last = max(header, key=lambda name: header[name]["data_offsets"][1])
     with pytest.raises(CheckpointError, match="truncated") as error:
-        bert.load_pretrained(target)
+        bert_hf.load_pretrained(target)
     assert repr(last) in str(error.value) and "model.safetensors" in str(error.value)
 
 
@@ -191,16 +192,16 @@ def test_truncated_header_is_refused(minilm_dir: Path, tmp_path: Path, real_tens
     weights = target / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="truncated inside its header"):
-        bert.load_pretrained(target)
+        bert_hf.load_pretrained(target)
 
 
 def test_missing_tensor_is_named(minilm_dir: Path, tmp_path: Path, real_tensors: dict[str, torch.Tensor]):
     name = "encoder.layer.3.attention.self.key.weight"
     target = checkpoint_copy(minilm_dir, tmp_path, {k: v for k, v in real_tensors.items() if k != name})
     with pytest.raises(CheckpointError, match="missing tensor") as error:
-        bert.load_pretrained(target)
+        bert_hf.load_pretrained(target)
     assert repr(name) in str(error.value) and "encoder.3.self_attn.k_proj.weight" in str(error.value)
-    model, report = bert.load_pretrained(target, strict=False)  # loads what is there, reports the rest
+    model, report = bert_hf.load_pretrained(target, strict=False)  # loads what is there, reports the rest
     assert report.missing == ["encoder.3.self_attn.k_proj.weight"]
 
 
@@ -210,13 +211,13 @@ def test_wrong_shape_is_named(minilm_dir: Path, tmp_path: Path, real_tensors: di
     tensors[name] = tensors[name][:, :383].clone()
     target = checkpoint_copy(minilm_dir, tmp_path, tensors)
     with pytest.raises(CheckpointError, match=r"has shape \(1536, 383\).*needs \(1536, 384\)") as error:
-        bert.load_pretrained(target)
+        bert_hf.load_pretrained(target)
     assert repr(name) in str(error.value)
 
 
 def test_missing_config_is_named(tmp_path: Path):
     with pytest.raises(CheckpointError, match="config.json: not found"):
-        bert.load_pretrained(tmp_path)
+        bert_hf.load_pretrained(tmp_path)
 
 
 class _Payload:
@@ -245,7 +246,7 @@ def test_pickle_weights_are_refused_and_never_opened(
     monkeypatch.setattr(pickle, "load", forbidden)
     monkeypatch.setattr(pickle, "loads", forbidden)
     with pytest.raises(CheckpointError, match=r"only pytorch_model\.bin.*never unpickles"):
-        bert.load_pretrained(target)
+        bert_hf.load_pretrained(target)
     assert not marker.exists()
 
 
@@ -259,7 +260,7 @@ def test_sentence_transformers_subfolder_layout(minilm_dir: Path, tmp_path: Path
         {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}
     ]
     (root / "modules.json").write_text(json.dumps(modules))
-    model, report = bert.load_pretrained(root)
+    model, report = bert_hf.load_pretrained(root)
     assert report.missing == [] and len(report.loaded) == 103
 
 
@@ -269,13 +270,13 @@ def test_sentence_transformers_subfolder_layout(minilm_dir: Path, tmp_path: Path
 def test_save_pretrained_opens_in_hugging_face(
     ours: BertModel, transformers: Any, batch: dict[str, torch.Tensor], tmp_path: Path
 ):
-    bert.save_pretrained(ours, tmp_path / "saved")
+    bert_hf.save_pretrained(ours, tmp_path / "saved")
     loaded = transformers.BertModel.from_pretrained(str(tmp_path / "saved")).eval()
     with torch.inference_mode():
         expected = loaded(**batch).last_hidden_state
         out = ours(batch["input_ids"], batch["attention_mask"]).hidden
     assert max_abs_on_real(out, expected, batch["attention_mask"]) < ATOL
-    again, report = bert.load_pretrained(tmp_path / "saved")  # and back into qkv, bit for bit
+    again, report = bert_hf.load_pretrained(tmp_path / "saved")  # and back into qkv, bit for bit
     assert report.missing == [] and report.unexpected == []
     for name, tensor in ours.state_dict().items():
         assert torch.equal(again.state_dict()[name], tensor), name
@@ -352,7 +353,7 @@ def tiny_inputs() -> dict[str, torch.Tensor]:
 
 
 def test_config_from_hf_matches_the_hand_written_tiny_config(transformers: Any):
-    assert bert.config_from_hf(tiny_hf_config(transformers).to_dict()) == TINY
+    assert bert_hf.config_from_hf(tiny_hf_config(transformers).to_dict()) == TINY
 
 
 @pytest.mark.parametrize(
@@ -376,7 +377,7 @@ def test_tiny_random_bert_equals_hugging_face(
     model = (
         ours_class(TINY) if ours_class is BertModel or ours_class is BertForMaskedLM else ours_class(TINY, 5)
     )
-    report = bert.load_hf_state_dict(model, hf.state_dict())
+    report = bert_hf.load_hf_state_dict(model, hf.state_dict())
     assert report.missing == [] and report.initialised == [] and report.unexpected == []
     model.eval()
     with torch.inference_mode():
@@ -400,7 +401,7 @@ def test_tiny_random_bert_equals_hugging_face(
                 torch.testing.assert_close(logits, expected.logits, atol=ATOL, rtol=0)
 
     # Export: Hugging Face's own class opens what we save and computes the same.
-    bert.save_pretrained(model, tmp_path / "out")
+    bert_hf.save_pretrained(model, tmp_path / "out")
     reopened = getattr(transformers, hf_class).from_pretrained(str(tmp_path / "out")).eval()
     with torch.inference_mode():
         again = reopened(**tiny_inputs)
@@ -416,7 +417,7 @@ def test_report_lists_unexpected_and_initialised_tensors(transformers: Any):
     """An MLM checkpoint into a classifier: the MLM head is unused, the pooler and classifier are new."""
     hf = transformers.BertForMaskedLM(tiny_hf_config(transformers))
     model = BertForSequenceClassification(TINY, 3)
-    report = bert.load_hf_state_dict(model, hf.state_dict())
+    report = bert_hf.load_hf_state_dict(model, hf.state_dict())
     assert report.missing == []
     assert sorted(report.initialised) == sorted(
         ["bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"]
@@ -426,7 +427,7 @@ def test_report_lists_unexpected_and_initialised_tensors(transformers: Any):
 
 def test_loading_with_a_new_head_warns(minilm_dir: Path):
     with pytest.warns(UserWarning, match=r"randomly initialised.*classifier\.weight"):
-        model = bert.from_pretrained(minilm_dir, head="sequence-classification", num_labels=4)
+        model = bert_hf.from_pretrained(minilm_dir, head="sequence-classification", num_labels=4)
     assert isinstance(model, BertForSequenceClassification)
     assert model.classifier.out_features == 4
 
@@ -443,7 +444,7 @@ def test_loading_with_a_new_head_warns(minilm_dir: Path):
 def test_config_from_hf_refuses_what_it_cannot_compute(key: str, value: Any, message: str):
     data = {"model_type": "bert", "hidden_size": 384, key: value}
     with pytest.raises(ConfigError, match=message):
-        bert.config_from_hf(data, source="x/config.json")
+        bert_hf.config_from_hf(data, source="x/config.json")
 
 
 def test_bert_config_validates():

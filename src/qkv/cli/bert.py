@@ -34,7 +34,7 @@ def _read_stdin_lines() -> list[str]:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from qkv.embed import SentenceEmbedder, cosine_similarity
-    from qkv.models.bert import CheckpointError
+    from qkv.models.bert_hf import CheckpointError
 
     texts = list(args.sentences) if args.sentences else _read_stdin_lines()
     try:

@@ -1,7 +1,7 @@
 """Hugging Face BERT directories on disk: config.json, safetensors weights (one file or shards), never a
 pickle.
 
-Everything here reads or writes files; :mod:`qkv.models.bert` maps the tensors onto the model. Config keys
+Everything here reads or writes files; :mod:`qkv.models.bert_hf` maps the tensors onto the model. Config keys
 are translated by the one table :data:`HF_CONFIG_KEYS`. Every file is checked before it is used, and a
 problem is one :class:`~qkv.storage.CheckpointError` (or :class:`~qkv.config.ConfigError` for config
 values) naming the file and, where one is to blame, the tensor or key:
