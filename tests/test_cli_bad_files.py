@@ -158,3 +158,23 @@ def test_a_jsonl_line_nested_too_deep_is_file_and_line(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert f"{data}:2:" in error_line(done.stderr, "train")
     assert snapshot(tmp_path) == before
+
+
+def test_embed_with_a_damaged_bert_checkpoint_is_one_line(tmp_path: Path) -> None:
+    """The BERT loader reads the same headers: a Hugging Face BERT directory whose weights file has a
+    header of the wrong shape."""
+    model = tmp_path / "bert"
+    model.mkdir()
+    config = {
+        "model_type": "bert", "architectures": ["BertModel"], "vocab_size": 30, "hidden_size": 8,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16,
+        "max_position_embeddings": 16, "type_vocab_size": 2, "hidden_act": "gelu",
+    }  # fmt: skip
+    (model / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (model / "model.safetensors").write_bytes(_header(b'{"embeddings.word_embeddings.weight": [30, 8]}'))
+    (model / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b"]), "utf-8")
+    before = snapshot(model)
+    done = qkv("embed", "--model", str(model), "a b")
+    assert done.returncode != 0 and done.stdout == ""
+    assert "model.safetensors" in error_line(done.stderr, "embed")
+    assert snapshot(model) == before
