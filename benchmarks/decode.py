@@ -36,9 +36,9 @@ from benchmarks.common import (
 )
 from benchmarks.ct2_worker import Worker
 from qkv.config import preset
-from qkv.decode import decode, pad_batch
-from qkv.models.seq2seq import Transformer
+from qkv.decode import Lengths, SearchConfig, decode, pad_batch
 from qkv.infer.products import full_range_activations, int8_available
+from qkv.models.seq2seq import Transformer
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CASES = [("batch", "greedy", 1), ("batch", "beam", 4), ("single", "greedy", 1), ("single", "beam", 4)]
@@ -156,19 +156,15 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
     def qkv_run(
         srcs: list[list[int]], method: str, beam: int, *, int8: bool = False
     ) -> Callable[[], list[list[int]]]:
+        search = SearchConfig(
+            method="greedy" if method == "greedy" else "beam",
+            beam=beam,
+            lengths=Lengths(min_len=steps - 1, max_len_a=0.0, max_len_b=steps - 1),
+        )
+
         def go() -> list[list[int]]:
             with device.autocast():
-                found = decode(
-                    model,
-                    srcs,
-                    method="greedy" if method == "greedy" else "beam",
-                    beam=beam,
-                    min_len=steps - 1,
-                    max_len_a=0.0,
-                    max_len_b=steps - 1,
-                    batch_size=len(srcs),
-                    int8=int8,
-                )
+                found = decode(model, srcs, search, batch_size=len(srcs), int8=int8)
             tokens = [hyps[0].tokens for hyps in found]
             if any(len(t) != steps - 1 for t in tokens):
                 raise RuntimeError(

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from qkv.config import preset
-from qkv.decode import pad_batch
+from qkv.decode import Lengths, pad_batch
 from qkv.decode.beam import beam_search
 from qkv.decode.greedy import greedy_search
 from qkv.decode.step import CachedStepper, Stepper, UncachedStepper
@@ -30,20 +30,20 @@ from qkv.models.seq2seq import Transformer
 
 def time_decode(stepper: Stepper[Any], src: torch.Tensor, length: int, method: str, repeats: int) -> float:
     """Best-of-``repeats`` wall time (s) to decode exactly ``length`` tokens per sentence."""
-    options: dict[str, Any] = {"max_len_a": 0.0, "max_len_b": length, "min_len": length}
+    lengths = Lengths(max_len_a=0.0, max_len_b=length, min_len=length)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         with torch.inference_mode():
             if method == "greedy":
-                hyps = greedy_search(stepper, src, **options)
-                lengths = {len(h.tokens) for h in hyps}
+                hyps = greedy_search(stepper, src, lengths=lengths)
+                got = {len(h.tokens) for h in hyps}
             else:
-                found = beam_search(stepper, src, beam=4, **options)
-                lengths = {len(hyps[0].tokens) for hyps in found}
+                found = beam_search(stepper, src, beam=4, lengths=lengths)
+                got = {len(hyps[0].tokens) for hyps in found}
         best = min(best, time.perf_counter() - start)
-        if lengths != {length}:
-            raise RuntimeError(f"expected outputs of {length} tokens, got lengths {sorted(lengths)}")
+        if got != {length}:
+            raise RuntimeError(f"expected outputs of {length} tokens, got lengths {sorted(got)}")
     return best
 
 

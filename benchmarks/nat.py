@@ -48,6 +48,7 @@ import torch
 
 from qkv.data import demo
 from qkv.data.corpus import read_corpus
+from qkv.decode import SearchConfig
 from qkv.distill import translate_all, tsv_line
 from qkv.evaluate import score
 from qkv.models import saved
@@ -60,6 +61,10 @@ DEMO_MODEL = {"d_model": 128, "heads": 4, "d_ff": 512, "encoder_layers": 3, "dec
 
 # Sentences each system translates in its turn (see run_rows).
 DEFAULT_TURN = 32
+
+# The autoregressive systems' searches.
+GREEDY = SearchConfig(method="greedy", beam=1)
+BEAM_4 = SearchConfig(method="beam", beam=4)
 
 
 @dataclass
@@ -156,8 +161,8 @@ def benchmark(
     if isinstance(at.model, NATransformer) or not isinstance(nat.model, NATransformer):
         raise SystemExit("--at must be an autoregressive model and --nat a non-autoregressive one")
     systems: list[tuple[str, str, Translator]] = [
-        ("AT", "greedy", Translator(at.model, at.src_tokenizer, at.tgt_tokenizer, method="greedy", beam=1)),
-        ("AT", "beam 4", Translator(at.model, at.src_tokenizer, at.tgt_tokenizer, method="beam", beam=4)),
+        ("AT", "greedy", Translator(at.model, at.src_tokenizer, at.tgt_tokenizer, search=GREEDY)),
+        ("AT", "beam 4", Translator(at.model, at.src_tokenizer, at.tgt_tokenizer, search=BEAM_4)),
         ("NAT", "single pass", Translator(nat.model, nat.src_tokenizer, nat.tgt_tokenizer)),
         (
             "NAT",
@@ -200,9 +205,11 @@ def benchmark(
         c = ds.model.config
         name = f"AT {c.encoder_layers}+{c.decoder_layers}"
         systems.append(
-            (name, "greedy", Translator(ds.model, ds.src_tokenizer, ds.tgt_tokenizer, method="greedy"))
+            (name, "greedy", Translator(ds.model, ds.src_tokenizer, ds.tgt_tokenizer, search=GREEDY))
         )
-        systems.append((name, "beam 4", Translator(ds.model, ds.src_tokenizer, ds.tgt_tokenizer, beam=4)))
+        systems.append(
+            (name, "beam 4", Translator(ds.model, ds.src_tokenizer, ds.tgt_tokenizer, search=BEAM_4))
+        )
     for _, _, translator in systems:
         translator.int8 = int8  # every system, the AT baseline and the rescoring teacher included
     rows: list[Row] = []
@@ -271,7 +278,7 @@ def train_demo(out: Path, minutes: float | None, steps: int, length_weight: floa
         teacher = saved.load(at_dir)
         assert not isinstance(teacher.model, NATransformer)
         translator = Translator(
-            teacher.model, teacher.src_tokenizer, teacher.tgt_tokenizer, method="greedy", batch_size=128
+            teacher.model, teacher.src_tokenizer, teacher.tgt_tokenizer, search=GREEDY, batch_size=128
         )
         translations = translate_all(translator, [zh for zh, _ in train_pairs])
         distilled.write_text(

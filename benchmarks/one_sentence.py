@@ -54,7 +54,7 @@ from benchmarks.common import (
     quiet_transformers,
 )
 from qkv.config import preset
-from qkv.decode import decode
+from qkv.decode import Lengths, SearchConfig, decode
 from qkv.decode.step import CachedState, CachedStepper
 from qkv.infer.stacks import StepDecoder, step_decoder
 from qkv.models.seq2seq import Transformer
@@ -152,10 +152,12 @@ def run(*, preset_name: str, vocab: int, steps: int, repeats: int, device: Devic
             )
 
         # -- qkv decode(): the whole of it ------------------------------------------------------------
+        greedy = SearchConfig(
+            method="greedy", lengths=Lengths(min_len=steps - 1, max_len_a=0.0, max_len_b=steps - 1)
+        )
+
         def qkv_decode() -> object:
-            found = decode(
-                model, [source], method="greedy", min_len=steps - 1, max_len_a=0.0, max_len_b=steps - 1
-            )
+            found = decode(model, [source], greedy)
             if len(found[0][0].tokens) != steps - 1:
                 raise RuntimeError(f"qkv: expected {steps - 1} tokens + </s>, got {len(found[0][0].tokens)}")
             return found

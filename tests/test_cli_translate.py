@@ -14,8 +14,12 @@ import torch
 
 from qkv import checkpoint
 from qkv.averaging import average_run
+from qkv.cli import build_parser
+from qkv.cli import main as qkv_main
+from qkv.cli.translate import load_translator
 from qkv.config import preset
 from qkv.data import demo
+from qkv.decode import Lengths, SearchConfig
 from qkv.evaluate import score
 from qkv.models import saved
 from qkv.models.seq2seq import Transformer
@@ -112,7 +116,11 @@ def test_translator_empty_and_truncated_inputs(model_dir: Path) -> None:
     loaded = saved.load(model_dir)
     warnings: list[str] = []
     t = Translator(
-        loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, method="greedy", warn=warnings.append
+        loaded.model,
+        loaded.src_tokenizer,
+        loaded.tgt_tokenizer,
+        search=SearchConfig(method="greedy"),
+        warn=warnings.append,
     )
     out = t.translate(["", "   ", "我" * 500], first_line=7)
     assert out[0] == "" and out[1] == ""
@@ -215,3 +223,49 @@ def test_int8_translates_like_float32_and_refuses_a_gpu(model_dir: Path) -> None
     refused = qkv("translate", "--model", str(model_dir), "--int8", "--device", "cuda", "x")
     assert refused.returncode != 0
     assert b"--int8" in refused.stderr or b"cuda" in refused.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], SearchConfig(method="beam", beam=4)),
+        (["--beam", "1"], SearchConfig(method="greedy", beam=1)),  # --beam 1 is greedy decoding
+        (
+            ["--beam", "5", "--alpha", "1", "--max-len-a", "2.5", "--max-len-b", "3"],
+            SearchConfig(method="beam", beam=5, alpha=1.0, lengths=Lengths(max_len_a=2.5, max_len_b=3)),
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["translate", "evaluate", "attention"])
+def test_decoding_flags_build_one_search_config(
+    model_dir: Path, tmp_path: Path, command: str, flags: list[str], expected: SearchConfig
+) -> None:
+    data = tmp_path / "test.tsv"
+    data.write_text("我爱你\tI love you.\n", encoding="utf-8")
+    own = {"translate": [], "evaluate": ["--data", str(data)], "attention": ["我爱你"]}[command]
+    args = build_parser().parse_args([command, "--model", str(model_dir), *own, *flags])
+    assert load_translator(args).search == expected
+
+
+@pytest.mark.parametrize(
+    ("beam", "expected"),
+    [("1", SearchConfig(method="greedy", beam=1)), ("3", SearchConfig(method="beam", beam=3))],
+)
+def test_distill_builds_its_search_config_like_translate(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, beam: str, expected: SearchConfig
+) -> None:
+    from qkv import distill
+
+    given: list[SearchConfig] = []
+
+    def record(*args: object, search: SearchConfig, **kwargs: object) -> int:
+        given.append(search)
+        return 0
+
+    monkeypatch.setattr(distill, "distill", record)
+    data = tmp_path / "train.tsv"
+    data.write_text("我爱你\tI love you.\n", encoding="utf-8")
+    out = tmp_path / "distilled.tsv"
+    argv = ["distill", "--teacher", str(model_dir), "--data", str(data), "--out", str(out), "--beam", beam]
+    assert qkv_main(argv) == 0
+    assert given == [expected]

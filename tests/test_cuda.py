@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from qkv.config import BertConfig, NATConfig, preset
-from qkv.decode import decode
+from qkv.decode import SearchConfig, decode
 from qkv.decode.nat import mask_predict
 from qkv.models.bert import BertModel
 from qkv.models.nat import NATransformer
@@ -50,9 +50,10 @@ def _sources(vocab: int, generator: torch.Generator) -> list[list[int]]:
 def test_greedy_and_beam_decoding_on_the_gpu_equal_the_cpus(rng: torch.Generator) -> None:
     model = Transformer(preset("tiny", 64, dropout=0.0)).eval()
     sources = _sources(64, rng)
-    for method, beam in (("greedy", 1), ("beam", 4)):
-        on_cpu = decode(model, sources, method=method, beam=beam, batch_size=4)
-        on_gpu = decode(model.to(CUDA), sources, method=method, beam=beam, batch_size=4)
+    for search in (SearchConfig(method="greedy", beam=1), SearchConfig(method="beam", beam=4)):
+        method = search.method
+        on_cpu = decode(model, sources, search, batch_size=4)
+        on_gpu = decode(model.to(CUDA), sources, search, batch_size=4)
         model.to("cpu")
         assert [h[0].tokens for h in on_gpu] == [h[0].tokens for h in on_cpu], method
         for gpu, cpu in zip(on_gpu, on_cpu, strict=True):

@@ -20,7 +20,7 @@ from qkv import checkpoint
 from qkv.cli import main as qkv_main
 from qkv.config import preset
 from qkv.data import demo
-from qkv.decode import pad_batch, translate_ids
+from qkv.decode import Lengths, SearchConfig, pad_batch, translate_ids
 from qkv.export.marian import ExportError, export_marian, marian_state_dict, residual_permutation
 from qkv.models import saved
 from qkv.models.seq2seq import Transformer
@@ -101,7 +101,8 @@ def _sentences(corpus: tuple[Tokenizer, list[tuple[str, str]]]) -> list[str]:
 def _qkv_greedy(model_dir: Path, texts: list[str]) -> list[list[int]]:
     loaded = saved.load(model_dir)
     sources = [loaded.src_tokenizer.encode(t) + [EOS_ID] for t in texts]
-    return translate_ids(loaded.model, sources, method="greedy", max_len_a=0.0, max_len_b=MAX_TOKENS)
+    greedy = SearchConfig(method="greedy", lengths=Lengths(max_len_a=0.0, max_len_b=MAX_TOKENS))
+    return translate_ids(loaded.model, sources, greedy)
 
 
 # ---- the layout fact the Marian export rests on ----------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 from qkv import averaging, checkpoint, distill
 from qkv.config import BertConfig, ConfigError, preset
 from qkv.data.corpus import PROBLEM_JSON, CorpusError, read_jsonl
+from qkv.decode import SearchConfig
 from qkv.export.marian import export_marian
 from qkv.models import bert_hf as bert  # its load_pretrained and save_pretrained (BertModel comes along)
 from qkv.models import saved
@@ -191,8 +192,16 @@ def test_distill_refuses_an_existing_output_and_its_own_input(
         distill.distill(teacher, loaded.src_tokenizer, loaded.tgt_tokenizer, data, data, overwrite=True)
     assert tree_hashes(tmp_path) == before
     monkeypatch.undo()
+    greedy = SearchConfig(method="greedy", beam=1)
     written = distill.distill(
-        teacher, loaded.src_tokenizer, loaded.tgt_tokenizer, data, out, beam=1, progress=False, overwrite=True
+        teacher,
+        loaded.src_tokenizer,
+        loaded.tgt_tokenizer,
+        data,
+        out,
+        search=greedy,
+        progress=False,
+        overwrite=True,
     )
     assert len(out.read_text(encoding="utf-8").splitlines()) == written
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from tqdm import tqdm
 
 from qkv.data.corpus import read_corpus
+from qkv.decode.search import DEFAULT_SEARCH, SearchConfig
 from qkv.models.seq2seq import Transformer
 from qkv.storage import check_output_file, write_file
 from qkv.tokenize import Tokenizer
@@ -57,16 +58,17 @@ def distill(
     src_col: int = 1,
     tgt_col: int = 2,
     tgt_path: str | os.PathLike[str] | None = None,
-    beam: int = 4,
+    search: SearchConfig = DEFAULT_SEARCH,
     batch_size: int = 64,
     skip_bad: bool = False,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
     overwrite: bool = False,
 ) -> int:
-    """Translate the sources of corpus ``data`` with ``teacher`` (beam search; ``beam=1``: greedy) and write
-    ``out`` as TSV, source in ``src_col`` and translation in ``tgt_col``. Returns the pairs written:
-    a source the teacher translates to nothing is left out, with a warning (``warn``) naming it.
+    """Translate the sources of corpus ``data`` with ``teacher`` (``search``; default: beam search with 4
+    beams) and write ``out`` as TSV, source in ``src_col`` and translation in ``tgt_col``. Returns the
+    pairs written: a source the teacher translates to nothing is left out, with a warning (``warn``)
+    naming it.
 
     The file is written under a temporary name and renamed, so an interrupted run leaves no partial file.
     An existing ``out`` is refused unless ``overwrite``, and ``out`` is never the corpus it reads
@@ -79,8 +81,7 @@ def distill(
         teacher,
         src_tokenizer,
         tgt_tokenizer,
-        method="greedy" if beam == 1 else "beam",
-        beam=beam,
+        search=search,
         batch_size=batch_size,
         warn=warn,
     )

@@ -11,10 +11,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from qkv.decode import Method, translate_ids
+from qkv.decode import SearchConfig, translate_ids
 from qkv.decode import nat as nat_decode
-from qkv.decode.greedy import DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B
-from qkv.decode.hypothesis import DEFAULT_ALPHA
+from qkv.decode.search import DEFAULT_SEARCH
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
 from qkv.tokenize import Tokenizer
@@ -26,7 +25,8 @@ _LINE_BREAKS = re.compile("[\r\n\u0085\u2028\u2029\v\f]")
 class Translator:
     """A model with its tokenizers and decoding options.
 
-    An autoregressive model decodes with ``method`` (greedy, beam, sample); a non-autoregressive one
+    An autoregressive model decodes with ``search`` (:class:`~qkv.decode.search.SearchConfig`: greedy,
+    beam search or sampling, and their options); a non-autoregressive one
     (:class:`~qkv.models.nat.NATransformer`) with mask-predict: ``iterations`` passes (1 = the single
     pass) for each of its ``length_beam`` most probable lengths. With a ``teacher`` (an autoregressive
     model with its tokenizers), the length beam's candidates are rescored by it instead of by the NAT's
@@ -38,11 +38,7 @@ class Translator:
     model: Transformer | NATransformer
     src_tokenizer: Tokenizer
     tgt_tokenizer: Tokenizer
-    method: Method = "beam"
-    beam: int = 4
-    alpha: float = DEFAULT_ALPHA
-    max_len_a: float = DEFAULT_MAX_LEN_A
-    max_len_b: int = DEFAULT_MAX_LEN_B
+    search: SearchConfig = DEFAULT_SEARCH
     batch_size: int = 64
     warn: Callable[[str], None] | None = None
     iterations: int = 1
@@ -72,15 +68,7 @@ class Translator:
             outputs = self._non_autoregressive(self.model, sources)
         else:
             outputs = translate_ids(
-                self.model,
-                sources,
-                method=self.method,
-                beam=self.beam,
-                alpha=self.alpha,
-                max_len_a=self.max_len_a,
-                max_len_b=self.max_len_b,
-                batch_size=self.batch_size,
-                int8=self.int8,
+                self.model, sources, self.search, batch_size=self.batch_size, int8=self.int8
             )
         return [_LINE_BREAKS.sub(" ", self.tgt_tokenizer.decode(ids)).strip() for ids in outputs]
 

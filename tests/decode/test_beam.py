@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from qkv.decode import pad_batch
+from qkv.decode import Lengths, pad_batch
 from qkv.decode.beam import beam_search, top_candidates
 from qkv.decode.greedy import greedy_search
 from qkv.decode.step import CachedStepper, UncachedStepper
@@ -45,7 +45,8 @@ LP2, LP3, LP4 = 7 / 6, 8 / 6, 9 / 6  # ((5 + n) / 6) ** 1 for n = 2, 3, 4 tokens
 
 
 def run(stepper: ScriptedStepper, keys: list[int], **options: object) -> list[list[tuple[list[int], float]]]:
-    found = beam_search(stepper, src_for(keys), max_len_a=0, max_len_b=3, **options)  # type: ignore[arg-type]
+    lengths = Lengths(max_len_a=0, max_len_b=3)
+    found = beam_search(stepper, src_for(keys), lengths=lengths, **options)  # type: ignore[arg-type]
     return [[(h.tokens, h.score) for h in hyps] for hyps in found]
 
 
@@ -78,7 +79,7 @@ def test_beam_on_a_hand_set_script(
         assert found[0][0] == list(best)
         assert found[0][1] == pytest.approx(score, abs=SCORE_ATOL)
     (greedy,) = greedy_search(
-        ScriptedStepper(table_script(TABLE, 6), 6), src_for([10]), max_len_a=0, max_len_b=3
+        ScriptedStepper(table_script(TABLE, 6), 6), src_for([10]), lengths=Lengths(max_len_a=0, max_len_b=3)
     )
     assert greedy.tokens == [A, B, A]
 
@@ -197,11 +198,11 @@ def test_each_sentence_stops_at_its_own_length_limit(
     (min_len above every limit), every hypothesis of a sentence is exactly as long as its own limit, the
     shortest sentence's included, while the longer ones search on."""
     src = pad_batch(sources, 0)
-    limits = [len(s) - 1 for s in sources]  # max_len_a=1, max_len_b=-1: source length minus </s>
+    limits = [len(s) for s in sources]  # max_len_a=1, max_len_b=0: source length, </s> included
     assert len(set(limits)) > 1
     with torch.inference_mode():
         found = beam_search(
-            CachedStepper(model), src, beam=3, max_len_a=1.0, max_len_b=-1, min_len=100,
+            CachedStepper(model), src, beam=3, lengths=Lengths(max_len_a=1.0, max_len_b=0, min_len=100),
             early_stopping=early_stopping,
         )  # fmt: skip
     for limit, hyps in zip(limits, found, strict=True):

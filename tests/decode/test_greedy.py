@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from qkv.decode import pad_batch
+from qkv.decode import Lengths, pad_batch
 from qkv.decode.greedy import greedy_search
 from qkv.decode.step import CachedStepper, UncachedStepper, max_output_lengths
 from qkv.models.seq2seq import Transformer
@@ -53,7 +53,7 @@ def test_output_never_holds_special_tokens_and_respects_limits(
 ) -> None:
     src = pad_batch(sources, 0)
     with torch.inference_mode():
-        hyps = greedy_search(CachedStepper(model), src, max_len_a=0.5, max_len_b=2)
+        hyps = greedy_search(CachedStepper(model), src, lengths=Lengths(max_len_a=0.5, max_len_b=2))
     limits = max_output_lengths(src, 0, max_len_a=0.5, max_len_b=2, max_len=256).tolist()
     for hyp, limit in zip(hyps, limits, strict=True):
         assert len(hyp.tokens) <= limit
@@ -62,7 +62,8 @@ def test_output_never_holds_special_tokens_and_respects_limits(
 
 def test_min_len_equal_to_max_forces_the_length(model: Transformer, sources: list[list[int]]) -> None:
     with torch.inference_mode():
-        hyps = greedy_search(CachedStepper(model), pad_batch(sources, 0), max_len_a=0, max_len_b=7, min_len=7)
+        lengths = Lengths(max_len_a=0, max_len_b=7, min_len=7)
+        hyps = greedy_search(CachedStepper(model), pad_batch(sources, 0), lengths=lengths)
     assert [len(h.tokens) for h in hyps] == [7] * len(sources)
 
 
@@ -75,7 +76,9 @@ def test_greedy_on_a_script_by_hand() -> None:
     other = {(): {B: 0.6, A: 0.4}, (B,): {B: 0.7, EOS: 0.3}, (B, B): {A: 0.5, EOS: 0.5}}
     scripts = {10: table_script(table, 6), 11: table_script(other, 6)}
     stepper = ScriptedStepper(lambda key, prefix: scripts[key](key, prefix), vocab_size=6)
-    first, second = greedy_search(stepper, src_for([10, 11]), alpha=1.0, max_len_a=0, max_len_b=2)
+    first, second = greedy_search(
+        stepper, src_for([10, 11]), alpha=1.0, lengths=Lengths(max_len_a=0, max_len_b=2)
+    )
     assert first.tokens == [A]
     assert first.log_prob == pytest.approx(math.log(0.55 * 0.55))
     assert first.score == pytest.approx(math.log(0.55 * 0.55) / (7 / 6))  # 2 tokens with </s>

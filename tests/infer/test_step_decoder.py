@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qkv.config import preset
-from qkv.decode import decode, pad_batch
+from qkv.decode import SearchConfig, decode, pad_batch
 from qkv.decode.beam import beam_search
 from qkv.decode.greedy import greedy_search
 from qkv.decode.step import CachedStepper
@@ -167,12 +167,12 @@ def test_snapshot_is_reused_and_follows_weight_changes(model: Transformer, sourc
     assert stacks.step_decoder(model, 6) is first  # still kept
 
     src = pad_batch(sources, model.config.pad_id)
-    before = decode(model, sources, method="greedy")
+    before = decode(model, sources, SearchConfig(method="greedy"))
     with torch.no_grad():
         assert model.output_proj is not None
         model.output_proj.weight.neg_()  # each step's most likely token becomes its least likely
     assert stacks.step_decoder(model, 6) is not first  # the in-place update is seen
-    after = decode(model, sources, method="greedy")
+    after = decode(model, sources, SearchConfig(method="greedy"))
     with torch.inference_mode():
         reference = greedy_search(CachedStepper(model, fast=False), src)
     assert [h[0].tokens for h in after] == [h.tokens for h in reference]
@@ -269,7 +269,7 @@ def test_int8_steps_are_close_to_float32_steps(rows: int) -> None:
 @needs_int8
 def test_int8_decode_and_its_errors(sources: list[list[int]]) -> None:
     model = random_model()
-    found = decode(model, sources, method="beam", beam=3, int8=True)
+    found = decode(model, sources, SearchConfig(method="beam", beam=3), int8=True)
     assert len(found) == len(sources) and all(hyps for hyps in found)
     with pytest.raises(ValueError, match="cached"):
         decode(model, sources, int8=True, cached=False)

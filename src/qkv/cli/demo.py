@@ -10,6 +10,7 @@ from pathlib import Path
 from qkv.allocator import keep_freed_memory
 from qkv.cli.common import Subparsers, UsageError
 from qkv.cli.flag_types import output_directory, positive_float, positive_int, seed
+from qkv.cli.translate import search_config
 
 # The demo model: small enough to learn the built-in corpus in a few minutes on two CPU cores.
 DEMO_MODEL = {"d_model": 128, "heads": 4, "d_ff": 512, "encoder_layers": 3, "decoder_layers": 3}
@@ -72,7 +73,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print("\n== 2. translate the held-out sentences (never seen in training)")
     model = saved.load(out)
-    translator = Translator(model.seq2seq, model.src_tokenizer, model.tgt_tokenizer, method="greedy", beam=1)
+    greedy = search_config(beam=1)
+    translator = Translator(model.seq2seq, model.src_tokenizer, model.tgt_tokenizer, search=greedy)
     _, held_out = demo.splits(seed=args.seed)
     hypotheses = translator.translate([zh for zh, _ in held_out])
     correct = sum(h == en for h, (_, en) in zip(hypotheses, held_out, strict=True))

@@ -7,6 +7,7 @@ import sys
 
 from qkv.cli.common import Subparsers, UsageError, add_overwrite_option, resolve_device
 from qkv.cli.flag_types import device_name, input_directory, input_file, output_file, positive_int
+from qkv.cli.translate import search_config
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -26,7 +27,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         src_col=args.src_col,
         tgt_col=args.tgt_col,
         tgt_path=args.tgt,
-        beam=args.beam,
+        search=search_config(beam=args.beam),
         batch_size=args.batch_size,
         skip_bad=args.skip_bad,
         progress=not args.quiet,

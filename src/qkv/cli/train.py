@@ -19,6 +19,7 @@ from qkv.cli.flag_types import (
     seed,
 )
 from qkv.cli.train_options import add_model_options, add_optimisation_options
+from qkv.cli.translate import search_config
 
 
 def _bleu_hook(sentences: int) -> Any:
@@ -34,7 +35,8 @@ def _bleu_hook(sentences: int) -> Any:
             return []
 
         def bleu(model: Any, step: int) -> dict[str, float]:
-            translator = Translator(model, prepared.src_tokenizer, prepared.tgt_tokenizer, method="greedy")
+            greedy = search_config(beam=1)
+            translator = Translator(model, prepared.src_tokenizer, prepared.tgt_tokenizer, search=greedy)
             hypotheses = translator.translate([s for s, _ in pairs])
             return {"valid_bleu": score(hypotheses, [t for _, t in pairs]).bleu}
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qkv.cli.common import Subparsers, UsageError, resolve_device
 from qkv.cli.flag_types import (
@@ -18,6 +18,9 @@ from qkv.cli.flag_types import (
     output_file,
     positive_int,
 )
+
+if TYPE_CHECKING:
+    from qkv.decode import SearchConfig
 
 
 def add_decoding_options(p: argparse.ArgumentParser) -> None:
@@ -83,6 +86,32 @@ def add_decoding_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def search_config(
+    beam: int,
+    *,
+    alpha: float | None = None,
+    max_len_a: float | None = None,
+    max_len_b: int | None = None,
+) -> SearchConfig:
+    """The search that the decoding flags ask for, for every command that decodes: ``--beam 1`` is
+    greedy decoding (the outputs of a beam of one, without beam search's bookkeeping), a wider beam is
+    beam search. A flag the command does not have (None) keeps :class:`~qkv.decode.SearchConfig`'s
+    default (`qkv distill` has only --beam)."""
+    from qkv.decode import Lengths, SearchConfig
+
+    default = SearchConfig()
+    lengths = Lengths(
+        max_len_a=default.lengths.max_len_a if max_len_a is None else max_len_a,
+        max_len_b=default.lengths.max_len_b if max_len_b is None else max_len_b,
+    )
+    return SearchConfig(
+        method="greedy" if beam == 1 else "beam",
+        beam=beam,
+        alpha=default.alpha if alpha is None else alpha,
+        lengths=lengths,
+    )
+
+
 def load_translator(args: argparse.Namespace) -> Any:
     from qkv.models import saved
     from qkv.models.nat import NATransformer
@@ -117,11 +146,9 @@ def load_translator(args: argparse.Namespace) -> Any:
         model.model,
         model.src_tokenizer,
         model.tgt_tokenizer,
-        method="greedy" if args.beam == 1 else "beam",
-        beam=args.beam,
-        alpha=args.alpha,
-        max_len_a=args.max_len_a,
-        max_len_b=args.max_len_b,
+        search=search_config(
+            beam=args.beam, alpha=args.alpha, max_len_a=args.max_len_a, max_len_b=args.max_len_b
+        ),
         batch_size=args.batch_size,
         warn=lambda message: print(f"qkv translate: warning: {message}", file=sys.stderr),
         iterations=args.iterations,

@@ -33,9 +33,9 @@ from itertools import count
 import torch
 from torch import Tensor
 
-from qkv.decode.greedy import DEFAULT_MAX_LEN, DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B
 from qkv.decode.hypothesis import DEFAULT_ALPHA, Hypothesis, length_penalty
-from qkv.decode.step import S, Stepper, constrain, max_output_lengths
+from qkv.decode.lengths import DEFAULT_LENGTHS, Lengths
+from qkv.decode.step import S, Stepper, constrain
 
 NEG_INF = float("-inf")
 
@@ -82,18 +82,14 @@ def beam_search(
     alpha: float = DEFAULT_ALPHA,
     early_stopping: bool = True,
     n_best: int | None = None,
-    max_len_a: float = DEFAULT_MAX_LEN_A,
-    max_len_b: int = DEFAULT_MAX_LEN_B,
-    max_len: int = DEFAULT_MAX_LEN,
-    min_len: int = 0,
+    lengths: Lengths = DEFAULT_LENGTHS,
 ) -> list[list[Hypothesis]]:
     """Beam search for a batch of sentences; the n best finished hypotheses of each, best first.
 
     ``alpha`` is the length penalty exponent (:func:`~qkv.decode.hypothesis.length_penalty`);
     ``early_stopping`` picks the stopping rule described in the module docstring; ``n_best`` (default
-    ``beam``) caps how many hypotheses are returned per sentence. Lengths are limited as in greedy
-    decoding: at most ``min(max_len_a * src_len + max_len_b, max_len, stepper.max_len)`` tokens before
-    </s>, and </s> no earlier than ``min_len`` tokens. ``beam=1`` is greedy decoding.
+    ``beam``) caps how many hypotheses are returned per sentence. ``lengths`` limits the outputs as in
+    greedy decoding (:class:`~qkv.decode.lengths.Lengths`). ``beam=1`` is greedy decoding.
 
     Shapes: src_ids (batch, src_len), padded with ``stepper.pad_id`` -> ``batch`` lists of hypotheses.
     """
@@ -106,13 +102,8 @@ def beam_search(
     batch, device = src_ids.shape[0], src_ids.device
     if batch == 0:
         return []
-    max_lens = max_output_lengths(
-        src_ids,
-        stepper.pad_id,
-        max_len_a=max_len_a,
-        max_len_b=max_len_b,
-        max_len=min(max_len, stepper.max_len),
-    )  # (batch,)
+    max_lens = lengths.limits(stepper, src_ids)  # (batch,)
+    min_len = lengths.min_len
     width = int(max_lens.max()) + 1  # the longest finished hypothesis, </s> included
     # Before the shortest limit no row can be at its maximum: constrain skips that check (as greedy does).
     shortest_limit = int(max_lens.min())

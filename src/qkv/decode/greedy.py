@@ -14,13 +14,8 @@ import torch
 from torch import Tensor
 
 from qkv.decode.hypothesis import DEFAULT_ALPHA, Hypothesis, length_penalty
-from qkv.decode.step import S, Stepper, constrain, max_output_lengths
-
-# fairseq's default is a = 0, b = 200; for translation an output a little longer than its source,
-# plus slack for very short sources, is a common choice (e.g. a = 1.2, b = 10).
-DEFAULT_MAX_LEN_A = 1.2
-DEFAULT_MAX_LEN_B = 10
-DEFAULT_MAX_LEN = 256
+from qkv.decode.lengths import DEFAULT_LENGTHS, Lengths
+from qkv.decode.step import S, Stepper, constrain
 
 Pick = Callable[[Tensor], Tensor]
 """Chooses the next tokens: log_probs (rows, vocab), banned tokens at -inf -> token ids (rows,)."""
@@ -32,16 +27,13 @@ def left_to_right(
     pick: Pick | None,
     *,
     alpha: float = DEFAULT_ALPHA,
-    max_len_a: float = DEFAULT_MAX_LEN_A,
-    max_len_b: int = DEFAULT_MAX_LEN_B,
-    max_len: int = DEFAULT_MAX_LEN,
-    min_len: int = 0,
+    lengths: Lengths = DEFAULT_LENGTHS,
 ) -> list[Hypothesis]:
     """Decode one hypothesis per sentence, token by token, choosing each with ``pick`` (None: the most
     probable allowed token, greedy).
 
-    Each sentence stops at </s>, or after ``min(max_len_a * src_len + max_len_b, max_len,
-    stepper.max_len)`` tokens, where it must take </s> (see :func:`~qkv.decode.step.constrain`).
+    Each sentence stops at </s>, or at its limit under ``lengths``
+    (:class:`~qkv.decode.lengths.Lengths`), where it must take </s>.
 
     What each row needs (its limit, its log-prob so far, its tokens) is kept per row and rebuilt only
     when rows leave, not indexed out of per-sentence tensors at every step: for one sentence a step is
@@ -53,13 +45,8 @@ def left_to_right(
     device = src_ids.device
     if batch == 0:
         return []
-    max_lens = max_output_lengths(
-        src_ids,
-        stepper.pad_id,
-        max_len_a=max_len_a,
-        max_len_b=max_len_b,
-        max_len=min(max_len, stepper.max_len),
-    )  # (batch,)
+    max_lens = lengths.limits(stepper, src_ids)  # (batch,)
+    min_len = lengths.min_len
     out = torch.full((batch, int(max_lens.max()) + 1), stepper.pad_id, dtype=torch.long, device=device)
     log_prob = torch.zeros(batch, device=device)  # float32, summed per step
     score = torch.zeros(batch, device=device)
@@ -135,10 +122,7 @@ def greedy_search(
     src_ids: Tensor,
     *,
     alpha: float = DEFAULT_ALPHA,
-    max_len_a: float = DEFAULT_MAX_LEN_A,
-    max_len_b: int = DEFAULT_MAX_LEN_B,
-    max_len: int = DEFAULT_MAX_LEN,
-    min_len: int = 0,
+    lengths: Lengths = DEFAULT_LENGTHS,
 ) -> list[Hypothesis]:
     """Greedy decoding of a batch: the most probable allowed token at every step, until </s>.
 
@@ -152,8 +136,5 @@ def greedy_search(
         src_ids,
         None,
         alpha=alpha,
-        max_len_a=max_len_a,
-        max_len_b=max_len_b,
-        max_len=max_len,
-        min_len=min_len,
+        lengths=lengths,
     )

@@ -21,7 +21,6 @@ model: id lists in (sources end with </s>), hypotheses out, in input order, batc
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from qkv import infer
 from qkv.decode.hypothesis import Hypothesis
+from qkv.decode.sources import pad_batch, prepare_sources
 from qkv.decode.step import token_ids
 from qkv.infer.stacks import Passes, passes
 from qkv.models.nat import NATransformer
@@ -332,8 +332,7 @@ def teacher_scores(
     device = next(teacher.parameters()).device
 
     def pad(seqs: Sequence[Sequence[int]]) -> Tensor:
-        longest = max(len(s) for s in seqs)
-        return torch.tensor([[*s, *[c.pad_id] * (longest - len(s))] for s in seqs], device=device)
+        return pad_batch(seqs, c.pad_id, device)
 
     distinct: dict[tuple[int, ...], int] = {}
     source_row = [distinct.setdefault(tuple(s) or (c.eos_id,), len(distinct)) for s in sources]
@@ -369,38 +368,19 @@ def translate_ids(
     """Translate source id lists with mask-predict (``iterations=1``: the single pass); for each, its
     ``length_beam`` candidates, best first, in input order. ``adaptive``: see :func:`mask_predict`.
 
-    Sources are id lists as in training (ending in </s>); they are sorted by length and batched. An empty
-    source (no ids, or only </s>) gives one empty hypothesis without running the model; one longer than
+    Sources are id lists as in training (ending in </s>), made ready as for the autoregressive model
+    (:func:`~qkv.decode.sources.prepare_sources`): sorted by length and batched; an empty source (no ids,
+    or only </s>) gives one empty hypothesis without running the model; one longer than
     ``max_positions`` is truncated with a warning. Runs under ``torch.inference_mode()`` in eval mode
     (the model's mode is restored after); ``int8=True`` with int8 products (CPU, float32 models only).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
     c = model.config
+    batches = prepare_sources(sources, eos_id=c.eos_id, max_positions=c.max_positions, batch_size=batch_size)
     device = next(model.parameters()).device
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in sources]
-    prepared: dict[int, list[int]] = {}
-    for index, source in enumerate(sources):
-        ids = list(source)
-        if not ids or ids == [c.eos_id]:
-            continue
-        if len(ids) > c.max_positions:
-            warnings.warn(
-                f"source {index} has {len(ids)} tokens, more than the model's {c.max_positions} "
-                f"positions; truncated to {c.max_positions}",
-                stacklevel=2,
-            )
-            ids = ids[: c.max_positions - 1] + [c.eos_id] if ids[-1] == c.eos_id else ids[: c.max_positions]
-        prepared[index] = ids
-    order = sorted(prepared, key=lambda i: len(prepared[i]), reverse=True)
     with eval_mode(model), torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
-            longest = max(len(prepared[i]) for i in indices)
-            src_ids = torch.tensor(
-                [[*prepared[i], *[c.pad_id] * (longest - len(prepared[i]))] for i in indices],
-                device=device,
-            )
+        for batch in batches:
+            src_ids = batch.padded(c.pad_id, device)
             found = (
                 single_pass(model, src_ids, length_beam=length_beam, int8=int8)
                 if iterations == 1
@@ -413,6 +393,6 @@ def translate_ids(
                     adaptive=adaptive,
                 )
             )
-            for index, hyps in zip(indices, found, strict=True):
+            for index, hyps in zip(batch.indices, found, strict=True):
                 results[index] = hyps
     return results

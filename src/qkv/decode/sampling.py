@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qkv.decode.greedy import DEFAULT_MAX_LEN, DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B, left_to_right
+from qkv.decode.greedy import left_to_right
 from qkv.decode.hypothesis import DEFAULT_ALPHA, Hypothesis
+from qkv.decode.lengths import DEFAULT_LENGTHS, Lengths
 from qkv.decode.step import S, Stepper
 
 
@@ -74,15 +75,12 @@ def sample(
     top_k: int = 0,
     top_p: float = 1.0,
     alpha: float = DEFAULT_ALPHA,
-    max_len_a: float = DEFAULT_MAX_LEN_A,
-    max_len_b: int = DEFAULT_MAX_LEN_B,
-    max_len: int = DEFAULT_MAX_LEN,
-    min_len: int = 0,
+    lengths: Lengths = DEFAULT_LENGTHS,
 ) -> list[Hypothesis]:
     """Draw one output per sentence, each token from the filtered distribution of the step.
 
     The hypotheses' ``log_prob`` is under the model's own distribution (temperature 1, no filter), so
-    samples can be compared with beam search outputs. Lengths as in greedy decoding.
+    samples can be compared with beam search outputs. ``lengths`` as in greedy decoding.
 
     Shapes: src_ids (batch, src_len), padded with ``stepper.pad_id`` -> ``batch`` hypotheses, in order.
     """
@@ -102,8 +100,5 @@ def sample(
         src_ids,
         draw,
         alpha=alpha,
-        max_len_a=max_len_a,
-        max_len_b=max_len_b,
-        max_len=max_len,
-        min_len=min_len,
+        lengths=lengths,
     )
