@@ -74,8 +74,8 @@ def left_to_right(
         )
         # A row with no allowed token (only a scripted model can do that) ends, with log-prob -inf.
         if pick is None:  # the most probable token and its log-prob, from one pass
-            # max(dim), not argmax: the same first-maximum index, but torch's CPU argmax over a
-            # (32, 8000) row block took ~10x as long (1.6 ms against 0.16 ms), a third of a decoder step.
+            # max(dim), not argmax: the same first-maximum index, and torch's CPU argmax over a row block
+            # is several times slower (docs/inference-backends.md).
             best, choice = log_probs.max(dim=-1)  # (rows,) each
             stuck = best == float("-inf")
             if bool(stuck.any()):

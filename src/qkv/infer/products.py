@@ -247,7 +247,8 @@ def cpu_linear(weight: Tensor, bias: Tensor | None = None, *, rows: int | None =
 
 def cpu_linear_many_rows(weight: Tensor, bias: Tensor | None = None) -> CpuLinear:
     """The float32 product of this weight for inputs of hundreds of rows or more (a BERT batch): packed
-    once for oneDNN, whose kernels beat the BLAS's plain product at that size on every CPU measured.
+    once for oneDNN, whose kernels beat the BLAS's plain product at that size on the CPUs of
+    docs/inference-backends.md.
     ``F.linear`` where oneDNN is missing."""
     return OneDNNLinear(weight, bias)
 
