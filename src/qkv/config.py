@@ -15,8 +15,12 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-Activation = Literal["relu", "gelu"]
+Activation = Literal["relu", "gelu", "silu"]
 PositionKind = Literal["sinusoidal", "learned"]
+# Where a sinusoidal table puts its sines: "interleaved" in the even dimensions and cosines in the odd ones
+# (the paper, qkv's default); "halves": every sine in the first half, every cosine in the second (Marian,
+# fairseq, Hugging Face Marian).
+SinusoidLayout = Literal["interleaved", "halves"]
 _C = TypeVar("_C", bound="DataclassInstance")
 
 
@@ -36,8 +40,9 @@ def _probability(name: str, value: float) -> None:
 
 # The Literal aliases above, by the name a field's annotation gives them (annotations are strings here).
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "Activation": ("relu", "gelu"),
+    "Activation": ("relu", "gelu", "silu"),
     "PositionKind": ("sinusoidal", "learned"),
+    "SinusoidLayout": ("interleaved", "halves"),
 }
 
 
@@ -104,8 +109,8 @@ def _check_layer_shape(
         )
     _probability("dropout", dropout)
     _probability("attention_dropout", attention_dropout)
-    if activation not in ("relu", "gelu"):
-        raise ConfigError(f"activation={activation!r} must be 'relu' or 'gelu'")
+    if activation not in ("relu", "gelu", "silu"):
+        raise ConfigError(f"activation={activation!r} must be 'relu', 'gelu' or 'silu'")
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,11 @@ class ModelConfig:
 
     Defaults are the paper's base model (Table 3): d_model 512, 8 heads, d_ff 2048, 6+6 layers,
     dropout 0.1, post-LN, sinusoidal positions, shared source/target/output embeddings.
+
+    ``bos_id`` is the decoder's first input (the start token): <s> in qkv's models, the pad id in Marian's
+    (Hugging Face's ``decoder_start_token_id``); a start token equal to ``pad_id`` is never masked as padding.
+    ``logits_bias`` adds a vector to the logits (Marian's ``final_logits_bias``), ``scale_embedding``
+    multiplies embeddings by sqrt(d_model) (section 3.4) or not, ``sinusoid_layout`` places the sines.
     """
 
     src_vocab_size: int
@@ -130,6 +140,9 @@ class ModelConfig:
     layer_norm_eps: float = 1e-5
     max_positions: int = 1024
     positions: PositionKind = "sinusoidal"
+    sinusoid_layout: SinusoidLayout = "interleaved"
+    scale_embedding: bool = True  # embeddings times sqrt(d_model) (section 3.4)
+    logits_bias: bool = False  # a bias added to the logits (Marian's final_logits_bias)
     share_embeddings: bool = True  # one table for source and target (needs a joint vocabulary)
     tie_output: bool = True  # output projection = target embedding matrix (paper section 3.4)
     pad_id: int = 0
@@ -147,6 +160,8 @@ class ModelConfig:
             raise ConfigError(f"layer_norm_eps={self.layer_norm_eps!r} must be > 0")
         if self.positions not in ("sinusoidal", "learned"):
             raise ConfigError(f"positions={self.positions!r} must be 'sinusoidal' or 'learned'")
+        if self.sinusoid_layout not in ("interleaved", "halves"):
+            raise ConfigError(f"sinusoid_layout={self.sinusoid_layout!r} must be 'interleaved' or 'halves'")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ConfigError(
                 f"share_embeddings=True needs one joint vocabulary, but src_vocab_size="

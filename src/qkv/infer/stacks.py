@@ -26,7 +26,7 @@ from torch import Tensor
 from qkv.infer.layers import embed, frozen_layer, frozen_norm
 from qkv.infer.products import Product, int8_available, product
 from qkv.infer.snapshot import model_snapshot
-from qkv.models.seq2seq import Encoded, EncoderDecoder
+from qkv.models.seq2seq import Encoded, EncoderDecoder, target_may_attend
 from qkv.nn import masks
 from qkv.nn.attention import NO_MASK, KeyMask, split_stacked_heads, stack_linears
 from qkv.nn.cache import KVCache
@@ -55,8 +55,9 @@ def _check_int8(int8: bool) -> None:
 
 
 def _output_product(model: EncoderDecoder, *, int8: bool, rows: int | None) -> Product:
+    """The vocabulary projection, with the logits bias (Marian's final_logits_bias) as its bias."""
     weight = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
-    return product(weight, None, int8=int8, rows=rows)
+    return product(weight, model.output_bias, int8=int8, rows=rows)
 
 
 class Passes:
@@ -67,7 +68,7 @@ class Passes:
     def __init__(self, model: EncoderDecoder, *, int8: bool = False) -> None:
         _check_int8(int8)
         # Modules and tensors, not the model: a snapshot must not keep its model alive.
-        self.pad_id = model.config.pad_id
+        self.pad_id, self.start_id = model.config.pad_id, model.config.bos_id
         self.heads = model.config.heads
         self.src_embed, self.tgt_embed, self.positions = model.src_embed, model.tgt_embed, model.positions
         self.encoder = [frozen_layer(layer, int8=int8) for layer in model.encoder]  # type: ignore[arg-type]
@@ -111,7 +112,8 @@ class Passes:
         every_token: int | None = None,
     ) -> Tensor:
         """The decoder stack's output (after the final LayerNorm of a pre-LN model), before the vocabulary
-        projection. Padding (``pad_id``) is never attended to; ``causal`` adds the triangle.
+        projection. Padding (``pad_id``) is never attended to; ``causal`` adds the triangle (and the first
+        position, the start token, is never taken for padding: Marian starts from the pad id).
 
         ``every_token``: the caller's word that every position of ``tgt_ids`` holds this id (a first
         non-autoregressive pass: [MASK] everywhere). Without padding and without the triangle, the first
@@ -122,9 +124,11 @@ class Passes:
         memory_may_attend (batch, 1, 1, src_len) -> (batch, tgt_len, d_model).
         """
         batch, length = tgt_ids.shape
-        may_attend = masks.padding(tgt_ids, self.pad_id)  # (batch, 1, 1, tgt_len)
-        if causal:
+        if causal:  # a teacher-forced target: position 0 is the start token, never padding
+            may_attend = target_may_attend(tgt_ids, self.pad_id, self.start_id)  # (batch, 1, 1, tgt_len)
             may_attend = may_attend & masks.causal(length, device=tgt_ids.device)
+        else:
+            may_attend = masks.padding(tgt_ids, self.pad_id)
         self_mask, memory_mask = KeyMask.of(may_attend), KeyMask.of(memory_may_attend)
         layers = zip(self.decoder, cross, strict=True)
         if every_token is not None and self_mask.may_attend is None and not causal and self.decoder:

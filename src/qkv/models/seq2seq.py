@@ -4,7 +4,8 @@
     target ids -> embed * sqrt(d) + positions -> N decoder layers (masked self-attn,
                                                  cross-attn to memory, FFN)           -> logits
 
-Masks are built here from ids and the pad id (True = may attend); batches carry only ids.
+Masks are built here from ids and the pad id (True = may attend); batches carry only ids. Marian's models
+start decoding from the pad id (``bos_id == pad_id``): :func:`target_may_attend` never masks that start.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.config import ModelConfig
@@ -22,6 +24,19 @@ from qkv.nn.dropout import Dropout
 from qkv.nn.embedding import TokenEmbedding
 from qkv.nn.layers import DecoderLayer, EncoderLayer
 from qkv.nn.positional import LearnedPositions, SinusoidalPositions
+
+
+def target_may_attend(tgt_ids: Tensor, pad_id: int, start_id: int) -> Tensor:
+    """Which decoder inputs may be attended to: every one but padding. Position 0 holds the start token and
+    is never padding, even when the start token is the pad id (Marian's ``decoder_start_token_id``).
+
+    Shapes: tgt_ids (batch, tgt_len), starting with the start token -> (batch, 1, 1, tgt_len), True = may
+    attend.
+    """
+    may_attend = masks.padding(tgt_ids, pad_id)
+    if start_id == pad_id and tgt_ids.shape[1]:
+        may_attend[..., 0] = True
+    return may_attend
 
 
 @dataclass
@@ -68,14 +83,14 @@ class EncoderDecoder(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.src_embed = TokenEmbedding(c.src_vocab_size, c.d_model, pad_id=c.pad_id)
+        self.src_embed = TokenEmbedding(c.src_vocab_size, c.d_model, scale=c.scale_embedding, pad_id=c.pad_id)
         self.tgt_embed = (
             self.src_embed
             if c.share_embeddings
-            else TokenEmbedding(c.tgt_vocab_size, c.d_model, pad_id=c.pad_id)
+            else TokenEmbedding(c.tgt_vocab_size, c.d_model, scale=c.scale_embedding, pad_id=c.pad_id)
         )
         self.positions: SinusoidalPositions | LearnedPositions = (
-            SinusoidalPositions(c.d_model, c.max_positions)
+            SinusoidalPositions(c.d_model, c.max_positions, layout=c.sinusoid_layout)
             if c.positions == "sinusoidal"
             else LearnedPositions(c.d_model, c.max_positions)
         )
@@ -116,6 +131,12 @@ class EncoderDecoder(nn.Module):
         self.output_proj = None if c.tie_output else nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
         if self.output_proj is not None:
             nn.init.normal_(self.output_proj.weight, std=c.d_model**-0.5)
+        # Marian's final_logits_bias: a buffer, as in Hugging Face (fine-tuning leaves it as it is).
+        self.output_bias: Tensor | None
+        if c.logits_bias:
+            self.register_buffer("output_bias", torch.zeros(c.tgt_vocab_size))
+        else:
+            self.output_bias = None
 
     # -- encoder ---------------------------------------------------------------------------------
     def encode(self, src_ids: Tensor, *, need_weights: bool = False, fused: bool = True) -> Encoded:
@@ -137,10 +158,10 @@ class EncoderDecoder(nn.Module):
         return Encoded(x, may_attend, weights)
 
     def logits(self, x: Tensor) -> Tensor:
-        """The pre-softmax projection. Shapes: (batch, len, d_model) -> (batch, len, tgt_vocab)."""
-        if self.output_proj is not None:
-            return self.output_proj(x)  # type: ignore[no-any-return]
-        return self.tgt_embed.logits(x)
+        """The pre-softmax projection x W^T (+ the logits bias, where the config has one).
+        Shapes: (..., d_model) -> (..., tgt_vocab)."""
+        weight = self.output_proj.weight if self.output_proj is not None else self.tgt_embed.weight
+        return F.linear(x, weight, self.output_bias)
 
     def num_parameters(self) -> int:
         """Distinct trainable parameters (a tied matrix counts once)."""
@@ -178,7 +199,8 @@ class Transformer(EncoderDecoder):
         offset = cache.length if cache is not None else 0
         total = offset + new
         if cache is None:
-            self_may_attend: Tensor | None = masks.padding(tgt_ids, self.config.pad_id) & masks.causal(
+            c = self.config
+            self_may_attend: Tensor | None = target_may_attend(tgt_ids, c.pad_id, c.bos_id) & masks.causal(
                 new, total, device=tgt_ids.device
             )
         elif new == 1:

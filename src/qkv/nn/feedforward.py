@@ -1,7 +1,7 @@
 """The position-wise feed-forward network (section 3.3): FFN(x) = max(0, x W1 + b1) W2 + b2.
 
 Applied to each position separately and identically: d_model -> d_ff (4 d_model in the paper) -> d_model.
-ReLU as in the paper; GELU for BERT. :func:`feed_forward` is the one definition, over products
+ReLU as in the paper; GELU for BERT; SiLU (x sigmoid(x), Marian's "swish") for OPUS-MT models. :func:`feed_forward` is the one definition, over products
 (``x -> x W^T + b``); :class:`FeedForward` holds the weights and runs it.
 """
 
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from qkv.config import Activation
 from qkv.nn.dropout import Dropout
 
-ACTIVATIONS = ("relu", "gelu")
+ACTIVATIONS = ("relu", "gelu", "silu")
 
 
 def feed_forward(
@@ -27,7 +27,12 @@ def feed_forward(
 ) -> Tensor:
     """fc_out(dropout(activation(fc_in(h)))). Shapes: (..., d_model) -> (..., d_model)."""
     hidden = fc_in(h)  # (..., d_ff), a fresh tensor: the activation may run in place
-    hidden = F.gelu(hidden) if activation == "gelu" else hidden.relu_()
+    if activation == "gelu":
+        hidden = F.gelu(hidden)
+    elif activation == "silu":
+        hidden = F.silu(hidden, inplace=True)
+    else:
+        hidden = hidden.relu_()
     if dropout is not None:
         hidden = dropout(hidden)
     return fc_out(hidden)
