@@ -31,7 +31,8 @@ def add_decoding_options(p: argparse.ArgumentParser) -> None:
         type=input_directory,
         metavar="DIR",
         required=True,
-        help="a model directory, or a run directory (its best/ model, else the latest checkpoint)",
+        help="a model directory, a run directory (its best/ model, else the latest checkpoint), or a Hugging "
+        "Face Marian directory (OPUS-MT: config.json, model.safetensors, source.spm, target.spm, vocab.json)",
     )
     g.add_argument("--beam", type=positive_int, default=4, help="beam size; 1 = greedy (default 4)")
     g.add_argument(

@@ -35,6 +35,7 @@ from qkv.models.seq2seq import Transformer
 from qkv.nn.layers import DecoderLayer, EncoderLayer
 from qkv.nn.positional import LearnedPositions, sinusoidal_table
 from qkv.tokenize import UNK_ID, Tokenizer
+from qkv.tokenize_spm import SentencePieceTokenizer
 
 
 class ExportError(ValueError):
@@ -74,10 +75,12 @@ def _positions(model: Transformer) -> np.ndarray[Any, Any]:
     c = model.config
     if isinstance(model.positions, LearnedPositions):
         return _array(model.positions.weight)
-    return _array(sinusoidal_table(c.max_positions, c.d_model))
+    return _array(sinusoidal_table(c.max_positions, c.d_model, layout=c.sinusoid_layout))
 
 
-def transformer_spec(model: Transformer, src_tokens: list[str], tgt_tokens: list[str]) -> Any:
+def transformer_spec(
+    model: Transformer, src_tokens: list[str], tgt_tokens: list[str], *, unk_id: int = UNK_ID
+) -> Any:
     """The CTranslate2 ``TransformerSpec`` of ``model`` with its vocabularies (token strings by id)."""
     ct2 = _ctranslate2()
     specs = ct2.specs
@@ -92,11 +95,15 @@ def transformer_spec(model: Transformer, src_tokens: list[str], tgt_tokens: list
             raise ExportError(
                 f"the {side} vocabulary spells two ids the same; CTranslate2 maps tokens by text"
             )
-    activation = specs.Activation.RELU if c.activation == "relu" else specs.Activation.GELU
+    activation = {
+        "relu": specs.Activation.RELU,
+        "gelu": specs.Activation.GELU,
+        "silu": specs.Activation.SWISH,
+    }[c.activation]
     spec = specs.TransformerSpec.from_config(
         (c.encoder_layers, c.decoder_layers), c.heads, pre_norm=c.norm_first, activation=activation
     )
-    scale = math.sqrt(c.d_model)  # section 3.4: embeddings times sqrt(d_model)
+    scale = math.sqrt(c.d_model) if c.scale_embedding else 1.0  # section 3.4: embeddings times sqrt(d_model)
     positions = _positions(model)
 
     encoder = spec.encoder
@@ -135,6 +142,8 @@ def transformer_spec(model: Transformer, src_tokens: list[str], tgt_tokens: list
         _norm(decoder.layer_norm, model.decoder_norm)
     output = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
     decoder.projection.weight = _array(output)
+    if model.output_bias is not None:  # Marian's final_logits_bias
+        decoder.projection.bias = _array(model.output_bias)
 
     spec.register_source_vocabulary(list(src_tokens))
     spec.register_target_vocabulary(list(tgt_tokens))
@@ -142,7 +151,7 @@ def transformer_spec(model: Transformer, src_tokens: list[str], tgt_tokens: list
     config.bos_token = tgt_tokens[c.bos_id]
     config.eos_token = tgt_tokens[c.eos_id]
     config.decoder_start_token = tgt_tokens[c.bos_id]
-    config.unk_token = tgt_tokens[UNK_ID]
+    config.unk_token = tgt_tokens[unk_id]
     config.add_source_eos = True  # qkv's training appends </s> to every source
     config.layer_norm_epsilon = c.layer_norm_eps
     return spec
@@ -226,6 +235,15 @@ def export_ctranslate2(
     loaded = saved.load(model_dir)
     if not isinstance(loaded.model, Transformer):
         raise ExportError(f"{model_dir}: only autoregressive (encoder-decoder) models export to CTranslate2")
-    spec = transformer_spec(loaded.model, vocabulary(loaded.src_tokenizer), vocabulary(loaded.tgt_tokenizer))
-    text = saved.tokenizer_files(loaded.src_tokenizer, loaded.tgt_tokenizer)
+    unk_id = loaded.tgt_tokenizer.unk_id
+    spec = transformer_spec(
+        loaded.model,
+        vocabulary(loaded.src_tokenizer),
+        vocabulary(loaded.tgt_tokenizer),
+        unk_id=UNK_ID if unk_id is None else unk_id,
+    )
+    # A Marian model's SentencePiece tokenizers have no tokenizer.json: its source.spm and target.spm split
+    # the text for CTranslate2, as for Marian.
+    spm = isinstance(loaded.src_tokenizer, SentencePieceTokenizer)
+    text = {} if spm else saved.tokenizer_files(loaded.src_tokenizer, loaded.tgt_tokenizer)
     return save_spec(spec, out_dir, quantization=quantization, text=text, overwrite=overwrite, inputs=inputs)

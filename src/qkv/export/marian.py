@@ -15,8 +15,12 @@ LayerNorm its gain and bias, while the attention heads and the FFN's hidden unit
 embeddings are permuted like the stream, so qkv's positions, permuted, are exactly Marian's table and the
 exported model computes exactly qkv's function (up to float rounding).
 
-Ids stay qkv's: <pad> 0, <s> 1, </s> 2, <unk> 3. Decoding starts from <s> (``decoder_start_token_id``),
-as in qkv (OPUS-MT Marian models start from <pad> instead), and generation never produces <pad> or <s>.
+A model whose config already has Marian's layout (``sinusoid_layout="halves"``, e.g. one imported by
+:mod:`qkv.convert.marian`) is written as it is, without the permutation.
+
+Ids stay the model's: qkv's own models have <pad> 0, <s> 1, </s> 2, <unk> 3 and start decoding from <s>
+(``decoder_start_token_id = bos_id``; OPUS-MT models start from <pad>, which their config says), and
+generation never produces <pad> or the start token.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import tokenizers
 import torch
@@ -33,42 +37,18 @@ from torch import Tensor
 
 from qkv import checkpoint
 from qkv.config import ModelConfig
+from qkv.convert.marian import DECODER_LAYER, ENCODER_LAYER, MARIAN_LAYER_NORM_EPS, Role
 from qkv.models import saved
 from qkv.models.seq2seq import Transformer
 from qkv.tokenize import Tokenizer
+from qkv.tokenize_spm import SentencePieceTokenizer
 
-# Hugging Face's MarianMTModel builds nn.LayerNorm with torch's default epsilon and no way to change it.
-MARIAN_LAYER_NORM_EPS = 1e-5
-# qkv's longest output by default (qkv.decode.greedy.DEFAULT_MAX_LEN), plus the decoder start token.
+# Hugging Face's default longest output; qkv's (qkv.decode.greedy.DEFAULT_MAX_LEN) plus the start token.
 _DEFAULT_MAX_LENGTH = 257
 
 
 class ExportError(ValueError):
     """The model cannot be written in the requested layout; the message says why and what to do."""
-
-
-# How a parameter meets the residual stream decides how the permutation applies to it.
-Role = Literal["reads", "writes", "norm"]
-
-# qkv submodule -> (Hugging Face submodule, role), inside one layer. The only place with Marian names.
-ENCODER_LAYER: dict[str, tuple[str, Role]] = {
-    "self_attn.q_proj": ("self_attn.q_proj", "reads"),
-    "self_attn.k_proj": ("self_attn.k_proj", "reads"),
-    "self_attn.v_proj": ("self_attn.v_proj", "reads"),
-    "self_attn.out_proj": ("self_attn.out_proj", "writes"),
-    "norm_self_attn": ("self_attn_layer_norm", "norm"),
-    "ffn.fc_in": ("fc1", "reads"),
-    "ffn.fc_out": ("fc2", "writes"),
-    "norm_ffn": ("final_layer_norm", "norm"),
-}
-DECODER_LAYER: dict[str, tuple[str, Role]] = {
-    **ENCODER_LAYER,
-    "cross_attn.q_proj": ("encoder_attn.q_proj", "reads"),
-    "cross_attn.k_proj": ("encoder_attn.k_proj", "reads"),  # reads the encoder's stream
-    "cross_attn.v_proj": ("encoder_attn.v_proj", "reads"),
-    "cross_attn.out_proj": ("encoder_attn.out_proj", "writes"),
-    "norm_cross_attn": ("encoder_attn_layer_norm", "norm"),
-}
 
 
 def residual_permutation(d_model: int) -> Tensor:
@@ -120,7 +100,7 @@ def marian_config(config: ModelConfig) -> dict[str, Any]:
         "attention_dropout": c.attention_dropout,
         "activation_dropout": c.dropout,  # qkv drops out after the FFN's activation too
         "max_position_embeddings": c.max_positions,
-        "scale_embedding": True,
+        "scale_embedding": c.scale_embedding,
         "pad_token_id": c.pad_id,
         "bos_token_id": c.bos_id,
         "eos_token_id": c.eos_id,
@@ -160,7 +140,7 @@ def marian_state_dict(model: Transformer) -> dict[str, Tensor]:
     """
     c = model.config
     check_exportable(c)
-    perm = residual_permutation(c.d_model)
+    perm = residual_permutation(c.d_model) if c.sinusoid_layout == "interleaved" else torch.arange(c.d_model)
     ours = {name: t.detach().to("cpu", torch.float32) for name, t in model.state_dict().items()}
     out: dict[str, Tensor] = {}
     if c.share_embeddings:
@@ -170,13 +150,15 @@ def marian_state_dict(model: Transformer) -> dict[str, Tensor]:
         out["model.decoder.embed_tokens.weight"] = ours["tgt_embed.weight"][:, perm]
     if not c.tie_output:
         out["lm_head.weight"] = ours["output_proj.weight"][:, perm]
-    out["final_logits_bias"] = torch.zeros(1, c.tgt_vocab_size)
+    out["final_logits_bias"] = (
+        ours["output_bias"].reshape(1, -1) if c.logits_bias else torch.zeros(1, c.tgt_vocab_size)
+    )
     for stack, layers, table in (
         ("encoder", c.encoder_layers, ENCODER_LAYER),
         ("decoder", c.decoder_layers, DECODER_LAYER),
     ):
         for i in range(layers):
-            for qkv_name, (hf_name, role) in table.items():
+            for qkv_name, (hf_name, role, _, _) in table.items():
                 for kind in ("weight", "bias"):
                     tensor = ours[f"{stack}.{i}.{qkv_name}.{kind}"]
                     out[f"model.{stack}.layers.{i}.{hf_name}.{kind}"] = _permuted(
@@ -237,6 +219,11 @@ def export_marian(
     loaded = saved.load(model_dir)
     if not isinstance(loaded.model, Transformer):
         raise ExportError(f"{model_dir}: only autoregressive (encoder-decoder) models have a Marian layout")
+    if isinstance(loaded.src_tokenizer, SentencePieceTokenizer):
+        raise ExportError(
+            f"{model_dir}: has SentencePiece tokenizers (a Marian model): it already is a Marian directory; "
+            "qkv translate and qkv attention read it as it is, or export it with --format ctranslate2"
+        )
     config = loaded.model.config
     tensors = marian_state_dict(loaded.model)
     text = hf_tokenizer_files(loaded.src_tokenizer, config, name="tokenizer.json")

@@ -2,6 +2,7 @@
 
 ``qkv train`` writes a run directory; every checkpoint in it (``checkpoints/step-N/``) and the best model
 (``best/``) is such a model directory. :func:`resolve` accepts either and picks the model to use.
+:func:`load` also reads a Hugging Face Marian directory (OPUS-MT) as it is (:mod:`qkv.convert`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import torch
 
 from qkv import checkpoint
 from qkv.config import NATConfig, model_config_from_dict
+from qkv.convert import marian
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
 from qkv.tokenize import Tokenizer
+from qkv.tokenize_spm import load_tokenizer
 
 JOINT_TOKENIZER = "tokenizer.json"
 SRC_TOKENIZER = "src_tokenizer.json"
@@ -44,11 +47,16 @@ class SavedModel:
         return self.model
 
 
+def _is_foreign(directory: Path) -> bool:
+    """A Hugging Face Marian directory (read by :mod:`qkv.convert`)."""
+    return marian.is_marian_directory(directory)
+
+
 def resolve(path: str | os.PathLike[str]) -> Path:
     """The model directory to load from a model directory or a run directory (``best/``, else the latest
     checkpoint). A ``best/`` left missing by a writer killed while replacing it is restored first."""
     p = Path(path)
-    if (p / checkpoint.MODEL_FILE).is_file() or not p.is_dir():
+    if (p / checkpoint.MODEL_FILE).is_file() or not p.is_dir() or _is_foreign(p):
         return p
     best = checkpoint.recover(p / "best")
     if (best / checkpoint.MODEL_FILE).is_file():
@@ -67,8 +75,12 @@ def tokenizer_files(src: Tokenizer, tgt: Tokenizer) -> dict[str, str]:
 
 
 def load(path: str | os.PathLike[str], *, device: str = "cpu") -> SavedModel:
-    """Load a model directory (or a run directory's best/latest model) for inference, in eval mode."""
+    """Load a model directory (or a run directory's best/latest model, or a Hugging Face Marian directory)
+    for inference, in eval mode."""
     directory = resolve(path)
+    if _is_foreign(directory):
+        imported, src_spm, tgt_spm = marian.load_marian(directory)
+        return SavedModel(imported.to(device), src_spm, tgt_spm, directory)
     config, tensors = checkpoint.load_directory(directory)
     model_config = model_config_from_dict(
         config.get("model", config), source=str(directory / checkpoint.CONFIG_FILE)
@@ -80,9 +92,9 @@ def load(path: str | os.PathLike[str], *, device: str = "cpu") -> SavedModel:
         skeleton = model_class(model_config)  # type: ignore[arg-type]
     checkpoint.check_state_dict(skeleton.state_dict(), tensors, directory / checkpoint.MODEL_FILE)
     if (directory / JOINT_TOKENIZER).is_file():
-        src = tgt = Tokenizer.load(directory / JOINT_TOKENIZER)
+        src = tgt = load_tokenizer(directory / JOINT_TOKENIZER)
     elif (directory / SRC_TOKENIZER).is_file() and (directory / TGT_TOKENIZER).is_file():
-        src, tgt = Tokenizer.load(directory / SRC_TOKENIZER), Tokenizer.load(directory / TGT_TOKENIZER)
+        src, tgt = load_tokenizer(directory / SRC_TOKENIZER), load_tokenizer(directory / TGT_TOKENIZER)
     else:
         raise checkpoint.CheckpointError(
             f"{directory}: has no {JOINT_TOKENIZER} (or {SRC_TOKENIZER} + {TGT_TOKENIZER}); "
