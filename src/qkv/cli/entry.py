@@ -14,6 +14,7 @@ from qkv.cli.bert import add_embed_parser, add_finetune_parser
 from qkv.cli.demo import add_demo_parser
 from qkv.cli.distill import add_distill_parser
 from qkv.cli.errors import DEBUG_VARIABLE, run_reporting_errors
+from qkv.cli.import_model import add_import_parser
 from qkv.cli.models import add_average_parser, add_export_parser
 from qkv.cli.params import add_params_parser
 from qkv.cli.train import add_train_parser
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_finetune_parser,
         add_distill_parser,
         add_export_parser,
+        add_import_parser,
         add_demo_parser,
     ):
         add_parser(sub)

@@ -2,7 +2,8 @@
 
 ``qkv train`` writes a run directory; every checkpoint in it (``checkpoints/step-N/``) and the best model
 (``best/``) is such a model directory. :func:`resolve` accepts either and picks the model to use.
-:func:`load` also reads a Hugging Face Marian directory (OPUS-MT) as it is (:mod:`qkv.convert`).
+:func:`load` also reads a Hugging Face Marian directory (OPUS-MT) and a Marian release directory (.npz) as
+they are (:mod:`qkv.convert`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from qkv import checkpoint
 from qkv.config import NATConfig, model_config_from_dict
-from qkv.convert import marian
+from qkv.convert import marian, marian_npz
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
 from qkv.tokenize import Tokenizer
@@ -48,8 +49,10 @@ class SavedModel:
 
 
 def _is_foreign(directory: Path) -> bool:
-    """A Hugging Face Marian directory (read by :mod:`qkv.convert`)."""
-    return marian.is_marian_directory(directory)
+    """A Hugging Face Marian directory or a Marian release directory (read by :mod:`qkv.convert`)."""
+    return marian.is_marian_directory(directory) or (
+        not (directory / checkpoint.CONFIG_FILE).is_file() and marian_npz.is_release_directory(directory)
+    )
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
@@ -79,7 +82,10 @@ def load(path: str | os.PathLike[str], *, device: str = "cpu") -> SavedModel:
     for inference, in eval mode."""
     directory = resolve(path)
     if _is_foreign(directory):
-        imported, src_spm, tgt_spm = marian.load_marian(directory)
+        load_foreign = (
+            marian.load_marian if marian.is_marian_directory(directory) else marian_npz.load_release
+        )
+        imported, src_spm, tgt_spm = load_foreign(directory)
         return SavedModel(imported.to(device), src_spm, tgt_spm, directory)
     config, tensors = checkpoint.load_directory(directory)
     model_config = model_config_from_dict(
