@@ -165,6 +165,32 @@ def bert_rows(c: BertConfig, *, with_biases: bool, with_pooler: bool | None = No
     return rows
 
 
+def bert_layer_rows(c: BertConfig, *, with_biases: bool) -> list[Row]:
+    """One encoder layer's parameters: its attention, its FFN and its two LayerNorms.
+
+    The hand count of the lectures (``with_biases=False``) is 4 d^2 + 2 d d_ff + 2 x 2d: for BERT-base,
+    2,359,296 + 4,718,592 + 3,072 = 7,080,960. With the biases of W_Q, W_K, W_V, W_O (4d) and of the FFN
+    (d_ff + d) it is the exact count of one layer, 7,087,872 for BERT-base.
+    """
+    d, f = c.d_model, c.d_ff
+    if with_biases:
+        return [
+            Row("self-attention", f"4 x ({d}*{d} + {d})", 4 * (d * d + d)),
+            Row("feed-forward", f"{d}*{f} + {f} + {f}*{d} + {d}", 2 * d * f + f + d),
+            Row("LayerNorm", f"2 x 2*{d}", 2 * 2 * d),
+        ]
+    return [
+        Row("self-attention", f"4 x {d}*{d}", 4 * d * d),
+        Row("feed-forward", f"2 x {d}*{f}", 2 * d * f),
+        Row("LayerNorm", f"2 x 2*{d}", 2 * 2 * d),
+    ]
+
+
+def layer_line(rows: list[Row]) -> str:
+    """``total = part + part + part``, e.g. ``7,080,960 = 2,359,296 + 4,718,592 + 3,072``."""
+    return f"{total(rows):,} = " + " + ".join(f"{r.count:,}" for r in rows)
+
+
 def _bert_component(name: str) -> str:
     """Map a parameter name of qkv's BERT models to its row (the task heads get rows of their own)."""
     name = name.removeprefix("bert.")
@@ -208,4 +234,11 @@ def bert_report(c: BertConfig) -> str:
         extra = row.count - before.get(row.component, 0)
         if extra:
             lines.append(f"  + {extra:>9,}  {why.get(row.component, row.component)}")
+    hand, full = bert_layer_rows(c, with_biases=False), bert_layer_rows(c, with_biases=True)
+    lines += [
+        "",
+        f"One encoder layer (x {n}): self-attention + feed-forward + 2 LayerNorms",
+        f"  weights only:     {layer_line(hand)}   ({' + '.join(r.formula for r in hand)})",
+        f"  with the biases:  {layer_line(full)}   ({' + '.join(r.formula for r in full)})",
+    ]
     return "\n".join(lines)
