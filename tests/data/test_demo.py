@@ -102,10 +102,36 @@ def test_small_vocabulary(pairs: list[tuple[str, str]]) -> None:
 def test_held_out_is_disjoint_from_train() -> None:
     train, held_out = demo.splits(seed=0, held_out=500)
     assert len(held_out) == 500 and len(train) + len(held_out) == demo.DEFAULT_SIZE
-    assert demo.HEADLINE in train
+    assert demo.HEADLINE in held_out
     assert not {s for s, _ in train} & {s for s, _ in held_out}
     assert not {t for _, t in train} & {t for _, t in held_out}
     assert demo.splits(seed=0, held_out=500) == (train, held_out)
+
+
+# 我爱你 and its close variants, written out by hand: with or without 。, 们 (plural you), or as a question.
+HEADLINE_VARIANTS = {"我爱你", "我爱你。", "我爱你们", "我爱你们。", "我爱你吗？", "我爱你们吗？"}
+
+
+@pytest.mark.parametrize(
+    ("seed", "held_out", "size"), [(0, 500, demo.DEFAULT_SIZE), (1, 500, 6_000), (0, 20, 400)]
+)
+def test_the_headline_and_its_variants_are_never_trained_on(seed: int, held_out: int, size: int) -> None:
+    """The demo's 我爱你 -> I love you. must be a sentence the model never saw (issue 27, point 7)."""
+    train, held = demo.splits(seed=seed, held_out=held_out, size=size)
+    assert not HEADLINE_VARIANTS & {source for source, _ in train}
+    assert not {"I love you.", "Do I love you?"} & {target for _, target in train}
+    assert demo.HEADLINE in held and len(held) == held_out
+
+
+def test_what_the_headline_is_composed_from_is_still_trained_on() -> None:
+    train, _ = demo.splits(seed=0)
+    sources = {source.rstrip("。") for source, _ in train}
+    assert {"我爱她", "他爱你", "我不爱你"} <= sources
+
+
+def test_too_small_a_held_out_set_for_the_headline_is_refused() -> None:
+    with pytest.raises(ValueError, match="smaller than the headline's"):
+        demo.splits(seed=0, held_out=0, size=400)
 
 
 def test_write_tsv_uses_the_shared_layout(tmp_path: Path) -> None:

@@ -70,8 +70,12 @@ from qkv.storage import write_file
 DEFAULT_SIZE = 12_000
 #: Pairs held out (for validation) by default.
 DEFAULT_HELD_OUT = 500
-#: The sentence the demo translates; it is always in the training split.
+#: The sentence the demo translates; it and its close variants are always held out (see :func:`splits`).
 HEADLINE = ("我爱你。", "I love you.")
+#: The English sides held out with the headline: 我爱你 with or without 。 or 们 ("I love you."), and the
+#: question 我爱你吗？ ("Do I love you?"). Sentences that only contain the words (我不爱你, 我爱你的朋友)
+#: stay in the pool: they are other sentences, from which the model is to compose the headline.
+HEADLINE_GROUP = ("I love you.", "Do I love you?")
 #: The share of statements written without the final 。.
 UNPUNCTUATED_SHARE = 0.1
 
@@ -181,7 +185,10 @@ def splits(
     """``(train, held_out)``: the :func:`generate` pairs, ``held_out`` of them set apart.
 
     Pairs are held out in whole groups of one English sentence (你/你们, 我爱你/我爱你。 share theirs), so no
-    held-out source and no held-out target occurs in train. The headline group (I love you.) stays in train.
+    held-out source and no held-out target occurs in train. The headline's groups (:data:`HEADLINE_GROUP`:
+    我爱你, 我爱你。, 我爱你们。, 我爱你吗？, ...) are always among the held-out ones, so the demo's
+    ``我爱你 -> I love you.`` is a sentence the model never saw: it has to compose it from 我爱她, 他爱你,
+    我不爱你, ... Raises ValueError if ``held_out`` is too small for the headline's groups.
     """
     pairs = generate(seed, size)
     if not 0 <= held_out < len(pairs) // 2:
@@ -189,10 +196,14 @@ def splits(
     groups: dict[str, list[tuple[str, str]]] = {}
     for pair in pairs:
         groups.setdefault(pair[1], []).append(pair)
-    targets = [target for target in groups if target != HEADLINE[1]]
+    chosen = {target for target in HEADLINE_GROUP if target in groups}
+    count = sum(len(groups[target]) for target in chosen)
+    if count > held_out:
+        raise ValueError(
+            f"held_out={held_out} is smaller than the headline's {count} pairs, which are always held out"
+        )
+    targets = [target for target in groups if target not in HEADLINE_GROUP]
     random.Random(f"qkv.data.demo.splits:{seed}").shuffle(targets)
-    chosen: set[str] = set()
-    count = 0
     for target in targets:
         if count == held_out:
             break
