@@ -210,3 +210,74 @@ def test_unsupported_modules_are_refused(minilm_dir: Path, tmp_path: Path):
     root = st_folder(minilm_dir, tmp_path, [TRANSFORMER, POOLING, dense], {"pooling_mode_mean_tokens": True})
     with pytest.raises(CheckpointError, match="models.Dense' is not supported"):
         Pooling.from_folder(root)
+
+
+# ---- sentence pairs: [CLS] A [SEP] B [SEP], segment B (issue 27, point 4) --------------------------------
+
+PAIRS = [
+    ("A man is eating food.", "Someone is having a meal."),
+    ("Is it raining?", "The streets are wet and people carry umbrellas."),
+    ("我爱你。", "I love you."),
+    ("word " * 300, "a short second text"),  # the first is cut (Hugging Face's longest_first)
+    ("short first", "word " * 300),  # the second is cut
+    ("left " * 200, "right " * 200),  # both cut to half the room each
+    ("left " * 140, "right " * 127),  # 140 + 127 > 253: both cut, the longer keeps the odd token
+    ("same " * 180, "size " * 180),  # a tie: the second keeps the odd token
+]
+
+
+def test_pair_ids_and_token_types_match_hugging_face(
+    minilm_dir: Path, transformers: Any, embedder: SentenceEmbedder
+):
+    fast = transformers.AutoTokenizer.from_pretrained(str(minilm_dir))
+    expected = fast([a for a, _ in PAIRS], [b for _, b in PAIRS], truncation=True, max_length=256)
+    got = embedder.pair_inputs(PAIRS)
+    for i, (ids, types) in enumerate(got):
+        assert ids == expected["input_ids"][i], i
+        assert types == expected["token_type_ids"][i], i
+        assert 1 in types and len(ids) <= 256
+    assert {len(ids) for ids, _ in got[3:]} == {256}
+
+
+def test_pair_hidden_states_and_embeddings_match_hugging_face(
+    minilm_dir: Path, transformers: Any, embedder: SentenceEmbedder
+):
+    fast = transformers.AutoTokenizer.from_pretrained(str(minilm_dir))
+    encoded = fast([a for a, _ in PAIRS], [b for _, b in PAIRS], truncation=True, max_length=256,
+                   padding=True, return_tensors="pt")  # fmt: skip
+    reference = transformers.BertModel.from_pretrained(str(minilm_dir), attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected = reference(**encoded).last_hidden_state
+    ids, attention_mask, token_types = embedder.pad(embedder.pair_inputs(PAIRS))
+    assert torch.equal(token_types, encoded["token_type_ids"])
+    with torch.no_grad():
+        hidden = embedder.model(ids, attention_mask, token_types).hidden
+    real = attention_mask.bool()
+    diff = float((hidden - expected)[real].abs().max())
+    assert diff < ATOL, f"max abs difference {diff:.3g}"
+    # The pair's embedding: the folder's pooling (mean over real tokens, then L2), by hand on HF's states.
+    mask = encoded["attention_mask"][:, :, None].float()
+    pooled = (expected * mask).sum(1) / mask.sum(1)
+    expected_vectors = pooled / pooled.norm(dim=1, keepdim=True)
+    got = embedder.embed_pairs(PAIRS, batch_size=3)
+    assert float((got - expected_vectors).abs().max()) < ATOL
+    # Segment B is read as B: the same ids all in segment A give other states.
+    with torch.no_grad():
+        as_a = embedder.model(ids, attention_mask, torch.zeros_like(token_types)).hidden
+    assert float((as_a - hidden)[real].abs().max()) > 100 * ATOL
+
+
+def test_embed_pairs_on_the_command_line(
+    minilm_dir: Path, embedder: SentenceEmbedder, capsys: pytest.CaptureFixture[str]
+):
+    from qkv import cli
+
+    code = cli.main(["embed", "--model", str(minilm_dir), "--pairs", "Is it raining?\tThe streets are wet."])
+    assert code == 0
+    [line] = capsys.readouterr().out.splitlines()
+    record = json.loads(line)
+    assert (record["text"], record["text_pair"]) == ("Is it raining?", "The streets are wet.")
+    expected = embedder.embed_pairs([("Is it raining?", "The streets are wet.")])[0]
+    torch.testing.assert_close(torch.tensor(record["embedding"]), expected, atol=1e-6, rtol=0)
+    assert cli.main(["embed", "--model", str(minilm_dir), "--pairs", "no tab here"]) != 0
+    assert "argument 1: --pairs expects two tab-separated texts" in capsys.readouterr().err

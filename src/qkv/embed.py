@@ -10,6 +10,10 @@ sentence-transformers gives it. Modules we do not implement (Dense, ...) are ref
     embedder = SentenceEmbedder.from_pretrained(path)
     vectors = embedder.embed(["A man is eating.", "Someone eats."])   # (2, d)
     cosine_similarity(vectors)                                        # (2, 2)
+
+A pair of texts is one input, as BERT reads a question and its passage or two sentences to compare:
+``[CLS] A [SEP] B [SEP]``, with token type 0 (segment A) up to the first [SEP] and 1 (segment B) after it
+(:func:`bert_input`; ``embedder.embed_pairs([("A", "B")])``).
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ from qkv.models.bert_hf import CheckpointError, from_pretrained, transformer_dir
 from qkv.tokenize import Tokenizer
 
 __all__ = [
+    "BertInput",
     "Pooling",
     "PoolingMode",
     "SentenceEmbedder",
+    "bert_input",
     "cosine_similarity",
     "pool",
 ]
@@ -171,6 +177,41 @@ def load_bert_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
     return tokenizer
 
 
+# ---- one text or a pair, as BERT reads it ----------------------------------------------------------------
+
+BertInput = tuple[list[int], list[int]]  # (ids with [CLS] .. [SEP], token type ids), of equal length
+
+
+def _pair_lengths(first: int, second: int, room: int) -> tuple[int, int]:
+    """How many tokens of each text a pair keeps in ``room`` tokens, as Hugging Face's tokenizers cut
+    ("longest_first"): the shorter text stays whole if the longer one still gets at least as many tokens;
+    otherwise each gets half the room, the longer one (the second on a tie) the odd token."""
+    if first + second <= room:
+        return first, second
+    shorter = min(first, second)
+    if 2 * shorter <= room:
+        keep_shorter, keep_longer = shorter, room - shorter
+    else:
+        keep_shorter, keep_longer = room // 2, room // 2 + room % 2
+    return (keep_longer, keep_shorter) if first > second else (keep_shorter, keep_longer)
+
+
+def bert_input(
+    cls_id: int, sep_id: int, first: list[int], second: list[int] | None, max_length: int
+) -> BertInput:
+    """The ids and token types of one text, ``[CLS] first [SEP]``, or of a pair, ``[CLS] first [SEP]
+    second [SEP]``: token type 0 for [CLS], the first text and its [SEP], 1 for the second text and its [SEP]
+    (BERT's segments A and B). Cut to ``max_length`` tokens: a single text loses its end, a pair as
+    Hugging Face's tokenizers cut it (:func:`_pair_lengths`).
+    """
+    if second is None:
+        ids = [cls_id, *first[: max(max_length - 2, 0)], sep_id]
+        return ids, [0] * len(ids)
+    keep_first, keep_second = _pair_lengths(len(first), len(second), max(max_length - 3, 0))
+    a, b = first[:keep_first], second[:keep_second]
+    return [cls_id, *a, sep_id, *b, sep_id], [0] * (len(a) + 2) + [1] * (len(b) + 1)
+
+
 # ---- the embedder -----------------------------------------------------------------------------------------
 
 
@@ -234,40 +275,71 @@ class SentenceEmbedder:
 
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text: [CLS] WordPiece ids [SEP], truncated to ``max_length``."""
-        texts = [t.lower() for t in texts] if self.lowercase else list(texts)
-        keep = self.max_length - 2
-        return [[self.cls_id, *ids[:keep], self.sep_id] for ids in self.tokenizer.encode_batch(texts)]
+        return [ids for ids, _ in self.inputs(texts)]
+
+    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer.encode_batch([t.lower() for t in texts] if self.lowercase else list(texts))
+
+    def inputs(self, texts: Sequence[str]) -> list[BertInput]:
+        """(ids, token types) of each text: [CLS] text [SEP], all of segment A."""
+        return [
+            bert_input(self.cls_id, self.sep_id, ids, None, self.max_length) for ids in self._encode(texts)
+        ]
+
+    def pair_inputs(self, pairs: Sequence[tuple[str, str]]) -> list[BertInput]:
+        """(ids, token types) of each pair: [CLS] A [SEP] B [SEP], types 0 then 1 (:func:`bert_input`)."""
+        firsts = self._encode([a for a, _ in pairs])
+        seconds = self._encode([b for _, b in pairs])
+        return [
+            bert_input(self.cls_id, self.sep_id, a, b, self.max_length)
+            for a, b in zip(firsts, seconds, strict=True)
+        ]
 
     def batch(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Padded ids and attention mask (1 = real token). Shapes: -> (n, longest), (n, longest)."""
-        return self._pad(self.ids(texts))
+        ids, attention_mask, _ = self.pad(self.inputs(texts))
+        return ids, attention_mask
 
-    def _pad(self, rows: Sequence[list[int]]) -> tuple[Tensor, Tensor]:
-        longest = max((len(r) for r in rows), default=0)
+    def pad(self, rows: Sequence[BertInput]) -> tuple[Tensor, Tensor, Tensor]:
+        """Padded ids, attention mask (1 = real token) and token type ids (0 on padding).
+        Shapes: n rows -> (n, longest) each."""
+        longest = max((len(ids) for ids, _ in rows), default=0)
         pad_id = self.model.config.pad_id
         ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for i, row in enumerate(rows):
+        token_types = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, (row, types) in enumerate(rows):
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             attention_mask[i, : len(row)] = 1
-        return ids, attention_mask
+            token_types[i, : len(types)] = torch.tensor(types, dtype=torch.long)
+        return ids, attention_mask, token_types
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 32) -> Tensor:
         """One embedding per text, in order. Shapes: n texts -> (n, dim); no texts -> (0, dim)."""
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts; wrap a single text in a list")
+        return self._embed(self.inputs(texts), batch_size)
+
+    def embed_pairs(self, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32) -> Tensor:
+        """One embedding per pair of texts, read together as [CLS] A [SEP] B [SEP] (the pooling runs over
+        both texts). Shapes: n pairs -> (n, dim)."""
+        if any(isinstance(p, str) or len(p) != 2 for p in pairs):
+            raise TypeError("embed_pairs() takes a sequence of (text, text_pair) tuples")
+        return self._embed(self.pair_inputs(pairs), batch_size)
+
+    def _embed(self, rows: list[BertInput], batch_size: int) -> Tensor:
         if batch_size <= 0:
             raise ValueError(f"batch_size={batch_size} must be positive")
         param = next(self.model.parameters())
-        out = torch.empty(len(texts), self.dim, dtype=param.dtype)
+        out = torch.empty(len(rows), self.dim, dtype=param.dtype)
         # Similar lengths together waste less compute on padding; the order is restored on the way out.
-        rows = self.ids(texts)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]), reverse=True)
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 chosen = order[start : start + batch_size]
-                ids, attention_mask = self._pad([rows[i] for i in chosen])
-                ids, attention_mask = ids.to(param.device), attention_mask.to(param.device)
-                hidden = self.model(ids, attention_mask).hidden  # (batch, length, d_model)
+                ids, attention_mask, token_types = (
+                    t.to(param.device) for t in self.pad([rows[i] for i in chosen])
+                )
+                hidden = self.model(ids, attention_mask, token_types).hidden  # (batch, length, d_model)
                 out[chosen] = self.pooling(hidden, attention_mask.bool()).to("cpu", out.dtype)
         return out

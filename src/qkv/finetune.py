@@ -2,7 +2,9 @@
 
 Data are TSV files (read with :mod:`qkv.data.corpus`, so bad lines are reported as ``FILE:LINE``):
 
-* classification: a label and a text per line (``--label-col``/``--text-col``, default 1 and 2);
+* classification: a label and a text per line (``--label-col``/``--text-col``, default 1 and 2), or a
+  label and a pair of texts (``pair_col``: the column of the second text), read together as
+  ``[CLS] text [SEP] text_pair [SEP]`` with token types 0 then 1, as BERT reads sentence pairs;
 * tagging: space-separated words and the same number of space-separated tags per line.
 
 Tagging labels the first WordPiece of each word; the other pieces are ignored by the loss (-100), the
@@ -18,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +30,7 @@ from qkv import checkpoint
 from qkv.config import BertConfig
 from qkv.data.batching import collate
 from qkv.data.corpus import CorpusError, read_tsv
-from qkv.embed import load_bert_tokenizer
+from qkv.embed import bert_input, load_bert_tokenizer
 from qkv.models.bert import BertForSequenceClassification, BertForTokenClassification, Head
 from qkv.models.bert_hf import load_pretrained, save_pretrained
 from qkv.nn.modes import eval_mode
@@ -38,7 +40,14 @@ from qkv.train.trainer import TrainConfig, Trainer, TrainResult
 Kind = Literal["classify", "tag"]
 IGNORE = -100  # label of positions the loss skips ([CLS], [SEP], non-initial word pieces, padding)
 HeadModel = BertForSequenceClassification | BertForTokenClassification
-Example = tuple[list[int], list[int]]  # (ids with [CLS] .. [SEP], labels: one, or one per position)
+
+
+class Example(NamedTuple):
+    """One encoded example."""
+
+    ids: list[int]  # [CLS] .. [SEP], or [CLS] A [SEP] B [SEP] for a pair
+    labels: list[int]  # one (classification), or one per position (tagging; IGNORE where not labelled)
+    token_types: list[int]  # BERT's segment of each position: 0 (A), 1 (B)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -59,6 +68,12 @@ def read_examples(
     return corpus.pairs
 
 
+def read_second_texts(path: str | os.PathLike[str], *, pair_col: int, label_col: int = 1) -> list[str]:
+    """The second text of each line (column ``pair_col``), for classification of sentence pairs; the
+    lines are those of :func:`read_examples`, so the two lists line up."""
+    return [text for text, _ in read_tsv(path, pair_col, label_col, max_chars=None).pairs]
+
+
 def label_set(pairs: Sequence[tuple[str, str]], kind: Kind) -> list[str]:
     """The labels in a stable order (sorted), from the training data."""
     if kind == "classify":
@@ -67,9 +82,22 @@ def label_set(pairs: Sequence[tuple[str, str]], kind: Kind) -> list[str]:
 
 
 def encode(
-    pairs: Sequence[tuple[str, str]], kind: Kind, tokenizer: Tokenizer, labels: Sequence[str], max_len: int
+    pairs: Sequence[tuple[str, str]],
+    kind: Kind,
+    tokenizer: Tokenizer,
+    labels: Sequence[str],
+    max_len: int,
+    *,
+    second_texts: Sequence[str] | None = None,
 ) -> list[Example]:
-    """Token ids ([CLS] ... [SEP], truncated to ``max_len``) and label ids; unknown labels are an error."""
+    """Token ids ([CLS] ... [SEP], truncated to ``max_len``) and label ids; unknown labels are an error.
+
+    With ``second_texts`` (classification), example i is the pair (pairs[i]'s text, second_texts[i]):
+    [CLS] A [SEP] B [SEP] with token types 0 then 1, cut as Hugging Face cuts pairs
+    (:func:`qkv.embed.bert_input`).
+    """
+    if second_texts is not None and (kind != "classify" or len(second_texts) != len(pairs)):
+        raise ValueError("second_texts: one per example, and for classification only")
     cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
     if cls_id is None or sep_id is None:
         raise ValueError("the tokenizer has no [CLS]/[SEP]; fine-tuning needs a BERT WordPiece vocabulary")
@@ -81,10 +109,11 @@ def encode(
         return index[label]
 
     examples: list[Example] = []
-    for text, label in pairs:
+    for n, (text, label) in enumerate(pairs):
         if kind == "classify":
-            ids = tokenizer.encode(text)[: max_len - 2]
-            examples.append(([cls_id, *ids, sep_id], [label_id(label)]))
+            second = None if second_texts is None else tokenizer.encode(second_texts[n])
+            ids, types = bert_input(cls_id, sep_id, tokenizer.encode(text), second, max_len)
+            examples.append(Example(ids, [label_id(label)], types))
             continue
         ids, tags = [cls_id], [IGNORE]
         for word, tag in zip(text.split(), label.split(), strict=True):
@@ -92,7 +121,7 @@ def encode(
             ids += pieces
             tags += [label_id(tag)] + [IGNORE] * (len(pieces) - 1)
         ids, tags = ids[: max_len - 1] + [sep_id], tags[: max_len - 1] + [IGNORE]
-        examples.append((ids, tags))
+        examples.append(Example(ids, tags, [0] * len(ids)))
     return examples
 
 
@@ -104,21 +133,22 @@ class ClassificationTask:
         self.pad_id = pad_id
 
     def lengths(self, data: Sequence[Example]) -> tuple[list[int], list[int]]:
-        return [len(ids) for ids, _ in data], [len(ids) for ids, _ in data]
+        return [len(e.ids) for e in data], [len(e.ids) for e in data]
 
     def tensors(
         self, data: Sequence[Example], indices: Sequence[int], device: torch.device
     ) -> tuple[Tensor, ...]:
-        ids = collate([data[i][0] for i in indices], self.pad_id)  # (batch, length)
-        labels = torch.tensor([data[i][1][0] for i in indices])  # (batch,)
-        return ids.to(device), labels.to(device)
+        ids = collate([data[i].ids for i in indices], self.pad_id)  # (batch, length)
+        token_types = collate([data[i].token_types for i in indices], 0)  # (batch, length)
+        labels = torch.tensor([data[i].labels[0] for i in indices])  # (batch,)
+        return ids.to(device), labels.to(device), token_types.to(device)
 
     def count(self, batch: tuple[Tensor, ...]) -> int:
         return int(batch[1].numel())
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...], smoothing: float) -> tuple[Tensor, Tensor]:
-        ids, labels = batch
-        logits = model(ids, (ids != self.pad_id).long())  # (batch, labels)
+        ids, labels, token_types = batch
+        logits = model(ids, (ids != self.pad_id).long(), token_types)  # (batch, labels)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing, reduction="sum")
         nll = F.cross_entropy(logits.detach().float(), labels, reduction="sum")
         return loss, nll
@@ -130,18 +160,19 @@ class TaggingTask(ClassificationTask):
     def tensors(
         self, data: Sequence[Example], indices: Sequence[int], device: torch.device
     ) -> tuple[Tensor, ...]:
-        ids = collate([data[i][0] for i in indices], self.pad_id)  # (batch, length)
+        ids = collate([data[i].ids for i in indices], self.pad_id)  # (batch, length)
         labels = torch.full(ids.shape, IGNORE, dtype=torch.long)
         for row, i in enumerate(indices):
-            labels[row, : len(data[i][1])] = torch.tensor(data[i][1])
-        return ids.to(device), labels.to(device)
+            labels[row, : len(data[i].labels)] = torch.tensor(data[i].labels)
+        return ids.to(device), labels.to(device), torch.zeros_like(ids).to(device)
 
     def count(self, batch: tuple[Tensor, ...]) -> int:
         return int((batch[1] != IGNORE).sum())
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...], smoothing: float) -> tuple[Tensor, Tensor]:
-        ids, labels = batch
-        logits = model(ids, (ids != self.pad_id).long()).flatten(0, 1).float()  # (batch * length, labels)
+        ids, labels, token_types = batch
+        logits = model(ids, (ids != self.pad_id).long(), token_types)  # (batch, length, labels)
+        logits = logits.flatten(0, 1).float()  # (batch * length, labels)
         flat = labels.flatten()
         loss = F.cross_entropy(logits, flat, ignore_index=IGNORE, label_smoothing=smoothing, reduction="sum")
         nll = F.cross_entropy(logits.detach(), flat, ignore_index=IGNORE, reduction="sum")
@@ -159,9 +190,10 @@ def predict(
     with eval_mode(model):
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
-            ids = collate([ids for ids, _ in chunk], pad_id).to(device)
-            best = model(ids, (ids != pad_id).long()).argmax(-1).cpu()
-            for row, (_, labels) in enumerate(chunk):
+            ids = collate([e.ids for e in chunk], pad_id).to(device)
+            token_types = collate([e.token_types for e in chunk], 0).to(device)
+            best = model(ids, (ids != pad_id).long(), token_types).argmax(-1).cpu()
+            for row, (_, labels, _) in enumerate(chunk):
                 if isinstance(model, BertForSequenceClassification):
                     out.append([int(best[row])])
                 else:
@@ -173,7 +205,7 @@ def accuracy(model: HeadModel, examples: Sequence[Example], pad_id: int) -> floa
     """Share of labels predicted right (sentences for classification, words for tagging)."""
     predicted = predict(model, examples, pad_id)
     right = total = 0
-    for guess, (_, labels) in zip(predicted, examples, strict=True):
+    for guess, (_, labels, _) in zip(predicted, examples, strict=True):
         gold = [label for label in labels if label != IGNORE]
         right += sum(g == t for g, t in zip(guess, gold, strict=True))
         total += len(gold)
@@ -250,6 +282,7 @@ def finetune(
     train_config: TrainConfig,
     text_col: int = 2,
     label_col: int = 1,
+    pair_col: int | None = None,
     device: str = "cpu",
     progress: bool = True,
     resume: bool = False,
@@ -257,12 +290,21 @@ def finetune(
     """Fine-tune a pretrained BERT directory (or train a ``config`` from scratch with ``tokenizer``).
 
     Returns the training result and the validation accuracy of the final model (None without validation
-    data). Validation accuracy is also logged at each validation.
+    data). Validation accuracy is also logged at each validation. ``pair_col`` (classification): the
+    column of a second text, so that each example is a sentence pair (segments A and B).
     """
+    if pair_col is not None and kind != "classify":
+        raise ValueError("pair_col: sentence pairs are for classification; tagging reads one text per line")
     train_pairs = read_examples(train_path, kind, text_col=text_col, label_col=label_col)
     valid_pairs = (
         read_examples(valid_path, kind, text_col=text_col, label_col=label_col) if valid_path else []
     )
+
+    def seconds(path: str | os.PathLike[str] | None) -> list[str] | None:
+        if pair_col is None or path is None:
+            return None
+        return read_second_texts(path, pair_col=pair_col, label_col=label_col)
+
     labels = label_set(train_pairs, kind)
     if pretrained is not None:
         tok = load_bert_tokenizer(pretrained)
@@ -281,8 +323,8 @@ def finetune(
         )
     pad_id = bert_config.pad_id
     max_len = bert_config.max_positions
-    train_examples = encode(train_pairs, kind, tok, labels, max_len)
-    valid_examples = encode(valid_pairs, kind, tok, labels, max_len)
+    train_examples = encode(train_pairs, kind, tok, labels, max_len, second_texts=seconds(train_path))
+    valid_examples = encode(valid_pairs, kind, tok, labels, max_len, second_texts=seconds(valid_path))
     task = ClassificationTask(pad_id) if kind == "classify" else TaggingTask(pad_id)
 
     def valid_accuracy(m: Any, step: int) -> dict[str, float]:

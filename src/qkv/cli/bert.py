@@ -32,19 +32,41 @@ def _read_stdin_lines() -> list[str]:
     return lines
 
 
+def _split_pairs(texts: list[str], where: str) -> list[tuple[str, str]]:
+    """``text<TAB>text_pair`` inputs as (text, text_pair) tuples; anything but one tab is refused."""
+    pairs = []
+    for number, text in enumerate(texts, start=1):
+        columns = text.split("\t")
+        if len(columns) != 2:
+            raise UsageError(
+                f"{where} {number}: --pairs expects two tab-separated texts (text<TAB>text_pair), got "
+                f"{len(columns)} column{'s' * (len(columns) != 1)}"
+            )
+        pairs.append((columns[0], columns[1]))
+    return pairs
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from qkv.embed import SentenceEmbedder, cosine_similarity
     from qkv.models.bert_hf import CheckpointError
 
     texts = list(args.sentences) if args.sentences else _read_stdin_lines()
+    pairs = _split_pairs(texts, "argument" if args.sentences else "<stdin>: line") if args.pairs else None
     try:
         embedder = SentenceEmbedder.from_pretrained(args.model)
     except (CheckpointError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
-    vectors = embedder.embed(texts, batch_size=args.batch_size)
+    if pairs is not None:
+        vectors = embedder.embed_pairs(pairs, batch_size=args.batch_size)
+    else:
+        vectors = embedder.embed(texts, batch_size=args.batch_size)
     if args.similarity:
         for row in cosine_similarity(vectors).tolist():
             print(json.dumps(row))
+    elif pairs is not None:
+        for (text, text_pair), vector in zip(pairs, vectors.tolist(), strict=True):
+            record = {"text": text, "text_pair": text_pair, "embedding": vector}
+            print(json.dumps(record, ensure_ascii=False))
     else:
         for text, vector in zip(texts, vectors.tolist(), strict=True):
             print(json.dumps({"text": text, "embedding": vector}, ensure_ascii=False))
@@ -60,11 +82,17 @@ def add_embed_parser(sub: Subparsers) -> None:
         "tokenizer.json or vocab.txt), pooled as its sentence-transformers folder declares (modules.json, "
         "1_Pooling/config.json; mean pooling for a plain BERT directory). Prints one JSON line per "
         'sentence, {"text": ..., "embedding": [...]}, or with --similarity the cosine matrix, one JSON '
-        "row per line. Without sentences, reads one per line from standard input.",
+        "row per line. Without sentences, reads one per line from standard input. With --pairs each input "
+        "is two texts separated by a tab, read together as [CLS] A [SEP] B [SEP] (token types 0, then 1).",
     )
     p.add_argument("--model", type=input_directory, metavar="DIR", required=True, help="checkpoint directory")
     p.add_argument("sentences", nargs="*", help="sentences to embed (default: lines of standard input)")
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
+    p.add_argument(
+        "--pairs",
+        action="store_true",
+        help='each input is "text<TAB>text_pair": one embedding per pair, segment B = the second text',
+    )
     p.add_argument(
         "--batch-size", type=positive_int, default=32, help="sentences per forward pass (default: 32)"
     )
@@ -74,6 +102,15 @@ def add_embed_parser(sub: Subparsers) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from qkv import finetune
     from qkv.train.trainer import TrainConfig
+
+    if args.pair_col is not None:
+        if args.task != "classify":
+            raise UsageError("--pair-col: sentence pairs are for --task classify; tagging reads one text")
+        if args.pair_col in (args.text_col, args.label_col):
+            raise UsageError(
+                f"--pair-col {args.pair_col}: the second text needs a column of its own "
+                f"(--text-col {args.text_col}, --label-col {args.label_col})"
+            )
 
     config = TrainConfig(
         max_tokens=args.max_tokens,
@@ -99,6 +136,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         train_config=config,
         text_col=args.text_col,
         label_col=args.label_col,
+        pair_col=args.pair_col,
         device=resolve_device(args.device),
         progress=not args.quiet,
     )
@@ -117,8 +155,10 @@ def add_finetune_parser(sub: Subparsers) -> None:
         help="fine-tune a BERT checkpoint for classification (N->1) or tagging (N->N)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Fine-tune a Hugging Face BERT directory with qkv's trainer (checkpoints, --resume-able "
-        "run directory, progress, metrics.jsonl). classify: TSV lines of LABEL<TAB>TEXT; tag: TSV lines of "
-        "TAGS<TAB>WORDS, space-separated, one tag per word (the first word piece carries it).",
+        "run directory, progress, metrics.jsonl). classify: TSV lines of LABEL<TAB>TEXT, or with --pair-col 3 "
+        "LABEL<TAB>TEXT<TAB>TEXT_PAIR (read as [CLS] TEXT [SEP] TEXT_PAIR [SEP], token types 0 then 1: "
+        "entailment, paraphrase, question-answer tasks); tag: TSV lines of TAGS<TAB>WORDS, space-separated, "
+        "one tag per word (the first word piece carries it).",
         epilog="example:\n  qkv finetune --task classify --model all-MiniLM-L6-v2/ --data train.tsv "
         "--valid dev.tsv --out runs/sentiment --max-epochs 3",
     )
@@ -133,6 +173,11 @@ def add_finetune_parser(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--text-col", type=positive_int, default=2, help="TSV column of the text/words (default 2)"
+    )
+    p.add_argument(
+        "--pair-col",
+        type=positive_int,
+        help="classify: TSV column of a second text, read as segment B (default: single texts)",
     )
     p.add_argument("--out", type=output_directory, metavar="DIR", required=True, help="run directory")
     p.add_argument("--max-steps", type=positive_int, help="optimizer steps (linear decay to 0 at the end)")
