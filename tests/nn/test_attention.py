@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -292,3 +294,40 @@ def test_inference_stacked_weights_follow_in_place_changes(rng: torch.Generator)
         out, _ = made_here(x)
     with torch.no_grad():
         torch.testing.assert_close(out, made_here(x)[0], atol=1e-6, rtol=0)
+
+
+# -- why the scores are divided by sqrt(d_k) (section 3.2.1) ----------------------------------------------
+def test_unscaled_scores_saturate_the_softmax_and_its_gradient_vanishes(rng: torch.Generator) -> None:
+    """Measured at d_k = 512 with q, k of unit-variance components: q . k has variance d_k, the softmax of
+    the raw scores is nearly one-hot and passes almost no gradient; divided by sqrt(d_k) it does not."""
+    d_k, queries, keys = 512, 256, 16
+    q = torch.randn(queries, d_k, generator=rng, dtype=torch.float64)
+    k = torch.randn(keys, d_k, generator=rng, dtype=torch.float64)
+    upstream = torch.randn(queries, keys, generator=rng, dtype=torch.float64)  # some d loss / d weights
+
+    raw = q @ k.T  # (queries, keys)
+    assert 0.85 * d_k < float(raw.var()) < 1.15 * d_k  # the variance grows with d_k ...
+    assert 0.85 < float((raw / math.sqrt(d_k)).var()) < 1.15  # ... and the scale brings it back to 1
+
+    def softmax_and_gradient(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights, and the norm of d loss / d scores through the softmax for each query."""
+        scores = scores.clone().requires_grad_(True)
+        weights = torch.softmax(scores, dim=-1)
+        (weights * upstream).sum().backward()
+        assert scores.grad is not None
+        return weights.detach(), scores.grad.norm(dim=-1)
+
+    unscaled, unscaled_grad = softmax_and_gradient(raw)
+    scaled, scaled_grad = softmax_and_gradient(raw / math.sqrt(d_k))
+    # attend() computes the scaled weights (a check that the reasoning is about the code we run).
+    _, weights = attend(q[None, None], k[None, None], k[None, None], need_weights=True)
+    assert weights is not None
+    torch.testing.assert_close(weights[0, 0], scaled, atol=1e-12, rtol=0)
+
+    # Unscaled, most queries put nearly all their weight on one key (0.94 on average, > 0.99 for 65% of the
+    # queries here); scaled, the weight is spread (0.23 on the largest key on average).
+    top_unscaled, top_scaled = unscaled.max(dim=-1).values, scaled.max(dim=-1).values
+    assert float(top_unscaled.mean()) > 0.9 and float((top_unscaled > 0.99).double().mean()) > 0.5
+    assert float(top_scaled.mean()) < 0.5 and not bool((top_scaled > 0.99).any())
+    # The typical (median) query's gradient is hundreds of times smaller unscaled (8e-4 against 0.27 here).
+    assert float(unscaled_grad.median()) < 0.01 * float(scaled_grad.median())

@@ -79,3 +79,35 @@ def test_learned_positions_beyond_max_raise(length: int, offset: int) -> None:
     positions = LearnedPositions(4, max_positions=8)
     with pytest.raises(ValueError, match=r"exceeds the 8 learned positions.*truncate"):
         positions(length, offset)
+
+
+def rotation(k: int, d_model: int) -> torch.Tensor:
+    """The matrix that moves a sinusoidal encoding k positions on, from the angle-sum formulas:
+
+        sin((p + k) w) =  cos(k w) sin(p w) + sin(k w) cos(p w)
+        cos((p + k) w) = -sin(k w) sin(p w) + cos(k w) cos(p w)
+
+    one 2x2 rotation by k w per frequency w = 1 / 10000^(2i / d_model), evaluated with math; it does not
+    depend on p. Shapes: -> (d_model, d_model), float64, for even d_model.
+    """
+    matrix = torch.zeros(d_model, d_model, dtype=torch.float64)
+    for i in range(d_model // 2):
+        angle = k / 10000 ** (2 * i / d_model)
+        c, s = math.cos(angle), math.sin(angle)
+        matrix[2 * i : 2 * i + 2, 2 * i : 2 * i + 2] = torch.tensor([[c, s], [-s, c]], dtype=torch.float64)
+    return matrix
+
+
+@pytest.mark.parametrize("k", [1, 3, 17])
+def test_a_shift_by_k_positions_is_one_fixed_rotation(k: int) -> None:
+    """PE(pos + k) = M_k PE(pos) for every pos, with M_k block-diagonal 2x2 rotations (section 3.5: "for any
+    fixed offset k, PE(pos+k) can be represented as a linear function of PE(pos)")."""
+    d_model, length = 8, 1000  # frequencies 1, 1/10, 1/100, 1/1000: the slowest turns 1 radian in 1000
+    table = sinusoidal_table(length + k, d_model, dtype=torch.float64)
+    m = rotation(k, d_model)
+    torch.testing.assert_close(table[k:], table[:length] @ m.T, atol=FLOAT64_ATOL, rtol=0)
+    # The map is a rotation: it keeps lengths (every encoding has norm sqrt(d_model / 2)).
+    torch.testing.assert_close(m @ m.T, torch.eye(d_model, dtype=torch.float64), atol=1e-12, rtol=0)
+    # And it is the only linear map that does this: fitted by least squares over the positions, it is M_k.
+    fitted = torch.linalg.lstsq(table[:length], table[k:]).solution.T
+    torch.testing.assert_close(fitted, m, atol=1e-6, rtol=0)

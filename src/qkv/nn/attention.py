@@ -3,6 +3,13 @@
     Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V
     MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W_O,  head_i = Attention(Q W_Q_i, K W_K_i, V W_V_i)
 
+Why divide by sqrt(d_k) (section 3.2.1): if the components of q and k are independent with mean 0 and
+variance 1, q . k = sum of d_k products of variance 1, so its variance is d_k (512 at d_k = 512: a standard
+deviation of about 23). Scores that far apart make the softmax nearly one-hot: the largest score takes
+almost all the weight, and the softmax's gradient, diag(p) - p p^T, is then almost zero, so the queries
+and keys stop learning. Dividing by sqrt(d_k) brings the variance back to 1, whatever d_k is.
+``tests/nn/test_attention.py`` measures both effects.
+
 This module is the one definition of attention in qkv. :func:`self_attention` and :func:`cross_attention`
 are the two attention sublayers, written over *products* (callables ``x -> x W^T + b``) and an attention
 *kernel*: :class:`MultiHeadAttention` runs them with its ``nn.Linear`` weights and :func:`attend`

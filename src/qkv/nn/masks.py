@@ -7,6 +7,13 @@ A mask is a ``bool`` tensor where **True means "may attend"** (the convention of
     src_ok = masks.padding(src_ids, pad_id)                                   # (batch, 1, 1, src_len)
     tgt_ok = masks.padding(tgt_ids, pad_id) & masks.causal(tgt_len, tgt_len)  # (batch, 1, tgt, tgt)
 
+Why the decoder needs the causal mask (section 3.2.3): in training, the decoder reads the whole target
+sentence at once (teacher forcing) and predicts every next token in parallel. Without the mask, the query
+at position i would see the keys of positions i+1, ..., which hold the very tokens it is asked to predict:
+the model would learn to copy, and at inference time, where those tokens do not exist yet, it would have
+nothing to copy. The mask keeps training and generation the same computation: position i sees 0 .. i only.
+The padding mask has a plainer reason: a pad token is no word, so no query may give it weight.
+
 ``torch.nn.MultiheadAttention``'s ``key_padding_mask`` means the opposite (True = ignore); convert with
 :func:`from_key_padding_mask`, in tests and adapters only.
 """
