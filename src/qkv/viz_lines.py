@@ -119,8 +119,9 @@ def lines_figure(
                 ax.text(0.7, -1.0, "key", ha="left", va="center", fontsize=7, style="italic")
                 weights = maps.layers[layer][head]  # (queries, keys)
                 for i, text in enumerate(labels):
-                    bold = "bold" if i in queries and len(queries) < n else "normal"
-                    ax.text(0.3, i, text, ha="right", va="center", fontsize=7, weight=bold)
+                    # The chosen word in colour, not bold: the bundled CJK font has no bold face.
+                    colour = LINE_COLOUR if i in queries and len(queries) < n else "black"
+                    ax.text(0.3, i, text, ha="right", va="center", fontsize=7, color=colour)
                     ax.text(0.7, i, text, ha="left", va="center", fontsize=7)
                 for q in queries:
                     for k in range(n):
