@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  3        qkv train: a non-finite loss\n"
         "  130/143  interrupted (SIGINT/SIGTERM)\n"
         "  141      the output was closed early (qkv translate ... | head), as for SIGPIPE\n"
-        f"an error is one line on stderr; set {DEBUG_VARIABLE}=1 to see its Python traceback instead\n",
+        f"an error is one line on stderr; set {DEBUG_VARIABLE}=1 to see its Python traceback instead\n"
+        "\nthreads: OpenMP's waiting threads spin briefly, then sleep (GOMP_SPINCOUNT=3000 unless you set it or\n"
+        "OMP_WAIT_POLICY), so qkv shares a busy machine fairly\n",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add_parser in (
