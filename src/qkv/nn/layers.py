@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -167,8 +168,10 @@ def decoder_layer(
 
 
 class _Layer(nn.Module):
-    """The parameters of both layer modules: self-attention, cross-attention (``cross``), the FFN and
-    their norms, made in this order (the order random initialisation draws them in)."""
+    """The parameters of both layer modules: self-attention, cross-attention (decoder layers only), the FFN
+    and their norms, made in this order (the order random initialisation draws them in)."""
+
+    has_cross_attention: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -176,17 +179,16 @@ class _Layer(nn.Module):
         heads: int,
         d_ff: int,
         *,
-        cross: bool,
-        dropout: float,
-        attention_dropout: float,
-        activation: Activation,
-        norm_first: bool,
-        layer_norm_eps: float,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        activation: Activation = "relu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.self_attn = MultiHeadAttention(d_model, heads, dropout=attention_dropout)
         self.norm_self_attn = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        if cross:
+        if self.has_cross_attention:
             self.cross_attn = MultiHeadAttention(d_model, heads, dropout=attention_dropout)
             self.norm_cross_attn = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.ffn = FeedForward(d_model, d_ff, activation=activation, dropout=dropout)
@@ -197,7 +199,7 @@ class _Layer(nn.Module):
     def ops(self, *, need_weights: bool = False, fused: bool = True) -> LayerOps:
         """This layer's modules as the :class:`LayerOps` the layer functions run on."""
         attn, ffn = self.self_attn, self.ffn
-        cross: MultiHeadAttention | None = getattr(self, "cross_attn", None)
+        cross = self.cross_attn if self.has_cross_attention else None
         return LayerOps(
             heads=attn.heads,
             norm_first=self.norm_first,
@@ -212,7 +214,7 @@ class _Layer(nn.Module):
             cross_q=None if cross is None else cross.q_proj,
             cross_kv=None if cross is None else stacked_product(cross.k_proj, cross.v_proj),
             cross_out=None if cross is None else cross.out_proj,
-            norm_cross=getattr(self, "norm_cross_attn", None),
+            norm_cross=self.norm_cross_attn if self.has_cross_attention else None,
             dropout=self.dropout,
             ffn_dropout=ffn.dropout,
         )
@@ -227,29 +229,7 @@ def _key_mask(may_attend: Tensor | KeyMask | None) -> KeyMask:
 class EncoderLayer(_Layer):
     """Self-attention, then the feed-forward network, each with Add & Norm."""
 
-    def __init__(
-        self,
-        d_model: int,
-        heads: int,
-        d_ff: int,
-        *,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.0,
-        activation: Activation = "relu",
-        norm_first: bool = False,
-        layer_norm_eps: float = 1e-5,
-    ) -> None:
-        super().__init__(
-            d_model,
-            heads,
-            d_ff,
-            cross=False,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            activation=activation,
-            norm_first=norm_first,
-            layer_norm_eps=layer_norm_eps,
-        )
+    has_cross_attention = False
 
     def forward(
         self,
@@ -273,29 +253,7 @@ class DecoderLayer(_Layer):
     output (``memory``), in every decoder layer (section 3.2.3).
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        heads: int,
-        d_ff: int,
-        *,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.0,
-        activation: Activation = "relu",
-        norm_first: bool = False,
-        layer_norm_eps: float = 1e-5,
-    ) -> None:
-        super().__init__(
-            d_model,
-            heads,
-            d_ff,
-            cross=True,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            activation=activation,
-            norm_first=norm_first,
-            layer_norm_eps=layer_norm_eps,
-        )
+    has_cross_attention = True
 
     def forward(
         self,
