@@ -212,8 +212,8 @@ def interleaved_best_times(
 
     This project's machine is a shared VM whose speed drifts by 20-30% within minutes; when each system's
     runs come in one block, a slow minute lands on one system only. Taking turns spreads it over all.
-    But a turn starts where the last system left the caches: on the Intel Xeon measured 2026-12-05, one sentence
-    through qkv ran 8-11% slower right after CTranslate2's turn than after its own run (its weights no
+    But a turn starts where the last system left the caches: on the Intel Xeon measured 2026-12-05, one
+    sentence through qkv ran 8-11% slower right after CTranslate2's turn than after its own run (its weights no
     longer cached; a 10 ms matrix-product burst in between did not help, its own run did). ``warm=True``
     runs each system once more, untimed, right before each timed call: every system is then timed warm.
     """

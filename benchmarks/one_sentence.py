@@ -140,8 +140,8 @@ def run(*, preset_name: str, vocab: int, steps: int, repeats: int, device: Devic
                 assert ct2 is not None
                 return ct2.call("translate", "one", ct2_threads[0], 1, steps)
 
-            # At its best thread count, as in the suite (benchmarks/decode.py): on the Xeon measured 2026-12-05 one
-            # thread; its two-thread translator, called twice in a row (a warm turn), ran ~4x slower.
+            # At its best thread count, as in the suite (benchmarks/decode.py): on the Xeon measured
+            # 2026-12-05 one thread; its two-thread translator, called twice in a row (a warm turn), ran ~4x slower.
             _, best_threads = best_time_over_threads(
                 ct2_run, device, repeats=3, on_threads=lambda threads: ct2_threads.__setitem__(0, threads)
             )
