@@ -32,7 +32,9 @@ class Translator:
     model with its tokenizers), the length beam's candidates are rescored by it instead of by the NAT's
     own average log-probability. ``adaptive`` stops refining a candidate at the first pass that
     changes none of its tokens (``iterations`` is then a maximum). ``int8`` decodes with int8 weights and
-    dynamically quantised activations (CPU), the teacher's rescoring included.
+    dynamically quantised activations (CPU), the teacher's rescoring included. ``target_lang`` (a
+    multilingual Marian model's output language, e.g. ``"fra"``) is written as its token (``>>fra<<``) in
+    front of every text that does not start with one, as MarianTokenizer users write it.
     """
 
     model: Transformer | NATransformer
@@ -46,6 +48,7 @@ class Translator:
     teacher: tuple[Transformer, Tokenizer, Tokenizer] | None = None
     int8: bool = False
     adaptive: bool = False
+    target_lang: str | None = None
     _shared_vocabularies: tuple[tuple[object, ...], bool, bool] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -55,6 +58,8 @@ class Translator:
         c = self.model.config
         sources: list[list[int]] = []
         for offset, text in enumerate(texts):
+            if self.target_lang is not None and text.strip() and not text.lstrip().startswith(">>"):
+                text = f">>{self.target_lang}<< {text}"
             ids = self.src_tokenizer.encode(text) if text.strip() else []
             if len(ids) + 1 > c.max_positions:
                 if self.warn is not None:

@@ -53,6 +53,12 @@ def add_decoding_options(p: argparse.ArgumentParser) -> None:
         help="CPU: decode with int8 weights and dynamically quantised activations (faster, "
         "approximate: check BLEU with qkv evaluate --int8)",
     )
+    g.add_argument(
+        "--target-lang",
+        metavar="LANG",
+        help="multilingual Marian/OPUS-MT models: the output language, written as its token (fra -> >>fra<<) "
+        "in front of every line that does not start with one",
+    )
     g = p.add_argument_group("non-autoregressive decoding (models trained with --model-type nat)")
     g.add_argument(
         "--decoder",
@@ -135,6 +141,9 @@ def load_translator(args: argparse.Namespace) -> Any:
             raise UsageError("--int8 runs on a CPU; add --device cpu")
         if not int8_available():
             raise UsageError("--int8: this torch build has no fbgemm/x86 int8 kernels")
+    target_lang = getattr(args, "target_lang", None)
+    if target_lang is not None:
+        _check_target_language(model.src_tokenizer, target_lang)
     teacher = None
     if args.rescore_model is not None:
         if not is_nat:
@@ -157,7 +166,25 @@ def load_translator(args: argparse.Namespace) -> Any:
         teacher=teacher,
         int8=args.int8,
         adaptive=args.adaptive,
+        target_lang=target_lang,
     )
+
+
+def _check_target_language(tokenizer: Any, lang: str) -> None:
+    """A language the model's source vocabulary has a token for, or a usage error listing those it has."""
+    if tokenizer.token_to_id(f">>{lang}<<") is not None:
+        return
+    known = [
+        token
+        for token in (tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size))
+        if token is not None and token.startswith(">>") and token.endswith("<<")
+    ]
+    has = (
+        f"its languages: {' '.join(known[:20])}{' ...' if len(known) > 20 else ''}"
+        if known
+        else ("it has no language tokens: it translates into one language, leave out --target-lang")
+    )
+    raise UsageError(f"--target-lang {lang}: the model's vocabulary has no >>{lang}<< token; {has}")
 
 
 def _stdin_line_batches(fd: int, batch_size: int) -> Iterator[list[bytes]]:
