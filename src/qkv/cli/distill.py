@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qkv.cli.common import Subparsers, UsageError, add_overwrite_option, resolve_device
-from qkv.cli.flag_types import device_name, input_directory, input_file, output_file, positive_int
+from qkv.cli.common import (
+    Subparsers,
+    UsageError,
+    add_overwrite_option,
+    add_pair_file_options,
+    resolve_device,
+)
+from qkv.cli.flag_types import device_name, input_directory, output_file, positive_int
 from qkv.cli.translate import search_config
 
 
@@ -61,18 +67,7 @@ def add_distill_parser(sub: Subparsers) -> None:
         required=True,
         help="an autoregressive model or run directory",
     )
-    p.add_argument(
-        "--data",
-        type=input_file,
-        metavar="FILE",
-        required=True,
-        help="TSV/JSONL pairs, or the source file with --tgt",
-    )
-    p.add_argument(
-        "--tgt", type=input_file, metavar="FILE", help="target file (when --data is a plain source file)"
-    )
-    p.add_argument("--src-col", type=positive_int, default=1, help="TSV source column, 1-based (default 1)")
-    p.add_argument("--tgt-col", type=positive_int, default=2, help="TSV target column, 1-based (default 2)")
+    add_pair_file_options(p, target="target")
     p.add_argument(
         "--out", type=output_file, metavar="FILE", required=True, help="the distilled TSV to write"
     )

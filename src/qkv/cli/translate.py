@@ -8,11 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qkv.cli.common import Subparsers, UsageError, resolve_device
+from qkv.cli.common import Subparsers, UsageError, add_pair_file_options, resolve_device
 from qkv.cli.flag_types import (
     device_name,
     input_directory,
-    input_file,
     non_negative_float,
     non_negative_int,
     output_file,
@@ -301,20 +300,7 @@ def add_evaluate_parser(sub: Subparsers) -> None:
         "prints BLEU and chrF with their signatures. Tokenization: 13a for English targets, zh for Chinese "
         "(guessed from the references unless --tokenize is given).",
     )
-    p.add_argument(
-        "--data",
-        type=input_file,
-        metavar="FILE",
-        required=True,
-        help="TSV/JSONL pairs, or the source file with --tgt",
-    )
-    p.add_argument(
-        "--tgt", type=input_file, metavar="FILE", help="reference file (when --data is a plain source file)"
-    )
-    p.add_argument("--src-col", type=positive_int, default=1, help="TSV source column, 1-based (default 1)")
-    p.add_argument(
-        "--tgt-col", type=positive_int, default=2, help="TSV reference column, 1-based (default 2)"
-    )
+    add_pair_file_options(p, target="reference")
     p.add_argument("--skip-bad", action="store_true", help="skip bad lines (default: stop at the first)")
     p.add_argument(
         "--tokenize",
