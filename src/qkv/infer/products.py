@@ -284,7 +284,7 @@ class Int8Linear:
     The kernels are torch's fbgemm ``quantized::linear_dynamic``; activations are quantised per call
     to 8 bits, or to 7 where the CPU lacks AVX-512 VNNI (:func:`full_range_activations`);
     ``qkv evaluate --int8`` shows what it does to BLEU. torch marks its quantised tensor types as deprecated (pytorch issue
-    184982); they run in the pinned torch 2.13, and :func:`int8_available` says when they do not.
+    184982); they run in torch 2.13, and :func:`int8_available` says when they do not.
 
     Shapes: x (..., in_features) -> (..., out_features), float32.
     """
@@ -325,5 +325,9 @@ def product(
     weight = weight.detach()
     bias = None if bias is None else bias.detach()
     if int8:
+        if not int8_available():
+            raise RuntimeError(
+                "int8 inference needs torch's fbgemm/x86 quantised kernels, which this build lacks"
+            )
         return Int8Linear(weight, bias)
     return cpu_linear_many_rows(weight, bias) if many_rows else cpu_linear(weight, bias, rows=rows)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from qkv.infer.layers import embed, frozen_layer, frozen_norm
-from qkv.infer.products import Product, int8_available, product
+from qkv.infer.products import Product, product
 from qkv.infer.snapshot import model_snapshot
 from qkv.models.seq2seq import Encoded, EncoderDecoder, target_may_attend
 from qkv.nn import masks
@@ -47,13 +47,6 @@ KeysValues = list[tuple[Tensor, Tensor]]  # per decoder layer: (batch, heads, sr
 _KEPT_PREFIXES = 64
 
 
-def _check_int8(int8: bool) -> None:
-    if int8 and not int8_available():
-        raise RuntimeError(
-            "int8 inference needs torch's fbgemm/x86 quantised kernels, which this build lacks"
-        )
-
-
 def _output_product(model: EncoderDecoder, *, int8: bool, rows: int | None) -> Product:
     """The vocabulary projection, with the logits bias (Marian's final_logits_bias) as its bias."""
     weight = model.output_proj.weight if model.output_proj is not None else model.tgt_embed.weight
@@ -66,7 +59,6 @@ class Passes:
     teacher-forced :class:`~qkv.models.seq2seq.Transformer` (``causal=True``)."""
 
     def __init__(self, model: EncoderDecoder, *, int8: bool = False) -> None:
-        _check_int8(int8)
         # Modules and tensors, not the model: a snapshot must not keep its model alive.
         self.pad_id, self.start_id = model.config.pad_id, model.config.bos_id
         self.heads = model.config.heads
@@ -179,7 +171,6 @@ class StepDecoder:
     some more slowly. ``int8``: int8 products (weights in int8, activations quantised per call)."""
 
     def __init__(self, model: EncoderDecoder, rows: int, *, int8: bool = False) -> None:
-        _check_int8(int8)
         self.embed, self.positions = model.tgt_embed, model.positions
         self.rows, self.int8 = rows, int8
         self.layers = [
