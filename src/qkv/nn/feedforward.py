@@ -1,8 +1,9 @@
 """The position-wise feed-forward network (section 3.3): FFN(x) = max(0, x W1 + b1) W2 + b2.
 
 Applied to each position separately and identically: d_model -> d_ff (4 d_model in the paper) -> d_model.
-ReLU as in the paper; GELU for BERT; SiLU (x sigmoid(x), Marian's "swish") for OPUS-MT models. :func:`feed_forward` is the one definition, over products
-(``x -> x W^T + b``); :class:`FeedForward` holds the weights and runs it.
+ReLU as in the paper; GELU for BERT; SiLU (x sigmoid(x), Marian's "swish") for OPUS-MT models.
+:func:`feed_forward` is the one definition, over products (``x -> x W^T + b``); :class:`FeedForward`
+holds the weights and runs it.
 """
 
 from __future__ import annotations
