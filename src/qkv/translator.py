@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from qkv.decode import SearchConfig, translate_ids
+from qkv.decode import Hypothesis, SearchConfig, decode
 from qkv.decode import nat as nat_decode
 from qkv.decode.search import DEFAULT_SEARCH
 from qkv.models.nat import NATransformer
@@ -19,6 +19,32 @@ from qkv.models.seq2seq import Transformer
 from qkv.tokenize import Tokenizer
 
 _LINE_BREAKS = re.compile("[\r\n\u0085\u2028\u2029\v\f]")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One output of a text: its detokenized ``text`` (one line), its output ``ids`` (without <s> and
+    </s>), and the search's ``score`` and ``log_prob`` (:class:`~qkv.decode.hypothesis.Hypothesis`;
+    for a non-autoregressive model, its own length-normalised score and log-probability)."""
+
+    text: str
+    ids: list[int]
+    score: float
+    log_prob: float
+
+
+@dataclass(frozen=True)
+class Translation:
+    """A text's translation: the ``source_ids`` the model read (ending in </s>; empty for an empty text)
+    and its ``candidates``, best first (one, or ``n_best`` with beam search)."""
+
+    source_ids: list[int]
+    candidates: list[Candidate]
+
+    @property
+    def text(self) -> str:
+        """The best candidate's text."""
+        return self.candidates[0].text
 
 
 @dataclass
@@ -55,6 +81,25 @@ class Translator:
 
     def translate(self, texts: Sequence[str], *, first_line: int = 1) -> list[str]:
         """One translation per text, in order. ``first_line`` numbers the texts in warnings."""
+        return [t.text for t in self.translations(texts, first_line=first_line)]
+
+    def translations(self, texts: Sequence[str], *, first_line: int = 1) -> list[Translation]:
+        """Each text's :class:`Translation` (its candidates with their ids and scores), in order."""
+        sources = self.source_ids(texts, first_line=first_line)
+        if isinstance(self.model, NATransformer):
+            found = [[hyp] for hyp in self._non_autoregressive(self.model, sources)]
+        else:
+            found = decode(self.model, sources, self.search, batch_size=self.batch_size, int8=self.int8)
+        return [
+            Translation(
+                source, [Candidate(self.text_of(h.tokens), h.tokens, h.score, h.log_prob) for h in hyps]
+            )
+            for source, hyps in zip(sources, found, strict=True)
+        ]
+
+    def source_ids(self, texts: Sequence[str], *, first_line: int = 1) -> list[list[int]]:
+        """Each text as the model reads it: ``target_lang``'s token in front where set, tokenized, cut to
+        the model's positions (with a warning naming the line), ending in </s>; [] for an empty text."""
         c = self.model.config
         sources: list[list[int]] = []
         for offset, text in enumerate(texts):
@@ -69,13 +114,11 @@ class Translator:
                     )
                 ids = ids[: c.max_positions - 1]
             sources.append([*ids, c.eos_id] if ids else [])
-        if isinstance(self.model, NATransformer):
-            outputs = self._non_autoregressive(self.model, sources)
-        else:
-            outputs = translate_ids(
-                self.model, sources, self.search, batch_size=self.batch_size, int8=self.int8
-            )
-        return [_LINE_BREAKS.sub(" ", self.tgt_tokenizer.decode(ids)).strip() for ids in outputs]
+        return sources
+
+    def text_of(self, ids: Sequence[int]) -> str:
+        """Output ids as one line of text."""
+        return _LINE_BREAKS.sub(" ", self.tgt_tokenizer.decode(ids)).strip()
 
     def _teacher_shares_vocabularies(self) -> tuple[bool, bool]:
         """Whether the teacher's source and target tokenizers are this model's (the same serialised
@@ -94,8 +137,8 @@ class Translator:
         self._shared_vocabularies = (inputs, same_src, same_tgt)
         return same_src, same_tgt
 
-    def _non_autoregressive(self, model: NATransformer, sources: list[list[int]]) -> list[list[int]]:
-        """The NAT model's best candidate for each source (ids), rescored by the teacher if there is one."""
+    def _non_autoregressive(self, model: NATransformer, sources: list[list[int]]) -> list[Hypothesis]:
+        """The NAT model's best candidate for each source, chosen by the teacher if there is one."""
         found = nat_decode.translate_ids(
             model,
             sources,
@@ -106,7 +149,7 @@ class Translator:
             adaptive=self.adaptive,
         )
         if self.teacher is None or self.length_beam == 1:
-            return [hyps[0].tokens for hyps in found]
+            return [hyps[0] for hyps in found]
         teacher, teacher_src, teacher_tgt = self.teacher
         eos = teacher.config.eos_id
         # Through text where the teacher has its own vocabulary (a distilled NAT may train its own
@@ -133,11 +176,11 @@ class Translator:
             scores += nat_decode.teacher_scores(
                 teacher, flat_src[start:end], flat_out[start:end], int8=self.int8
             )
-        best: list[list[int]] = []
+        best: list[Hypothesis] = []
         row = 0
         for hyps in found:
             chosen = max(range(len(hyps)), key=lambda i: scores[row + i])
-            best.append(hyps[chosen].tokens)
+            best.append(hyps[chosen])
             row += len(hyps)
         return best
 

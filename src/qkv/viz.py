@@ -22,7 +22,8 @@ from torch import Tensor
 from qkv.decode.nat import NATIteration, mask_predict
 from qkv.embed import SentenceEmbedder
 from qkv.models.nat import NATransformer
-from qkv.models.seq2seq import Transformer
+from qkv.models.seq2seq import Decoded, Encoded, Transformer
+from qkv.nn.modes import eval_mode
 from qkv.tokenize import Tokenizer
 from qkv.viz_fonts import BUNDLED_FONT, font_families, label
 
@@ -34,6 +35,7 @@ __all__ = [
     "attention_figure",
     "attention_weights",
     "bert_attention_weights",
+    "cross_attention",
     "merge_lone_metaspace",
     "nat_attention_weights",
     "plot_attention",
@@ -113,13 +115,9 @@ def attention_weights(
 ) -> AttentionMaps:
     """Run the model on one (source, target) pair by teacher forcing and collect every attention weight."""
     c = model.config
-    device = next(model.parameters()).device
     src_ids = [*src_tokenizer.encode(source), c.eos_id]
     tgt_ids = tgt_tokenizer.encode(target)
-    src = torch.tensor([src_ids], device=device)
-    tgt_in = torch.tensor([[c.bos_id, *tgt_ids]], device=device)
-    encoded = model.encode(src, need_weights=True)
-    decoded = model.decode(tgt_in, encoded, need_weights=True)
+    encoded, decoded = _teacher_forced(model, src_ids, tgt_ids)
     assert (
         encoded.weights is not None and decoded.self_weights is not None and decoded.cross_weights is not None
     )
@@ -135,6 +133,33 @@ def attention_weights(
         decoder_self=[w[0].float().cpu() for w in decoded.self_weights],
         cross=[w[0].float().cpu() for w in decoded.cross_weights],
     )
+
+
+@torch.inference_mode()
+def cross_attention(model: Transformer, source_ids: list[int], output_ids: list[int]) -> Tensor:
+    """The cross-attention of every decoder layer and head when the model reads ``source_ids`` (ending in
+    </s>, as decoding saw them) and is teacher-forced with ``output_ids`` (without <s>/</s>, as a
+    hypothesis's ``tokens``).
+
+    Shape: (layers, heads, len(output_ids) + 1, len(source_ids)), float32 on the CPU; row i is the
+    position that predicts output token i (the last row predicts </s>), and each row sums to 1.
+    """
+    _, decoded = _teacher_forced(model, source_ids, output_ids, encoder_weights=False)
+    assert decoded.cross_weights is not None
+    return torch.stack([w[0] for w in decoded.cross_weights]).float().cpu()
+
+
+def _teacher_forced(
+    model: Transformer, src_ids: list[int], tgt_ids: list[int], *, encoder_weights: bool = True
+) -> tuple[Encoded, Decoded]:
+    """One sentence pair through the model (in eval mode) with the attention weights kept."""
+    c = model.config
+    device = next(model.parameters()).device
+    src = torch.tensor([src_ids], device=device)
+    tgt_in = torch.tensor([[c.bos_id, *tgt_ids]], device=device)
+    with eval_mode(model):
+        encoded = model.encode(src, need_weights=encoder_weights)
+        return encoded, model.decode(tgt_in, encoded, need_weights=True)
 
 
 @torch.inference_mode()
