@@ -7,10 +7,12 @@ command raises into a message and an exit code. Run ``qkv --help`` or ``qkv SUBC
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from qkv.cli.attention import add_attention_parser
 from qkv.cli.bert import add_embed_parser, add_finetune_parser
+from qkv.cli.config_files import dump_config, with_config_file
 from qkv.cli.demo import add_demo_parser
 from qkv.cli.distill import add_distill_parser
 from qkv.cli.errors import DEBUG_VARIABLE, run_reporting_errors
@@ -64,8 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    return run_reporting_errors(args.command, args.func, args)
+
+    def run(args: argparse.Namespace) -> int:
+        # A command with --config (qkv.cli.config_files): the file's values under the command line's flags.
+        if getattr(args, "config", None) is not None:
+            args = with_config_file(parser, args, argv)
+        if getattr(args, "dump_config", False):
+            print(dump_config(args), end="")
+            return 0
+        return int(args.func(args))
+
+    return run_reporting_errors(args.command, run, args)

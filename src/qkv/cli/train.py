@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from qkv.allocator import keep_freed_memory
 from qkv.cli.common import Subparsers, UsageError, resolve_device
+from qkv.cli.config_files import add_config_options, dump_config
 from qkv.cli.flag_types import (
     device_name,
     input_file,
@@ -137,6 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             model_type=args.model_type,
             length_weight=args.length_weight,
             init_from=args.init_from,
+            before_fit=None if args.resume else lambda: _keep_resolved_options(args, Path(run_dir)),
         )
     except TrainingInterrupted as stop:
         print(f"qkv train: {stop}; continue with: qkv train --resume {run_dir}", file=sys.stderr)
@@ -152,6 +155,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+RESOLVED_OPTIONS_FILE = "train.yaml"
+
+
+def _keep_resolved_options(args: argparse.Namespace, run_dir: Path) -> None:
+    """A new run keeps its resolved options in ``train.yaml``, a ``--config`` file that repeats it
+    (written by torchrun's rank 0 only)."""
+    from qkv.storage.atomic import write_file
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    write_file(run_dir / RESOLVED_OPTIONS_FILE, dump_config(args))
+
+
 def add_train_parser(sub: Subparsers) -> None:
     """`qkv train` and its options, in the groups --help shows."""
     p = sub.add_parser(
@@ -165,6 +181,8 @@ def add_train_parser(sub: Subparsers) -> None:
         "  qkv train --data train.tsv --valid dev.tsv --src-col 2 --tgt-col 1 --preset small --out runs/zh-en\n"
         "  qkv train --resume runs/zh-en                      # continue exactly where it stopped\n"
         "  torchrun --nproc_per_node=2 -m qkv train ...       # data-parallel on 2 processes\n"
+        "  qkv train --config zh-en.yaml --lr 5e-4            # options from a file, a flag overriding one\n"
+        "  qkv train --data train.tsv --out runs/x --dump-config > x.yaml   # those options, as a file\n"
         "\nexit codes: 0 done, 1 could not finish (disk full, I/O error), 2 bad usage or input, 3 non-finite "
         "loss, 130/143 stopped by SIGINT/SIGTERM (a checkpoint was saved)",
     )
@@ -229,7 +247,8 @@ def add_train_parser(sub: Subparsers) -> None:
         "--out",
         type=output_directory,
         metavar="DIR",
-        help="run directory: checkpoints/, best/, metrics.jsonl",
+        help="run directory: checkpoints/, best/, metrics.jsonl and train.yaml (the resolved options, a "
+        "--config file that repeats the run)",
     )
     g.add_argument(
         "--resume",
@@ -277,4 +296,5 @@ def add_train_parser(sub: Subparsers) -> None:
     g.add_argument("--device", type=device_name, default="auto", help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_options(p, example="max-tokens: 3072")
     p.set_defaults(func=cmd_train)

@@ -261,6 +261,7 @@ def train(
     model_type: ModelType = "seq2seq",
     length_weight: float = DEFAULT_LENGTH_WEIGHT,
     init_from: str | os.PathLike[str] | None = None,
+    before_fit: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train (or resume) a translation model in ``run_dir``; see ``qkv train --help``.
 
@@ -276,6 +277,9 @@ def train(
     ``init_from`` (a model or run directory) starts a new run from a trained model: its tokenizers and
     architecture (``model_overrides`` may change e.g. the depth) and every weight whose name and shape
     match (:func:`warm_start`); ``preset_name`` and ``tok`` are then not used.
+
+    ``before_fit`` is called once the data and the model are ready, just before the first step (``qkv
+    train`` writes the run's resolved options then: a run refused for its data leaves nothing behind).
     """
     run = Path(run_dir)
     latest = checkpoint.latest_checkpoint(run) if resume else None
@@ -386,4 +390,6 @@ def train(
     if latest is not None:
         trainer.resume(latest)
         say(f"resumed from {latest} at step {trainer.state.step}")
+    if before_fit is not None:
+        before_fit()
     return trainer.fit()
