@@ -2,6 +2,8 @@
 
 step       the protocol every strategy uses (state in, log-probs out, cache handed back); the cached
            stepper and the uncached reference; the length and token rules
+constraints forced target prefixes and lexical constraints: per-hypothesis token rules
+dba        dynamic beam allocation: beam search's candidates under lexical constraints
 hypothesis what a search returns; the GNMT length penalty
 lengths    the output length limits every search applies
 greedy     greedy decoding, batched, finished sentences leave the batch
@@ -15,6 +17,7 @@ nat        decoding a non-autoregressive model (mask-predict)
 
     hyps = decode(model, [[5, 9, 2], [7, 2]], SearchConfig(beam=4))   # sources end with </s>, as in training
     best = [h[0].tokens for h in hyps]                                 # without <s> and </s>
+    hyps = decode(model, sources, prefixes=[[8], []], constraints=[[[11, 12]], [[9], [13]]])
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 
 from qkv.decode.beam import beam_search
+from qkv.decode.constraints import Phrase, TokenRules, check_constraints, check_prefixes
 from qkv.decode.greedy import greedy_search
 from qkv.decode.hypothesis import Hypothesis, length_penalty
 from qkv.decode.lengths import Lengths
@@ -50,6 +54,7 @@ __all__ = [
     "Method",
     "SearchConfig",
     "Stepper",
+    "TokenRules",
     "UncachedStepper",
     "apply_temperature",
     "beam_search",
@@ -76,6 +81,8 @@ def decode(
     batch_size: int = 32,
     cached: bool = True,
     int8: bool = False,
+    prefixes: Sequence[Sequence[int]] | None = None,
+    constraints: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate source id lists; for each, its best hypotheses (best first; one unless beam search with
     ``n_best`` > 1).
@@ -87,21 +94,51 @@ def decode(
     running the model. A source longer than the model's ``max_positions`` is truncated, with a warning.
 
     ``search`` picks the strategy and its options (:class:`~qkv.decode.search.SearchConfig`; the
-    default is beam search with 4 beams). Sampling draws from one generator seeded with
-    ``search.seed`` per call: the same seed, inputs and ``batch_size`` draw the same outputs. Outputs
-    have at most ``min(max_len_a * src_len + max_len_b, max_len, max_positions - 1)`` tokens and at
-    least ``min_len`` (``search.lengths``). ``cached=False`` uses the uncached reference stepper (slow;
+    default is beam search with 4 beams). Sampling draws each sentence from its own generator, seeded
+    from ``(search.seed, index in sources)``: the same seed and inputs draw the same outputs, whatever
+    ``batch_size``. Outputs have at most ``min(max_len_a * src_len + max_len_b, max_len,
+    max_positions - 1)`` tokens and at least ``min_len`` (``search.lengths``).
+
+    ``prefixes`` (one id list per source, [] for none) are forced right after <s>: every hypothesis of
+    the sentence starts with its prefix, verbatim, and the prefix's log-probs count in ``log_prob`` and
+    ``score``, as with fairseq's ``--prefix-size`` (greedy, beam and sampling). ``constraints`` (per
+    source a list of phrases, each a non-empty id list; [] for none) must each appear contiguously in
+    every hypothesis returned: beam search with dynamic beam allocation (Post & Vilar, 2018); "greedy"
+    runs it with one beam, "sample" raises ValueError. The length limit of a sentence is raised to
+    ``len(prefix) + sum(len(phrase))`` where that is more, so the guarantee always holds; ValueError
+    if the model's positions cannot hold that many (:mod:`qkv.decode.constraints` has the rules and
+    the checks on the ids; errors name the sentence and the phrase). An empty source with a prefix or
+    constraints is decoded from ``[</s>]`` (so its output keeps them); without, it gives one empty
+    hypothesis as before.
+
+    ``cached=False`` uses the uncached reference stepper (slow;
     for tests and benchmarks). ``int8=True`` decodes with int8 weights and dynamically quantised
     activations (CPU, float32 models; faster, approximately the same outputs).
 
     Runs under ``torch.inference_mode()`` with the model in eval mode (its mode is restored after).
     """
     config = model.config
+    special = {"<pad>": config.pad_id, "<s>": config.bos_id, "</s>": config.eos_id}
+    vocab = config.tgt_vocab_size
+    forced = (
+        None
+        if prefixes is None
+        else check_prefixes(prefixes, len(sources), vocab_size=vocab, special=special)
+    )
+    phrases = None
+    if constraints is not None:
+        phrases = check_constraints(constraints, len(sources), vocab_size=vocab, special=special)
+        if search.method == "sample" and any(phrases):
+            raise ValueError("lexical constraints need beam search (method='beam'), not sampling")
+    keep_empty = {i for i in range(len(sources)) if (forced and forced[i]) or (phrases and phrases[i])}
     batches = prepare_sources(
-        sources, eos_id=config.eos_id, max_positions=config.max_positions, batch_size=batch_size
+        sources,
+        eos_id=config.eos_id,
+        max_positions=config.max_positions,
+        batch_size=batch_size,
+        keep_empty=keep_empty,
     )
     device = next(model.parameters()).device
-    generator = search.new_generator(device)
     if int8 and not cached:
         raise ValueError("int8=True needs the cached stepper (cached=True)")
     stepper: Stepper[Any] = CachedStepper(model, int8=int8) if cached else UncachedStepper(model)
@@ -109,10 +146,31 @@ def decode(
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in sources]
     with eval_mode(model), torch.inference_mode():
         for batch in batches:
-            found = search.run(stepper, batch.padded(config.pad_id, device), generator)
+            generators = None
+            if search.method == "sample":
+                generators = [search.sentence_generator(i, device) for i in batch.indices]
+            rules = _rules_for(batch.indices, forced, phrases, device)
+            found = search.run(stepper, batch.padded(config.pad_id, device), generators, rules=rules)
             for index, hyps in zip(batch.indices, found, strict=True):
                 results[index] = hyps
     return results
+
+
+def _rules_for(
+    indices: Sequence[int],
+    prefixes: list[list[int]] | None,
+    constraints: list[list[Phrase]] | None,
+    device: torch.device,
+) -> TokenRules | None:
+    """The token rules of one batch (its sentences' input ``indices``); None when it has none to apply,
+    so the search does no extra work."""
+    batch_prefixes = None if prefixes is None else [prefixes[i] for i in indices]
+    batch_constraints = None if constraints is None else [constraints[i] for i in indices]
+    if not any(batch_prefixes or ()) and not any(batch_constraints or ()):
+        return None
+    return TokenRules.create(
+        len(indices), prefixes=batch_prefixes, constraints=batch_constraints, device=device
+    )
 
 
 def translate_ids(

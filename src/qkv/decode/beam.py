@@ -33,6 +33,8 @@ from itertools import count
 import torch
 from torch import Tensor
 
+from qkv.decode.constraints import TokenRules
+from qkv.decode.dba import allocate
 from qkv.decode.hypothesis import DEFAULT_ALPHA, Hypothesis, length_penalty
 from qkv.decode.lengths import DEFAULT_LENGTHS, Lengths
 from qkv.decode.step import S, Stepper, constrain
@@ -83,6 +85,7 @@ def beam_search(
     early_stopping: bool = True,
     n_best: int | None = None,
     lengths: Lengths = DEFAULT_LENGTHS,
+    rules: TokenRules | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search for a batch of sentences; the n best finished hypotheses of each, best first.
 
@@ -90,6 +93,11 @@ def beam_search(
     ``early_stopping`` picks the stopping rule described in the module docstring; ``n_best`` (default
     ``beam``) caps how many hypotheses are returned per sentence. ``lengths`` limits the outputs as in
     greedy decoding (:class:`~qkv.decode.lengths.Lengths`). ``beam=1`` is greedy decoding.
+
+    ``rules`` (one row per sentence of the batch) force prefixes and enforce lexical constraints
+    (:mod:`qkv.decode.constraints`); with constraints the candidates of each step are chosen by dynamic
+    beam allocation (:mod:`qkv.decode.dba`), so the hypotheses of a sentence are no longer ranked by
+    score while they search (the finished ones still are).
 
     Shapes: src_ids (batch, src_len), padded with ``stepper.pad_id`` -> ``batch`` lists of hypotheses.
     """
@@ -103,6 +111,10 @@ def beam_search(
     if batch == 0:
         return []
     max_lens = lengths.limits(stepper, src_ids)  # (batch,)
+    if rules is not None:
+        max_lens = rules.limits(max_lens, stepper.max_len)
+        rules = rules.repeat_each(k)
+    allocates = rules is not None and rules.has_constraints
     min_len = lengths.min_len
     width = int(max_lens.max()) + 1  # the longest finished hypothesis, </s> included
     # Before the shortest limit no row can be at its maximum: constrain skips that check (as greedy does).
@@ -136,9 +148,16 @@ def beam_search(
             inplace=True,
             some_at_max=None if steps_done >= shortest_limit else False,
         )
-        # 1. Extend every live hypothesis by every token; keep the best 2k per sentence.
+        if rules is not None:
+            rules.restrict(log_probs, steps_done, row_max_lens, stepper.eos_id)
+        # 1. Extend every live hypothesis by every token; keep the best 2k per sentence (or, under
+        # constraints, 2k in the order of dynamic beam allocation).
         candidates = (live_score.view(n * k, 1) + log_probs).view(n, k * vocab)
-        top_score, top_index = top_candidates(candidates, 2 * k)  # (n, 2k), best first
+        if allocates:
+            assert rules is not None
+            top_score, top_index = allocate(candidates, rules, k, stepper.eos_id)  # (n, 2k)
+        else:
+            top_score, top_index = top_candidates(candidates, 2 * k)  # (n, 2k), best first
         from_beam, token = top_index // vocab, top_index % vocab  # (n, 2k)
         ends = token == stepper.eos_id
 
@@ -203,6 +222,8 @@ def beam_search(
         # the cache may be reordered in place (the old state is not read again).
         state = state.select(rows, same_sources=not some_done, in_place=not some_done)
         tokens = live_tokens[:, :, -1].reshape(-1, 1)  # (n' * k, 1)
+        if rules is not None:
+            rules = rules.select(rows).advance(tokens.view(-1))
     return results
 
 

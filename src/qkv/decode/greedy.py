@@ -13,12 +13,14 @@ from itertools import count
 import torch
 from torch import Tensor
 
+from qkv.decode.constraints import TokenRules
 from qkv.decode.hypothesis import DEFAULT_ALPHA, Hypothesis, length_penalty
 from qkv.decode.lengths import DEFAULT_LENGTHS, Lengths
 from qkv.decode.step import S, Stepper, constrain
 
-Pick = Callable[[Tensor], Tensor]
-"""Chooses the next tokens: log_probs (rows, vocab), banned tokens at -inf -> token ids (rows,)."""
+Pick = Callable[[Tensor, Tensor], Tensor]
+"""Chooses the next tokens: log_probs (rows, vocab), banned tokens at -inf, and the batch sentence of
+each row (rows,) -> token ids (rows,)."""
 
 
 def left_to_right(
@@ -28,12 +30,14 @@ def left_to_right(
     *,
     alpha: float = DEFAULT_ALPHA,
     lengths: Lengths = DEFAULT_LENGTHS,
+    rules: TokenRules | None = None,
 ) -> list[Hypothesis]:
     """Decode one hypothesis per sentence, token by token, choosing each with ``pick`` (None: the most
     probable allowed token, greedy).
 
     Each sentence stops at </s>, or at its limit under ``lengths``
-    (:class:`~qkv.decode.lengths.Lengths`), where it must take </s>.
+    (:class:`~qkv.decode.lengths.Lengths`), where it must take </s>. ``rules`` (one row per sentence)
+    force prefixes and constraints (:mod:`qkv.decode.constraints`).
 
     What each row needs (its limit, its log-prob so far, its tokens) is kept per row and rebuilt only
     when rows leave, not indexed out of per-sentence tensors at every step: for one sentence a step is
@@ -46,6 +50,8 @@ def left_to_right(
     if batch == 0:
         return []
     max_lens = lengths.limits(stepper, src_ids)  # (batch,)
+    if rules is not None:
+        max_lens = rules.limits(max_lens, stepper.max_len)
     min_len = lengths.min_len
     out = torch.full((batch, int(max_lens.max()) + 1), stepper.pad_id, dtype=torch.long, device=device)
     log_prob = torch.zeros(batch, device=device)  # float32, summed per step
@@ -72,6 +78,8 @@ def left_to_right(
             inplace=True,
             some_at_max=None if steps_done >= shortest else False,
         )
+        if rules is not None:
+            rules.restrict(log_probs, steps_done, row_max_lens, stepper.eos_id)
         # A row with no allowed token (only a scripted model can do that) ends, with log-prob -inf.
         if pick is None:  # the most probable token and its log-prob, from one pass
             # max(dim), not argmax: the same first-maximum index, and torch's CPU argmax over a row block
@@ -83,13 +91,15 @@ def left_to_right(
         else:
             stuck = log_probs.amax(dim=-1) == float("-inf")  # (rows,); one pass, not isfinite + any
             if bool(stuck.any()):
-                choice = pick(log_probs.masked_fill(stuck[:, None], 0.0))  # (rows,)
+                choice = pick(log_probs.masked_fill(stuck[:, None], 0.0), alive)  # (rows,)
                 choice = torch.where(stuck, stepper.eos_id, choice)
             else:
-                choice = pick(log_probs)
+                choice = pick(log_probs, alive)
             best = log_probs.gather(1, choice[:, None]).squeeze(1)
         row_log_prob += best
         chosen.append(choice)
+        if rules is not None:
+            rules = rules.advance(choice)
 
         is_finished = choice == stepper.eos_id  # (rows,)
         if bool(is_finished.any()):
@@ -104,6 +114,8 @@ def left_to_right(
             if keep.numel() == 0:
                 break
             state = state.select(keep)
+            if rules is not None:
+                rules = rules.select(keep)
             alive, choice = alive[keep], choice[keep]
             row_max_lens, row_log_prob = row_max_lens[keep], row_log_prob[keep]
             shortest = int(row_max_lens.min())
@@ -123,18 +135,16 @@ def greedy_search(
     *,
     alpha: float = DEFAULT_ALPHA,
     lengths: Lengths = DEFAULT_LENGTHS,
+    rules: TokenRules | None = None,
 ) -> list[Hypothesis]:
     """Greedy decoding of a batch: the most probable allowed token at every step, until </s>.
 
     Equal to beam search with ``beam=1`` (tokens and scores). ``alpha`` only sets the reported
-    ``score``; the tokens do not depend on it.
+    ``score``; the tokens do not depend on it. ``rules`` force prefixes; lexical constraints need beam
+    search (:func:`~qkv.decode.beam.beam_search`, a beam of 1 is allowed) and raise ValueError here.
 
     Shapes: src_ids (batch, src_len), padded -> ``batch`` hypotheses, in input order.
     """
-    return left_to_right(
-        stepper,
-        src_ids,
-        None,
-        alpha=alpha,
-        lengths=lengths,
-    )
+    if rules is not None and rules.has_constraints:
+        raise ValueError("lexical constraints need beam search: use beam_search (beam=1 is allowed)")
+    return left_to_right(stepper, src_ids, None, alpha=alpha, lengths=lengths, rules=rules)

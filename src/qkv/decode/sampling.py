@@ -8,15 +8,20 @@ shift-invariant); each returns logits with the removed tokens at -inf:
 * top-p, nucleus (Holtzman et al., 2020): keep the smallest set of most probable tokens whose total
   probability reaches p.
 
-:func:`sample` draws with a ``torch.Generator``, so a seed reproduces the output for the same inputs and
-batching (rows share the generator's stream, so another batch composition draws differently).
+:func:`sample` draws with ``torch.Generator`` objects. Given one per sentence, each sentence draws from
+its own stream, so its output depends on its generator's seed and its source only, not on the batch it
+is decoded in (:func:`qkv.decode.decode` seeds sentence ``i``'s generator from ``(seed, i)``). Given one
+generator, the rows share its stream: cheaper per step, but another batch composition draws differently.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
+from qkv.decode.constraints import TokenRules
 from qkv.decode.greedy import left_to_right
 from qkv.decode.hypothesis import DEFAULT_ALPHA, Hypothesis
 from qkv.decode.lengths import DEFAULT_LENGTHS, Lengths
@@ -70,17 +75,21 @@ def sample(
     stepper: Stepper[S],
     src_ids: Tensor,
     *,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
     alpha: float = DEFAULT_ALPHA,
     lengths: Lengths = DEFAULT_LENGTHS,
+    rules: TokenRules | None = None,
 ) -> list[Hypothesis]:
     """Draw one output per sentence, each token from the filtered distribution of the step.
 
+    ``generator``: one for the batch, or one per sentence (batch-invariant draws; module docstring).
     The hypotheses' ``log_prob`` is under the model's own distribution (temperature 1, no filter), so
-    samples can be compared with beam search outputs. ``lengths`` as in greedy decoding.
+    samples can be compared with beam search outputs. ``lengths`` as in greedy decoding; ``rules`` force
+    prefixes (a forced token is drawn with probability 1). Lexical constraints need beam search: they
+    raise ValueError here (a sample that must hold given phrases is not a sample of the model).
 
     Shapes: src_ids (batch, src_len), padded with ``stepper.pad_id`` -> ``batch`` hypotheses, in order.
     """
@@ -88,17 +97,23 @@ def sample(
         raise ValueError(f"temperature={temperature} must be > 0 (use greedy decoding for temperature 0)")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p={top_p} must be in (0, 1]")
+    if rules is not None and rules.has_constraints:
+        raise ValueError("lexical constraints need beam search; sampling cannot guarantee them")
+    if not isinstance(generator, torch.Generator) and len(generator) != src_ids.shape[0]:
+        raise ValueError(
+            f"{len(generator)} generators for {src_ids.shape[0]} sentences: give one per sentence"
+        )
 
-    def draw(log_probs: Tensor) -> Tensor:
-        """log_probs (rows, vocab) -> sampled tokens (rows,)."""
+    def draw(log_probs: Tensor, sentence: Tensor) -> Tensor:
+        """log_probs (rows, vocab), each row's sentence (rows,) -> sampled tokens (rows,)."""
         filtered = filter_logits(log_probs, temperature=temperature, top_k=top_k, top_p=top_p)
         probs = torch.softmax(filtered, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if isinstance(generator, torch.Generator):
+            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        drawn = [
+            torch.multinomial(row_probs, 1, generator=generator[s])
+            for row_probs, s in zip(probs, sentence.tolist(), strict=True)
+        ]
+        return torch.cat(drawn)
 
-    return left_to_right(
-        stepper,
-        src_ids,
-        draw,
-        alpha=alpha,
-        lengths=lengths,
-    )
+    return left_to_right(stepper, src_ids, draw, alpha=alpha, lengths=lengths, rules=rules)

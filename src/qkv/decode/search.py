@@ -8,7 +8,9 @@ object is made, so a bad option is an error naming its field before any model ru
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,6 +18,7 @@ import torch
 from torch import Tensor
 
 from qkv.decode.beam import beam_search
+from qkv.decode.constraints import TokenRules
 from qkv.decode.greedy import greedy_search
 from qkv.decode.hypothesis import DEFAULT_ALPHA, Hypothesis
 from qkv.decode.lengths import DEFAULT_LENGTHS, Lengths
@@ -86,27 +89,48 @@ class SearchConfig:
         pass it to every batch's :meth:`run`, so the same seed, inputs and batches draw the same outputs."""
         return torch.Generator(device=device).manual_seed(self.seed)
 
+    def sentence_generator(self, index: int, device: torch.device | str | None = None) -> torch.Generator:
+        """A generator for sentence ``index`` of a call, seeded from ``(seed, index)``: a sentence's
+        sample then depends on the seed and its place in the input, not on the batch it is decoded in."""
+        digest = hashlib.blake2b(f"{self.seed}:{index}".encode(), digest_size=8).digest()
+        return torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little"))
+
     def run(
-        self, stepper: Stepper[S], src_ids: Tensor, generator: torch.Generator | None = None
+        self,
+        stepper: Stepper[S],
+        src_ids: Tensor,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        *,
+        rules: TokenRules | None = None,
     ) -> list[list[Hypothesis]]:
         """Search one padded batch with the chosen strategy; each sentence's hypotheses, best first (one
-        unless beam search with ``n_best`` > 1). Sampling draws with ``generator`` (default: a new one
-        from :meth:`new_generator` on ``src_ids``'s device).
+        unless beam search with ``n_best`` > 1). Sampling draws with ``generator``, one for the batch or
+        one per sentence (default: a new one from :meth:`new_generator` on ``src_ids``'s device).
+
+        ``rules`` (one row per sentence) force prefixes and lexical constraints
+        (:mod:`qkv.decode.constraints`). Constraints need beam search: greedy decoding under constraints
+        is beam search with one beam (dynamic beam allocation then puts the phrases as early as their
+        scores allow: use a beam of 4 or more for good outputs); sampling raises ValueError.
 
         Shapes: src_ids (batch, src_len), padded with ``stepper.pad_id`` -> ``batch`` lists, in order.
         """
-        if self.method == "beam":
+        constrained = rules is not None and rules.has_constraints
+        if self.method == "sample" and constrained:
+            raise ValueError("lexical constraints need beam search (method='beam'), not sampling")
+        if self.method == "beam" or (self.method == "greedy" and constrained):
             return beam_search(
                 stepper,
                 src_ids,
-                beam=self.beam,
+                beam=self.beam if self.method == "beam" else 1,
                 alpha=self.alpha,
                 early_stopping=self.early_stopping,
-                n_best=self.n_best,
+                n_best=self.n_best if self.method == "beam" else 1,
                 lengths=self.lengths,
+                rules=rules,
             )
         if self.method == "greedy":
-            return [[h] for h in greedy_search(stepper, src_ids, alpha=self.alpha, lengths=self.lengths)]
+            found = greedy_search(stepper, src_ids, alpha=self.alpha, lengths=self.lengths, rules=rules)
+            return [[h] for h in found]
         found = sample(
             stepper,
             src_ids,
@@ -116,6 +140,7 @@ class SearchConfig:
             top_p=self.top_p,
             alpha=self.alpha,
             lengths=self.lengths,
+            rules=rules,
         )
         return [[h] for h in found]
 

@@ -9,7 +9,7 @@ little of it is padding.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,9 +38,16 @@ class SourceBatch:
 
 
 def prepare_sources(
-    sources: Sequence[Sequence[int]], *, eos_id: int, max_positions: int, batch_size: int
+    sources: Sequence[Sequence[int]],
+    *,
+    eos_id: int,
+    max_positions: int,
+    batch_size: int,
+    keep_empty: Collection[int] = (),
 ) -> list[SourceBatch]:
-    """The batches of ``batch_size`` sentences to decode, longest sources first; empty sources are in none.
+    """The batches of ``batch_size`` sentences to decode, longest sources first; empty sources are in none,
+    except those whose index is in ``keep_empty``: they are decoded from ``[eos_id]`` (e.g. an empty
+    source with a forced prefix).
 
     ``sources`` are id lists as the model saw them in training (ending with </s>). One longer than
     ``max_positions`` is cut to its first ``max_positions - 1`` ids and its </s> (or its first
@@ -53,7 +60,9 @@ def prepare_sources(
     for index, source in enumerate(sources):
         ids = list(source)
         if not ids or ids == [eos_id]:
-            continue  # empty in, empty out: nothing to encode
+            if index not in keep_empty:
+                continue  # empty in, empty out: nothing to encode
+            ids = [eos_id]
         if len(ids) > max_positions:
             warnings.warn(
                 f"source {index} has {len(ids)} tokens, more than the model's {max_positions} "
