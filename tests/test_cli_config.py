@@ -107,9 +107,11 @@ def test_a_bad_file_names_the_option_and_the_file(
     assert not (tmp_path / "run").exists()
 
 
-def test_a_missing_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    err = fails(["--config", str(tmp_path / "nope.yaml")], capsys)
-    assert f"--config {tmp_path / 'nope.yaml'}: no such file" in err
+def test_a_missing_or_broken_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["train", "--config", str(tmp_path / "nope.yaml")])
+    assert done.value.code == 2
+    assert f"argument --config: {tmp_path / 'nope.yaml'}: no such file" in capsys.readouterr().err
     file = tmp_path / "run.toml"
     file.write_text("lr = = 1\n", encoding="utf-8")
     assert "not valid TOML" in fails(["--config", str(file)], capsys)

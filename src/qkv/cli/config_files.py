@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from qkv.cli.common import UsageError
+from qkv.cli.flag_types import input_file
 
 # Options that say how to read or print the configuration, never part of it.
 _NOT_CONFIG = {"config", "dump_config", "help"}
@@ -33,6 +34,7 @@ def add_config_options(p: argparse.ArgumentParser, *, example: str) -> None:
     g = p.add_argument_group("configuration file")
     g.add_argument(
         "--config",
+        type=input_file,
         metavar="FILE",
         help="read options from a YAML (or .toml) file whose keys are this command's long options, e.g. "
         f"'{example}'; flags on the command line override it",
@@ -57,14 +59,11 @@ def options_of(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 def read_config_file(path: str) -> dict[str, Any]:
-    """The mapping in a YAML or TOML file; a missing file, a parse error or a non-mapping names the file."""
+    """The mapping in a YAML or TOML file (``--config`` checked that it is a readable file); a parse error or
+    a non-mapping names the file."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"--config {path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"--config {path}: is a directory; give a YAML or TOML file") from None
     except UnicodeDecodeError as e:
         raise UsageError(f"--config {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if file.suffix.lower() == ".toml":
