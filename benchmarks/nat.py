@@ -13,9 +13,13 @@ Rows (each at batch size 1 and 32, sentences sorted by length inside the decoder
                                               changes none of its tokens (Kasai et al., 2020); K >= 3
     deep-shallow AT greedy, beam 4            a deep encoder and a 1-layer decoder (Kasai et al., 2021):
                                               the honest baseline a NAT must beat (--deep-shallow)
+    NAT cut single pass, mask-predict K       a NAT trained with the other length method (--nat-cut,
+                                              `qkv train --length-method cut`): source length + 32
+                                              positions, the output cut at the first </s>
 Columns: BLEU and chrF (sacreBLEU, 13a, or zh for Chinese references), exact-match rate, sentences per
-second, and the speed-up over AT greedy at the same batch size. It also reports the NAT length predictor's
-accuracy against the reference lengths (exact and within +-2 tokens), and checks the issue's bar at batch 1
+second, and the speed-up over AT greedy at the same batch size. It also reports how often each NAT's
+output length (the length predictor's, or where the cut NAT's single pass writes its first </s>) equals
+the reference's (exact and within +-2 tokens), and checks the issue's bar at batch 1
 (real data: a NAT decoder within 3 BLEU of AT greedy and faster; exit status 1 where none is).
 
 Real data (models trained by `qkv train`, the NAT on `qkv distill` output):
@@ -23,8 +27,8 @@ Real data (models trained by `qkv train`, the NAT on `qkv distill` output):
     .venv/bin/python benchmarks/nat.py --at runs/zh-en/avg4 --nat runs/zh-en-nat/avg4 --deep-shallow runs/zh-en-ds \\
         --data ../shared/data/cmn-eng/dev.tsv --src-col 2 --tgt-col 1 --threads 2 --json nat-bench.json
 
-The demo (trains a small AT, distills the built-in demo corpus with it, trains a NAT and a deep-shallow
-AT (5+1 layers) on that, both starting from the AT's weights (``--init-from``), then benchmarks them on the held-out demo sentences and checks the issue's two bars:
+The demo (trains a small AT, distills the built-in demo corpus with it, trains a NAT of each length
+method and a deep-shallow AT (5+1 layers) on that, both starting from the AT's weights (``--init-from``), then benchmarks them on the held-out demo sentences and checks the issue's two bars:
 NAT exact match >= 90% of AT's, single pass >= 3x AT greedy's speed at batch 1):
 
     .venv/bin/python benchmarks/nat.py --demo --out runs/nat-demo --threads 2
@@ -49,6 +53,7 @@ import torch
 from qkv.data import demo
 from qkv.data.corpus import read_corpus
 from qkv.decode import SearchConfig
+from qkv.decode.nat import translate_ids
 from qkv.distill import translate_all, tsv_line
 from qkv.evaluate import score
 from qkv.models import saved
@@ -121,7 +126,8 @@ def run_rows(
 
 
 def length_accuracy(nat: saved.SavedModel, sources: list[str], refs: list[str]) -> dict[str, float]:
-    """How often the predicted length equals the reference's length in target tokens (and within +-2)."""
+    """How often the NAT's length equals the reference's length in target tokens (and within +-2): the
+    length predictor's argmax, or (the cut method) the single pass's output length."""
     model = nat.model
     assert isinstance(model, NATransformer)
     c = model.config
@@ -129,11 +135,14 @@ def length_accuracy(nat: saved.SavedModel, sources: list[str], refs: list[str]) 
     with torch.inference_mode():
         for begin in range(0, len(sources), 64):
             src = [[*nat.src_tokenizer.encode(s), c.eos_id] for s in sources[begin : begin + 64]]
-            longest = max(len(s) for s in src)
-            src_ids = torch.tensor([[*s, *[c.pad_id] * (longest - len(s))] for s in src])
-            encoded = model.encode(src_ids.to(next(model.parameters()).device))
-            classes = model.length_logits(encoded).argmax(dim=-1, keepdim=True)
-            predicted = model.lengths_of_classes(classes, model.source_lengths(src_ids))[:, 0].tolist()
+            if c.length_method == "cut":
+                predicted = [len(hyps[0].tokens) for hyps in translate_ids(model, src)]
+            else:
+                longest = max(len(s) for s in src)
+                src_ids = torch.tensor([[*s, *[c.pad_id] * (longest - len(s))] for s in src])
+                encoded = model.encode(src_ids.to(next(model.parameters()).device))
+                classes = model.length_logits(encoded).argmax(dim=-1, keepdim=True)
+                predicted = model.lengths_of_classes(classes, model.source_lengths(src_ids))[:, 0].tolist()
             for p, ref in zip(predicted, refs[begin : begin + 64], strict=True):
                 true = len(nat.tgt_tokenizer.encode(ref))
                 exact += p == true
@@ -155,7 +164,8 @@ def benchmark(
     int8: bool = False,
     turn: int = DEFAULT_TURN,
     adaptive: bool = True,
-) -> tuple[list[Row], dict[str, float]]:
+    cut_dir: str | None = None,
+) -> tuple[list[Row], dict[str, dict[str, float]]]:
     at = saved.load(at_dir)
     nat = saved.load(nat_dir)
     if isinstance(at.model, NATransformer) or not isinstance(nat.model, NATransformer):
@@ -198,6 +208,18 @@ def benchmark(
             )  # fmt: skip
             name = f"mask-predict {k}{' adaptive' if stops else ''}, lb {length_beam}{suffix}"
             systems.append(("NAT", name, translator))
+    cut = saved.load(cut_dir) if cut_dir is not None else None
+    if cut is not None:
+        if not isinstance(cut.model, NATransformer) or cut.model.config.length_method != "cut":
+            raise SystemExit("--nat-cut must be a NAT trained with --length-method cut")
+        systems.append(
+            ("NAT cut", "single pass", Translator(cut.model, cut.src_tokenizer, cut.tgt_tokenizer))
+        )
+        for k, stops in variants:
+            translator = Translator(
+                cut.model, cut.src_tokenizer, cut.tgt_tokenizer, iterations=k, adaptive=stops
+            )
+            systems.append(("NAT cut", f"mask-predict {k}{' adaptive' if stops else ''}", translator))
     if deep_shallow_dir is not None:
         ds = saved.load(deep_shallow_dir)
         if isinstance(ds.model, NATransformer):
@@ -224,10 +246,13 @@ def benchmark(
                 f"exact {row.exact:6.1%}  {row.sent_per_s:8.1f} sent/s",
                 file=sys.stderr,
             )
-    return rows, length_accuracy(nat, sources, refs)
+    lengths = {"NAT (length predictor)": length_accuracy(nat, sources, refs)}
+    if cut is not None:
+        lengths["NAT cut (first </s>)"] = length_accuracy(cut, sources, refs)
+    return rows, lengths
 
 
-def print_table(rows: list[Row], lengths: dict[str, float]) -> None:
+def print_table(rows: list[Row], lengths: dict[str, dict[str, float]]) -> None:
     print(
         f"{'system':<10} {'decoder':<36} {'batch':>5} {'BLEU':>6} {'chrF':>6} {'exact':>7} "
         f"{'sent/s':>9} {'vs AT greedy':>12}"
@@ -237,16 +262,19 @@ def print_table(rows: list[Row], lengths: dict[str, float]) -> None:
             f"{r.system:<10} {r.decoder:<36} {r.batch:>5} {r.bleu:>6.2f} {r.chrf:>6.2f} {r.exact:>7.1%} "
             f"{r.sent_per_s:>9.1f} {r.speedup:>11.2f}x"
         )
-    print(
-        f"\nNAT length predictor on {lengths['sentences']:,} sentences: exact {lengths['exact']:.1%}, "
-        f"within +-2 tokens {lengths['within_2']:.1%}"
-    )
+    for name, found in lengths.items():
+        print(
+            f"\n{name} lengths on {found['sentences']:,} sentences: exact {found['exact']:.1%}, "
+            f"within +-2 tokens {found['within_2']:.1%}"
+        )
 
 
 # -- the demo --------------------------------------------------------------------------------------
-def train_demo(out: Path, minutes: float | None, steps: int, length_weight: float) -> tuple[Path, Path, Path]:
-    """Train AT, distill, train NAT and deep-shallow AT (both from the AT's weights) on the built-in demo
-    corpus; returns their dirs."""
+def train_demo(
+    out: Path, minutes: float | None, steps: int, length_weight: float
+) -> tuple[Path, Path, Path, Path]:
+    """Train AT, distill, train a NAT of each length method and a deep-shallow AT (all from the AT's
+    weights) on the built-in demo corpus; returns their dirs (AT, NAT, cut NAT, deep-shallow)."""
     from qkv.train.pipeline import DataConfig, TokenizerConfig, train
     from qkv.train.trainer import TrainConfig
 
@@ -289,16 +317,20 @@ def train_demo(out: Path, minutes: float | None, steps: int, length_weight: floa
             encoding="utf-8",
         )
     data = DataConfig(train=str(distilled), valid=str(held_out_tsv), src_col=2, tgt_col=1)
-    nat_dir, ds_dir = out / "nat", out / "deep-shallow"
+    nat_dir, cut_dir, ds_dir = out / "nat", out / "nat-cut", out / "deep-shallow"
     if not (nat_dir / "checkpoints").is_dir():
         print("== training the NAT on the distilled corpus", file=sys.stderr)
         train(nat_dir, data=data, tok=TokenizerConfig(), preset_name="small", model_overrides={},
               train_config=config(), model_type="nat", length_weight=length_weight, init_from=at_dir)  # fmt: skip
+    if not (cut_dir / "checkpoints").is_dir():
+        print("== training the NAT that cuts at </s> on the distilled corpus", file=sys.stderr)
+        train(cut_dir, data=data, tok=TokenizerConfig(), preset_name="small", model_overrides={},
+              train_config=config(), model_type="nat", length_method="cut", init_from=at_dir)  # fmt: skip
     if not (ds_dir / "checkpoints").is_dir():
         print("== training the deep-shallow AT (5+1 layers) on the distilled corpus", file=sys.stderr)
         train(ds_dir, data=data, tok=TokenizerConfig(), preset_name="small", init_from=at_dir,
               model_overrides={"encoder_layers": 5, "decoder_layers": 1}, train_config=config())  # fmt: skip
-    return at_dir, nat_dir, ds_dir
+    return at_dir, nat_dir, cut_dir, ds_dir
 
 
 def demo_checks(rows: list[Row]) -> bool:
@@ -347,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--at", metavar="DIR", help="autoregressive model (or run) directory")
     p.add_argument("--nat", metavar="DIR", help="non-autoregressive model (or run) directory")
     p.add_argument("--deep-shallow", metavar="DIR", help="AT with a deep encoder and a 1-layer decoder")
+    p.add_argument("--nat-cut", metavar="DIR", help="a NAT trained with --length-method cut")
     p.add_argument("--data", metavar="FILE", help="test pairs (TSV/JSONL)")
     p.add_argument("--src-col", type=int, default=1)
     p.add_argument("--tgt-col", type=int, default=2)
@@ -402,8 +435,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.demo:
-        at_dir, nat_dir, ds_dir = train_demo(Path(args.out), args.minutes, args.steps, args.length_weight)
-        args.at, args.nat, args.deep_shallow = str(at_dir), str(nat_dir), str(ds_dir)
+        at_dir, nat_dir, cut_dir, ds_dir = train_demo(
+            Path(args.out), args.minutes, args.steps, args.length_weight
+        )
+        args.at, args.nat, args.nat_cut, args.deep_shallow = (
+            str(at_dir),
+            str(nat_dir),
+            str(cut_dir),
+            str(ds_dir),
+        )
         _, held_out = demo.splits(seed=0)
         sources, refs = [zh for zh, _ in held_out], [en for _, en in held_out]
     else:
@@ -429,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         int8=args.int8,
         turn=args.turn,
         adaptive=not args.no_adaptive,
+        cut_dir=args.nat_cut,
     )
     print_table(rows, lengths)
     if 1 not in args.batches:
@@ -443,10 +484,15 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "int8": args.int8,
             "turn": args.turn,
-            "models": {"at": args.at, "nat": args.nat, "deep_shallow": args.deep_shallow},
+            "models": {
+                "at": args.at,
+                "nat": args.nat,
+                "nat_cut": args.nat_cut,
+                "deep_shallow": args.deep_shallow,
+            },
             "sentences": len(sources),
             "rows": [asdict(r) for r in rows],
-            "length_predictor": lengths,
+            "lengths": lengths,
         }
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}", file=sys.stderr)

@@ -194,23 +194,37 @@ class ModelConfig:
         return _config_from_dict(cls, data, source, ignore=("model_type",))
 
 
+# How a NAT chooses its output length (NATConfig.length_method).
+LENGTH_METHODS = ("classifier", "cut")
+
+
 @dataclass(frozen=True)
 class NATConfig(ModelConfig):
     """The non-autoregressive Transformer (:mod:`qkv.models.nat`): the encoder-decoder's shape, plus a
-    length predictor and a [MASK] token.
+    [MASK] token and a way to choose the output length (``length_method``):
 
-    The length predictor classifies the offset ``target length - source length`` into
-    ``2 * max_length_offset + 1`` classes (longer offsets are clipped). The decoder needs no <s> (nothing
-    is shifted right), so by default its [MASK] input is the <s> embedding (``mask_id = bos_id = 1``):
-    no vocabulary slot is added and the tokenizers stay those of the autoregressive model.
+    * ``"classifier"``: a length predictor classifies the offset ``target length - source length`` into
+      ``2 * max_length_offset + 1`` classes (longer offsets are clipped), Gu et al. (2018);
+    * ``"cut"``: no predictor; the decoder is given ``source length + max_length_offset`` positions (an
+      upper bound) and learns to fill those after the sentence with </s>; the output is cut at its
+      first </s>.
+
+    The decoder needs no <s> (nothing is shifted right), so by default its [MASK] input is the <s>
+    embedding (``mask_id = bos_id = 1``): no vocabulary slot is added and the tokenizers stay those of
+    the autoregressive model.
     """
 
     max_length_offset: int = 32
     mask_id: int = 1
+    length_method: str = "classifier"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive("max_length_offset", self.max_length_offset)
+        if self.length_method not in LENGTH_METHODS:
+            raise ConfigError(
+                f"length_method={self.length_method!r} must be one of {', '.join(LENGTH_METHODS)}"
+            )
         if (
             isinstance(self.mask_id, bool)
             or not isinstance(self.mask_id, int)

@@ -63,7 +63,7 @@ def seq2seq_rows(c: ModelConfig) -> list[Row]:
         rows.append(Row("output projection", "tied to the target embeddings", 0))
     else:
         rows.append(Row("output projection", f"d x V_tgt = {d} x {c.tgt_vocab_size:,}", d * c.tgt_vocab_size))
-    if isinstance(c, NATConfig):
+    if isinstance(c, NATConfig) and c.length_method == "classifier":
         classes = 2 * c.max_length_offset + 1
         rows.append(Row("length predictor (NAT)", f"{d} x {classes} + {classes}", d * classes + classes))
     return rows

@@ -138,6 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             make_hooks=_bleu_hook(args.valid_bleu) if args.valid_bleu else None,
             model_type=args.model_type,
             length_weight=args.length_weight,
+            length_method=args.length_method,
             init_from=args.init_from,
             before_fit=None if args.resume else lambda: _keep_resolved_options(args, Path(run_dir)),
         )

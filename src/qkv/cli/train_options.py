@@ -32,6 +32,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="nat: weight of the length-prediction loss (default 0.1)",
     )
     g.add_argument(
+        "--length-method",
+        choices=["classifier", "cut"],
+        default="classifier",
+        help="nat: how the output length is chosen. classifier: a length predictor classifies the "
+        "offset from the source length (default; allows --length-beam); cut: the decoder gets source "
+        "length + 32 positions and the output is cut at its first </s>",
+    )
+    g.add_argument(
         "--init-from",
         type=input_directory,
         metavar="DIR",

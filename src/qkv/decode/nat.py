@@ -10,9 +10,13 @@ mask-predict   (Ghazvininejad et al., 2019) iteration t = 1 .. K-1 re-masks the 
                a token's confidence is its probability when it was last predicted. One iteration is the
                single pass.
 
-A NAT output has no </s> and no <s>: those, <pad> and [MASK] are never produced. Hypotheses carry
-``log_prob`` = the sum of the output tokens' log-probabilities and ``score`` = their mean (how the
-candidates of the length beam are ranked).
+The length comes from the model's length predictor, or with the ``"cut"`` length method
+(:class:`~qkv.config.NATConfig`) is the bound ``source length + max_length_offset``, every pass runs
+over the bound's positions, and the output is what comes before the first </s> (the length beam then
+has one length). A NAT output holds no </s> and no <s>: those (</s> only without the cut method),
+<pad> and [MASK] are never produced. Hypotheses carry ``log_prob`` = the sum of the output tokens'
+log-probabilities (with the cut method, the first </s>'s included) and ``score`` = their mean over the
+output tokens (how the candidates of the length beam are ranked).
 
 :func:`translate_ids` is the convenience entry, as :func:`qkv.decode.decode` is for the autoregressive
 model: id lists in (sources end with </s>), hypotheses out, in input order, batched by length.
@@ -56,9 +60,24 @@ class NATIteration:
 
 
 def _banned(model: NATransformer) -> list[int]:
-    """The ids a NAT never outputs: <pad>, <s>, </s>, [MASK]."""
+    """The ids a NAT never outputs: <pad>, <s>, [MASK], and </s> unless the output is cut at it."""
     c = model.config
-    return sorted({c.pad_id, c.bos_id, c.eos_id, c.mask_id})
+    ends = () if c.length_method == "cut" else (c.eos_id,)
+    return sorted({c.pad_id, c.bos_id, c.mask_id, *ends})
+
+
+def _cut_at(model: NATransformer, length_beam: int) -> int | None:
+    """The id the outputs are cut at (</s>, the cut method) or None; ValueError for a length beam that
+    the cut method cannot have (it has one length, the bound)."""
+    c = model.config
+    if c.length_method != "cut":
+        return None
+    if length_beam != 1:
+        raise ValueError(
+            f"length_beam={length_beam}: this NAT cuts its output at </s> (length method 'cut'), so it "
+            "has one candidate length; use length_beam=1"
+        )
+    return c.eos_id
 
 
 def banned_log_probs(model: NATransformer, logits: Tensor) -> Tensor:
@@ -99,8 +118,11 @@ class _Passes:
         """The ``beam`` most probable target lengths of each sentence, best first: what
         :func:`predict_lengths` gives, without the log-probabilities. Where nothing is padded (on the fast
         path) with fewer operators: the sum over every source position, the source length from the shape,
-        the order of the logits (a log-softmax keeps it). Shapes: src_ids (batch, src_len) -> (batch, beam).
+        the order of the logits (a log-softmax keeps it). With the cut method, the bound (``beam`` is 1).
+        Shapes: src_ids (batch, src_len) -> (batch, beam).
         """
+        if self.model.length_proj is None:
+            return self.model.length_bounds(self.model.source_lengths(src_ids))[:, None]
         if not self.unpadded:
             return predict_lengths(self.model, self.encoded, src_ids, beam)[0]
         c, proj = self.model.config, self.model.length_proj
@@ -188,9 +210,16 @@ def _masked_template(lengths: Tensor, mask_id: int, pad_id: int) -> tuple[Tensor
 
 
 def _candidates(
-    tokens: Tensor, token_log_probs: Tensor, lengths: Tensor, batch: int, beam: int
+    tokens: Tensor,
+    token_log_probs: Tensor,
+    lengths: Tensor,
+    batch: int,
+    beam: int,
+    cut_at: int | None = None,
 ) -> list[list[Hypothesis]]:
-    """Hypotheses of each sentence from its ``beam`` rows, best average token log-prob first.
+    """Hypotheses of each sentence from its ``beam`` rows, best average token log-prob first. With
+    ``cut_at`` (the cut method's </s>), each row ends before its first ``cut_at``, whose log-prob counts
+    in ``log_prob`` (as an autoregressive hypothesis's </s> does) but not in the per-token ``score``.
 
     Shapes: tokens, token_log_probs (batch * beam, tgt_len), lengths (batch * beam,).
     """
@@ -200,9 +229,13 @@ def _candidates(
     for i in range(batch):
         hyps = []
         for r in range(i * beam, (i + 1) * beam):
-            n = rows_lengths[r]
-            summed = math.fsum(rows_log_probs[r][:n])
-            hyps.append(Hypothesis(rows_tokens[r][:n], summed, summed / max(n, 1)))
+            row, n = rows_tokens[r], rows_lengths[r]
+            ended = cut_at is not None and cut_at in row[:n]
+            if ended:
+                n = row.index(cut_at)
+            summed = math.fsum(rows_log_probs[r][: n + 1 if ended else n])
+            kept = summed - rows_log_probs[r][n] if ended else summed
+            hyps.append(Hypothesis(row[:n], summed, kept / max(n, 1)))
         found.append(sorted(hyps, key=lambda h: -h.score))
     return found
 
@@ -218,6 +251,7 @@ def single_pass(
     Shapes: src_ids (batch, src_len), padded -> per sentence, its ``length_beam`` candidates, best first.
     """
     c = model.config
+    cut_at = _cut_at(model, length_beam)
     batch = src_ids.shape[0]
     passes = _Passes(model, src_ids, fast=fast, int8=int8)
     lengths = passes.lengths(src_ids, length_beam)  # (batch, beam)
@@ -227,7 +261,7 @@ def single_pass(
         passes.select(torch.arange(batch, device=src_ids.device).repeat_interleave(beam))
     template, unpadded = _masked_template(lengths, c.mask_id, c.pad_id)
     tokens, token_log_probs, _ = passes.predict(template, all_masked=unpadded)
-    return _candidates(tokens, token_log_probs, lengths, batch, beam)
+    return _candidates(tokens, token_log_probs, lengths, batch, beam, cut_at)
 
 
 def mask_predict(
@@ -261,6 +295,7 @@ def mask_predict(
     if length_beam < 1:
         raise ValueError(f"length_beam={length_beam} must be at least 1")
     c = model.config
+    cut_at = _cut_at(model, length_beam)
     batch = src_ids.shape[0]
     need_weights = trace is not None
     passes = _Passes(model, src_ids, fast=fast and not need_weights, int8=int8)
@@ -304,7 +339,7 @@ def mask_predict(
         if trace is not None and decoded is not None:
             if decoded.self_weights is not None and decoded.cross_weights is not None:
                 trace.append(NATIteration(inputs, tokens, decoded.self_weights, decoded.cross_weights))
-    return _candidates(tokens, token_log_probs, lengths, batch, beam)
+    return _candidates(tokens, token_log_probs, lengths, batch, beam, cut_at)
 
 
 @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""The non-autoregressive Transformer (NAT): predict the length, then every target position at once.
+"""The non-autoregressive Transformer (NAT): choose the length, then predict every target position at once.
 
     source ids -> embed * sqrt(d) + positions -> N encoder layers                 -> memory
     memory     -> sum over real source tokens -> linear -> length offset logits   (Gu et al., 2018)
@@ -10,9 +10,16 @@ reads the target with some tokens replaced by [MASK] and predicts those, every p
 (no causal triangle; padding is the only thing masked). Single-pass decoding feeds [MASK] at every
 position; mask-predict (:mod:`qkv.decode.nat`) re-masks the least confident tokens and predicts again.
 
-The length predictor classifies the offset ``tgt_len - src_len`` (``src_len`` counts the source's real
-tokens, </s> included; ``tgt_len`` the target tokens, no </s>: a NAT output has no end token) into
-``2 * max_length_offset + 1`` classes. The layers are :mod:`qkv.nn`'s, the same as the autoregressive
+The length is chosen by one of two methods (``config.length_method``):
+
+* ``"classifier"``: the length predictor classifies the offset ``tgt_len - src_len`` (``src_len`` counts
+  the source's real tokens, </s> included; ``tgt_len`` the target tokens, no </s>: the output has no end
+  token) into ``2 * max_length_offset + 1`` classes;
+* ``"cut"``: the decoder is given ``src_len + max_length_offset`` positions (:func:`length_bounds`), is
+  trained to write the sentence, then </s> at every position after it, and the output is cut at the
+  first </s>. There is no length predictor.
+
+The layers are :mod:`qkv.nn`'s, the same as the autoregressive
 model's; parameter names match :class:`~qkv.models.seq2seq.Transformer` where the parts are the same.
 """
 
@@ -36,14 +43,25 @@ def length_classes(tgt_lengths: Tensor, src_lengths: Tensor, max_offset: int) ->
     return (tgt_lengths - src_lengths).clamp(-max_offset, max_offset) + max_offset
 
 
+def length_bounds(src_lengths: Tensor, max_offset: int, max_positions: int) -> Tensor:
+    """The positions the ``"cut"`` length method gives the decoder: ``src_len + max_offset``, at most
+    ``max_positions``. Shapes: src_lengths (batch,) -> (batch,) long."""
+    return (src_lengths + max_offset).clamp(1, max_positions)
+
+
 class NATransformer(EncoderDecoder):
-    """Encoder, length predictor and a decoder without the causal mask (a conditional masked LM)."""
+    """Encoder, length predictor (``length_method="classifier"`` only) and a decoder without the causal
+    mask (a conditional masked LM)."""
 
     config: NATConfig
 
     def __init__(self, config: NATConfig) -> None:
         super().__init__(config)
-        self.length_proj = nn.Linear(config.d_model, 2 * config.max_length_offset + 1)
+        self.length_proj: nn.Linear | None = (
+            nn.Linear(config.d_model, 2 * config.max_length_offset + 1)
+            if config.length_method == "classifier"
+            else None
+        )
 
     # -- length predictor (the encoder is EncoderDecoder.encode) -----------------------------------
     def length_logits(self, encoded: Encoded) -> Tensor:
@@ -55,10 +73,20 @@ class NATransformer(EncoderDecoder):
         layer reads off a sum but not off a mean (dividing by the length hides the count).
 
         Shapes: memory (batch, src_len, d_model) -> (batch, 2K + 1); class k is offset k - K.
+        ValueError for a model without a length predictor (``length_method="cut"``).
         """
+        if self.length_proj is None:
+            raise ValueError(
+                f"this NAT has no length predictor: its length method is {self.config.length_method!r}"
+            )
         is_real = encoded.may_attend[:, 0, 0, :, None].to(encoded.memory.dtype)  # (batch, src_len, 1)
         pooled = (encoded.memory * is_real).sum(dim=1)  # (batch, d_model)
         return self.length_proj(pooled)  # type: ignore[no-any-return]
+
+    def length_bounds(self, src_lengths: Tensor) -> Tensor:
+        """The ``"cut"`` method's positions per sentence (:func:`length_bounds`). Shapes: (batch,) -> (batch,)."""
+        c = self.config
+        return length_bounds(src_lengths, c.max_length_offset, c.max_positions)
 
     def lengths_of_classes(self, classes: Tensor, src_lengths: Tensor) -> Tensor:
         """Target lengths of length classes, at least 1 and at most max_positions.
@@ -102,14 +130,16 @@ class NATransformer(EncoderDecoder):
             x = self.decoder_norm(x)
         return Decoded(self.logits(x), None, self_weights, cross_weights)
 
-    def forward(self, src_ids: Tensor, tgt_in_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """Training: token logits for a masked target, and the length logits.
+    def forward(self, src_ids: Tensor, tgt_in_ids: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Training: token logits for a masked target, and the length logits (None without a length
+        predictor).
 
         Shapes: src_ids (batch, src_len), tgt_in_ids (batch, tgt_len) with [MASK]s and padding ->
         (token logits (batch, tgt_len, tgt_vocab), length logits (batch, 2K + 1)).
         """
         encoded = self.encode(src_ids)
-        return self.decode(tgt_in_ids, encoded).logits, self.length_logits(encoded)
+        lengths = self.length_logits(encoded) if self.length_proj is not None else None
+        return self.decode(tgt_in_ids, encoded).logits, lengths
 
     @torch.no_grad()
     def summary(self) -> str:
@@ -117,6 +147,11 @@ class NATransformer(EncoderDecoder):
         return (
             f"NATransformer (non-autoregressive, mask-predict): {c.encoder_layers}+{c.decoder_layers} layers, "
             f"d_model {c.d_model}, {c.heads} heads of {c.d_head}, d_ff {c.d_ff}, "
-            f"vocab {c.src_vocab_size}/{c.tgt_vocab_size}, length offsets +-{c.max_length_offset}, "
-            f"{'pre' if c.norm_first else 'post'}-LN, {self.num_parameters():,} parameters"
+            f"vocab {c.src_vocab_size}/{c.tgt_vocab_size}, "
+            + (
+                f"length offsets +-{c.max_length_offset}, "
+                if c.length_method == "classifier"
+                else f"lengths cut at </s> within source + {c.max_length_offset}, "
+            )
+            + f"{'pre' if c.norm_first else 'post'}-LN, {self.num_parameters():,} parameters"
         )

@@ -8,6 +8,12 @@ uses 0.1), both per masked token on average:
 
     loss = sum_masked CE(token) / M  +  length_weight * sum_sentences CE(length) / B
 
+With the ``"cut"`` length method (:class:`~qkv.config.NATConfig`) there is no length loss: each target is
+written into ``length_bounds`` positions (source length + max_length_offset, or the target's length + 1
+where that is longer), the sentence then </s> at every position after it, and the masks fall on all of
+them. The model learns where a sentence ends from the </s> it must write, and those easy </s> positions
+count in the mean like any other masked token.
+
 The masks are drawn from torch's global generator, which the trainer reseeds from (seed, step) before
 every step, so training stays reproducible and resumable to the bit.
 """
@@ -21,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.data.batching import collate
-from qkv.models.nat import length_classes
+from qkv.models.nat import length_bounds, length_classes
 from qkv.train.loss import label_smoothed_loss
 from qkv.train.task import Example
 
@@ -46,6 +52,7 @@ class NATTask:
     """What the trainer needs to train a :class:`~qkv.models.nat.NATransformer`.
 
     An example is the seq2seq one: (source ids ending in </s>, target ids without <s> or </s>).
+    ``cut_at`` (the end id, </s>) trains the ``"cut"`` length method; None the length predictor.
     """
 
     def __init__(
@@ -55,15 +62,41 @@ class NATTask:
         max_length_offset: int,
         *,
         length_weight: float = DEFAULT_LENGTH_WEIGHT,
+        cut_at: int | None = None,
+        max_positions: int | None = None,
     ) -> None:
         if length_weight < 0:
             raise ValueError(f"length_weight={length_weight} must not be negative")
+        if cut_at is not None and max_positions is None:
+            raise ValueError("the cut length method needs max_positions (the longest target it writes)")
         self.pad_id, self.mask_id = pad_id, mask_id
         self.max_length_offset = max_length_offset
         self.length_weight = length_weight
+        self.cut_at, self.max_positions = cut_at, max_positions
 
     def lengths(self, data: Sequence[Example]) -> tuple[list[int], list[int]]:
-        return [len(s) for s, _ in data], [max(len(t), 1) for _, t in data]
+        if self.cut_at is None:
+            return [len(s) for s, _ in data], [max(len(t), 1) for _, t in data]
+        return [len(s) for s, _ in data], [self._bound(len(s), len(t)) for s, t in data]
+
+    def _bound(self, src_len: int, tgt_len: int) -> int:
+        """Decoder positions of one example with the cut method: the inference bound, or room for the
+        target and one </s> where the target is longer (never more than max_positions)."""
+        assert self.max_positions is not None
+        bound = int(length_bounds(torch.tensor(src_len), self.max_length_offset, self.max_positions))
+        return min(max(bound, tgt_len + 1), self.max_positions)
+
+    def _targets(self, data: Sequence[Example], indices: Sequence[int]) -> Tensor:
+        """The gold targets, padded: as they are, or (cut) each followed by </s> up to its bound and cut
+        to it. Shapes: -> (batch, tgt_len) long."""
+        if self.cut_at is None:
+            return collate([data[i][1] for i in indices], self.pad_id)
+        rows = []
+        for i in indices:
+            src, tgt = data[i]
+            bound = self._bound(len(src), len(tgt))
+            rows.append([*tgt, *[self.cut_at] * (bound - len(tgt))][:bound])
+        return collate(rows, self.pad_id)
 
     def tensors(
         self, data: Sequence[Example], indices: Sequence[int], device: torch.device
@@ -71,7 +104,7 @@ class NATTask:
         """(src (batch, src_len), tgt_in (batch, tgt_len) with [MASK]s, tgt_out (batch, tgt_len): the gold
         token where masked, pad elsewhere, length classes (batch,))."""
         src = collate([data[i][0] for i in indices], self.pad_id)
-        tgt = collate([data[i][1] for i in indices], self.pad_id)
+        tgt = self._targets(data, indices)
         masked = random_masks(tgt, self.pad_id)
         tgt_in = tgt.masked_fill(masked, self.mask_id)
         tgt_out = tgt.masked_fill(~masked, self.pad_id)
@@ -88,9 +121,9 @@ class NATTask:
         """(token loss + weighted length loss, token NLL), both summed so that dividing by the masked token
         count gives the per-token mean plus length_weight times the per-sentence length loss."""
         src, tgt_in, tgt_out, classes = batch
-        logits, length_logits = model(src, tgt_in)  # (batch, tgt_len, vocab), (batch, 2K + 1)
+        logits, length_logits = model(src, tgt_in)  # (batch, tgt_len, vocab), (batch, 2K + 1) or None
         loss, nll = label_smoothed_loss(logits, tgt_out, smoothing=smoothing, pad_id=self.pad_id)
-        if self.length_weight > 0:
+        if self.length_weight > 0 and length_logits is not None:
             tokens_per_sentence = (tgt_out != self.pad_id).sum() / max(src.shape[0], 1)
             length_loss = F.cross_entropy(length_logits.float(), classes, reduction="sum")
             loss = loss + self.length_weight * length_loss * tokens_per_sentence

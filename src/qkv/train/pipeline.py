@@ -260,6 +260,7 @@ def train(
     keep_stops: bool = False,
     model_type: ModelType = "seq2seq",
     length_weight: float = DEFAULT_LENGTH_WEIGHT,
+    length_method: str = "classifier",
     init_from: str | os.PathLike[str] | None = None,
     before_fit: Callable[[], None] | None = None,
 ) -> TrainResult:
@@ -271,8 +272,9 @@ def train(
     was given cannot silently become the demo corpus, nor a demo corpus of another seed).
 
     ``model_type="nat"`` trains the non-autoregressive model (:mod:`qkv.models.nat`) with the
-    conditional masked LM loss plus ``length_weight`` times the length loss (:mod:`qkv.train.nat_task`);
-    a resumed run keeps the kind of model it was started with.
+    conditional masked LM loss plus ``length_weight`` times the length loss (:mod:`qkv.train.nat_task`),
+    its length chosen by ``length_method`` (:class:`~qkv.config.NATConfig`); a resumed run keeps the
+    kind of model it was started with.
 
     ``init_from`` (a model or run directory) starts a new run from a trained model: its tokenizers and
     architecture (``model_overrides`` may change e.g. the depth) and every weight whose name and shape
@@ -329,7 +331,7 @@ def train(
             tokenizers=(source.src_tokenizer, source.tgt_tokenizer),
         )
         if model_type == "nat":
-            model_config = NATConfig.from_dict(model_config.to_dict())
+            model_config = NATConfig.from_dict({**model_config.to_dict(), "length_method": length_method})
         torch.manual_seed(train_config.seed)
     else:
         max_len = model_overrides.get("max_positions", preset(preset_name, 32).max_positions)
@@ -338,7 +340,7 @@ def train(
             preset_name, prepared.src_tokenizer, prepared.tgt_tokenizer, **model_overrides
         )
         if model_type == "nat":
-            model_config = NATConfig.from_dict(model_config.to_dict())
+            model_config = NATConfig.from_dict({**model_config.to_dict(), "length_method": length_method})
         torch.manual_seed(train_config.seed)  # the same initial weights on every rank
     for line in prepared.reports:
         say(line)
@@ -356,6 +358,8 @@ def train(
             model.config.mask_id,
             model.config.max_length_offset,
             length_weight=length_weight,
+            cut_at=model.config.eos_id if model.config.length_method == "cut" else None,
+            max_positions=model.config.max_positions,
         )
         if isinstance(model, NATransformer)
         else Seq2SeqTask(model_config.pad_id, model_config.bos_id, model_config.eos_id)
