@@ -11,7 +11,7 @@ from qkv.models.seq2seq import Transformer
 VOCAB = 20
 
 
-def random_model(*, norm_first: bool = True, seed: int = 1) -> Transformer:
+def random_model(*, norm_first: bool = True, seed: int = 1, vocab: int = VOCAB) -> Transformer:
     """The 'tiny' preset (dropout 0, untied output) with every matrix scaled up, in eval mode.
 
     At the default init a random model repeats one token forever; scaled-up weights (x2) and a larger
@@ -19,7 +19,7 @@ def random_model(*, norm_first: bool = True, seed: int = 1) -> Transformer:
     some at the length limit, so finished sentences really leave the batch.
     """
     torch.manual_seed(seed)
-    config = preset("tiny", VOCAB, dropout=0.0, norm_first=norm_first, tie_output=False)
+    config = preset("tiny", vocab, dropout=0.0, norm_first=norm_first, tie_output=False)
     model = Transformer(config)
     with torch.no_grad():
         for parameter in model.parameters():

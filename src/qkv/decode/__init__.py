@@ -103,8 +103,10 @@ def decode(
     the sentence starts with its prefix, verbatim, and the prefix's log-probs count in ``log_prob`` and
     ``score``, as with fairseq's ``--prefix-size`` (greedy, beam and sampling). ``constraints`` (per
     source a list of phrases, each a non-empty id list; [] for none) must each appear contiguously in
-    every hypothesis returned: beam search with dynamic beam allocation (Post & Vilar, 2018); "greedy"
-    runs it with one beam, "sample" raises ValueError. The length limit of a sentence is raised to
+    every hypothesis returned. A sentence is first searched without them: if its hypotheses already hold
+    every phrase they are returned unchanged; if not, it is searched again by beam search with dynamic
+    beam allocation (Post & Vilar, 2018); "greedy" runs that with one beam, "sample" raises ValueError
+    (docs/decoding.md). The length limit of a sentence is raised to
     ``len(prefix) + sum(len(phrase))`` where that is more, so the guarantee always holds; ValueError
     if the model's positions cannot hold that many (:mod:`qkv.decode.constraints` has the rules and
     the checks on the ids; errors name the sentence and the phrase). An empty source with a prefix or
@@ -128,8 +130,13 @@ def decode(
     phrases = None
     if constraints is not None:
         phrases = check_constraints(constraints, len(sources), vocab_size=vocab, special=special)
-        if search.method == "sample" and any(phrases):
-            raise ValueError("lexical constraints need beam search (method='beam'), not sampling")
+        for index, sentence_phrases in enumerate(phrases):
+            if sentence_phrases and search.method == "sample":
+                raise ValueError(
+                    f"sentence {index}: lexical constraints need beam search (method='beam' or 'greedy'), "
+                    "not sampling: a sample that must hold given phrases is not a sample of the model"
+                )
+    _check_room(forced, phrases, most=config.max_positions - 1)
     keep_empty = {i for i in range(len(sources)) if (forced and forced[i]) or (phrases and phrases[i])}
     batches = prepare_sources(
         sources,
@@ -154,6 +161,22 @@ def decode(
             for index, hyps in zip(batch.indices, found, strict=True):
                 results[index] = hyps
     return results
+
+
+def _check_room(
+    prefixes: list[list[int]] | None, constraints: list[list[Phrase]] | None, *, most: int
+) -> None:
+    """ValueError naming the first sentence whose prefix and phrases need more than ``most`` tokens (the
+    length limit is raised to fit them, but not past what the model's positions hold)."""
+    count = len(prefixes if prefixes is not None else constraints or [])
+    for index in range(count):
+        needed = len(prefixes[index]) if prefixes is not None else 0
+        needed += sum(len(p) for p in constraints[index]) if constraints is not None else 0
+        if needed > most:
+            raise ValueError(
+                f"sentence {index}: its prefix and constraints need {needed} tokens, more than the "
+                f"{most} the model can produce"
+            )
 
 
 def _rules_for(

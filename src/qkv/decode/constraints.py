@@ -13,8 +13,10 @@ the start of its ``tokens``.
 **Constraints.** A sentence's phrases (each a non-empty list of target ids) must each appear contiguously
 in every hypothesis returned (the prefix included). Each hypothesis tracks, per phrase, the longest
 suffix of its output that is a start of the phrase (the Knuth-Morris-Pratt state, so "a a b" is found
-in "a a a b"); a phrase once seen stays met. ``needed`` is the fewest tokens that can still meet every
-phrase: the unmet phrases' lengths, less the progress of the best-started one. The rules are
+in "a a a b"); a phrase once seen stays met. ``needed`` is the number of tokens that surely meet every
+phrase from here: the unmet phrases' lengths, less the progress of the best-started one (finish that
+one, then write the others one after another). It is the fewest that can, except where phrases share
+tokens ("a b" and "b c" fit in the 3 tokens "a b c"; ``needed`` counts 4). The rules are
 
 * </s> is banned while a phrase is unmet;
 * the length limit of the sentence is raised, where needed, to ``len(prefix) + sum(len(phrase))``, so
@@ -24,8 +26,11 @@ phrase: the unmet phrases' lengths, less the progress of the best-started one. T
   phrases survive (in effect the remaining phrase tokens are forced).
 
 So every finished hypothesis meets every phrase, and every sentence finishes with at least one (the
-model's log-probs are finite). Beam search picks its candidates with dynamic beam allocation
-(:mod:`qkv.decode.dba`) when a batch has constraints.
+model's log-probs are finite): taking the next token of the best-started phrase always lowers
+``needed`` by one or more. And the rules ban no output that holds the phrases at places that do not
+overlap one another, within the limit (its tokens after any step hold what ``needed`` counts); what they
+may ban is an output that fits in the limit only by sharing tokens between phrases. Beam search picks
+its candidates with dynamic beam allocation (:mod:`qkv.decode.dba`) when a batch has constraints.
 
 Phrases are checked before any model runs: a phrase must be non-empty, hold no <pad>, <s> or </s> and
 only ids of the target vocabulary; a sentence's phrases must differ, and none may lie inside another
@@ -73,11 +78,19 @@ class Phrases:
         return sum(len(p) for p, j in zip(self.phrases, progress, strict=True) if j < len(p))
 
     def needed(self, progress: Progress) -> int:
-        """The fewest tokens that meet every phrase: finish the best-started unmet one, then the others."""
+        """The tokens that surely meet every phrase from ``progress``: finish the best-started unmet one,
+        then write the others one after another (the module docstring says when fewer would do)."""
         unmet = [(len(p), j) for p, j in zip(self.phrases, progress, strict=True) if j < len(p)]
         if not unmet:
             return 0
         return sum(n for n, _ in unmet) - max(j for _, j in unmet)
+
+    def met_by(self, tokens: Sequence[int]) -> bool:
+        """Whether ``tokens`` (a whole output) hold every phrase."""
+        progress = self.start
+        for token in tokens:
+            progress = self.advance(progress, token)
+        return self.unmet_length(progress) == 0
 
     def next_tokens(self, progress: Progress) -> set[int]:
         """The tokens that carry an unmet phrase on (its next token; for a started one also its first)."""
@@ -227,6 +240,22 @@ class TokenRules:
         progress = tuple(p.start for p in phrases) if any(p.phrases for p in phrases) else ()
         sentence = torch.arange(batch, device=device)
         return cls(prefix_ids.to(device), phrases, sentence, progress)
+
+    def without_constraints(self) -> TokenRules | None:
+        """The same rules with the prefixes only (None when there are none): what an unconstrained
+        search of the same sentences applies."""
+        if self.prefix_ids.shape[1] == 0:
+            return None
+        return TokenRules(self.prefix_ids, tuple(Phrases(()) for _ in self.phrases), self.sentence, ())
+
+    def sentences(self, indices: Sequence[int]) -> TokenRules:
+        """Fresh rules (one row each, nothing produced yet) for the batch sentences ``indices``, in that
+        order: for a search of only those sentences."""
+        rows = torch.tensor(list(indices), dtype=torch.long, device=self.prefix_ids.device)
+        phrases = tuple(self.phrases[i] for i in indices)
+        progress = tuple(p.start for p in phrases) if any(p.phrases for p in phrases) else ()
+        sentence = torch.arange(len(indices), device=self.sentence.device)
+        return TokenRules(self.prefix_ids[rows], phrases, sentence, progress)
 
     def limits(self, max_lens: Tensor, most: int) -> Tensor:
         """Each sentence's length limit, raised to fit its prefix and every phrase after it.

@@ -108,26 +108,31 @@ class SearchConfig:
         one per sentence (default: a new one from :meth:`new_generator` on ``src_ids``'s device).
 
         ``rules`` (one row per sentence) force prefixes and lexical constraints
-        (:mod:`qkv.decode.constraints`). Constraints need beam search: greedy decoding under constraints
-        is beam search with one beam (dynamic beam allocation then puts the phrases as early as their
-        scores allow: use a beam of 4 or more for good outputs); sampling raises ValueError.
+        (:mod:`qkv.decode.constraints`). Under constraints the batch is searched first without them (the
+        prefixes kept): a sentence whose hypotheses all hold its phrases keeps them, unchanged, and only
+        the others are searched again with the constraints, by beam search with dynamic beam allocation
+        (:mod:`qkv.decode.dba`); for greedy decoding that is beam search with one beam, which takes the
+        phrases as early as it can (use a beam of 4 or more for good outputs). Sampling raises ValueError.
 
         Shapes: src_ids (batch, src_len), padded with ``stepper.pad_id`` -> ``batch`` lists, in order.
         """
-        constrained = rules is not None and rules.has_constraints
-        if self.method == "sample" and constrained:
-            raise ValueError("lexical constraints need beam search (method='beam'), not sampling")
-        if self.method == "beam" or (self.method == "greedy" and constrained):
-            return beam_search(
-                stepper,
-                src_ids,
-                beam=self.beam if self.method == "beam" else 1,
-                alpha=self.alpha,
-                early_stopping=self.early_stopping,
-                n_best=self.n_best if self.method == "beam" else 1,
-                lengths=self.lengths,
-                rules=rules,
-            )
+        if rules is not None and rules.has_constraints:
+            if self.method == "sample":
+                raise ValueError("lexical constraints need beam search (method='beam'), not sampling")
+            results = self.run(stepper, src_ids, generator, rules=rules.without_constraints())
+            unmet = [
+                i
+                for i, (phrases, hyps) in enumerate(zip(rules.phrases, results, strict=True))
+                if not all(phrases.met_by(h.tokens) for h in hyps)
+            ]
+            if unmet:
+                rows = torch.tensor(unmet, dtype=torch.long, device=src_ids.device)
+                searched = self._beam(stepper, src_ids[rows], rules.sentences(unmet))
+                for i, hyps in zip(unmet, searched, strict=True):
+                    results[i] = hyps
+            return results
+        if self.method == "beam":
+            return self._beam(stepper, src_ids, rules)
         if self.method == "greedy":
             found = greedy_search(stepper, src_ids, alpha=self.alpha, lengths=self.lengths, rules=rules)
             return [[h] for h in found]
@@ -143,6 +148,20 @@ class SearchConfig:
             rules=rules,
         )
         return [[h] for h in found]
+
+    def _beam(self, stepper: Stepper[S], src_ids: Tensor, rules: TokenRules | None) -> list[list[Hypothesis]]:
+        """Beam search with this configuration; greedy decoding's is one beam (under constraints)."""
+        greedy = self.method == "greedy"
+        return beam_search(
+            stepper,
+            src_ids,
+            beam=1 if greedy else self.beam,
+            alpha=self.alpha,
+            early_stopping=self.early_stopping,
+            n_best=1 if greedy else self.n_best,
+            lengths=self.lengths,
+            rules=rules,
+        )
 
 
 DEFAULT_SEARCH = SearchConfig()
