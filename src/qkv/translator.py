@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from qkv.align import WordAlignment, align
 from qkv.decode import Hypothesis, SearchConfig, decode
 from qkv.decode import nat as nat_decode
 from qkv.decode.search import DEFAULT_SEARCH
@@ -83,13 +84,48 @@ class Translator:
         """One translation per text, in order. ``first_line`` numbers the texts in warnings."""
         return [t.text for t in self.translations(texts, first_line=first_line)]
 
-    def translations(self, texts: Sequence[str], *, first_line: int = 1) -> list[Translation]:
-        """Each text's :class:`Translation` (its candidates with their ids and scores), in order."""
+    def translations(
+        self,
+        texts: Sequence[str],
+        *,
+        first_line: int = 1,
+        prefixes: Sequence[str] | None = None,
+        constraints: Sequence[Sequence[str]] | None = None,
+    ) -> list[Translation]:
+        """Each text's :class:`Translation` (its candidates with their ids and scores), in order.
+
+        ``prefixes`` (one per text, "" for none) are forced at the start of every candidate and
+        ``constraints`` (one list of phrases per text, [] for none) must each appear in every candidate
+        (:func:`qkv.decode.decode`: beam search with dynamic beam allocation; not with sampling). Both are
+        text in the target language, encoded with the target tokenizer as standalone texts
+        (:meth:`target_ids`). ValueError names the line (``first_line`` numbers the texts) of an empty
+        phrase, and a non-autoregressive model takes neither. With sampling, text ``k`` is drawn as
+        sentence ``first_line - 1 + k`` of :func:`qkv.decode.decode`: the same seed and line number give
+        the same sample, whatever the batches.
+        """
         sources = self.source_ids(texts, first_line=first_line)
+        forced = None if prefixes is None else self._prefix_ids(prefixes, len(texts))
+        phrases = None if constraints is None else self._phrase_ids(constraints, len(texts), first_line)
         if isinstance(self.model, NATransformer):
+            if any(forced or ()) or any(phrases or ()):
+                raise ValueError("a non-autoregressive model decodes without prefixes or constraints")
             found = [[hyp] for hyp in self._non_autoregressive(self.model, sources)]
         else:
-            found = decode(self.model, sources, self.search, batch_size=self.batch_size, int8=self.int8)
+            # Sampling seeds each sentence from (seed, its index in the call): empty sources in front
+            # (set aside by decode without running the model) make that index the text's line number - 1,
+            # so a line draws the same sample whatever batches a stream is cut into.
+            skip = first_line - 1 if self.search.method == "sample" else 0
+            none: list[list[int]] = [[] for _ in range(skip)]
+            no_phrases: list[list[list[int]]] = [[] for _ in range(skip)]
+            found = decode(
+                self.model,
+                none + sources,
+                self.search,
+                batch_size=self.batch_size,
+                int8=self.int8,
+                prefixes=None if forced is None else none + forced,
+                constraints=None if phrases is None else no_phrases + phrases,
+            )[skip:]
         return [
             Translation(
                 source, [Candidate(self.text_of(h.tokens), h.tokens, h.score, h.log_prob) for h in hyps]
@@ -97,14 +133,75 @@ class Translator:
             for source, hyps in zip(sources, found, strict=True)
         ]
 
+    def target_ids(self, phrase: str) -> list[int]:
+        """A target-language phrase (a prefix or a constraint) as ids: the phrase encoded as a standalone
+        text, with its outer spaces removed. So a phrase is matched as the tokenizer writes it at the start
+        of a word: ``"cat"`` is ``▁cat`` and is met by "a cat." but not by "category" (whose first piece may
+        differ); a subword tokenizer can segment a word differently inside a longer one."""
+        return self.tgt_tokenizer.encode(phrase.strip())
+
+    def _prefix_ids(self, prefixes: Sequence[str], count: int) -> list[list[int]]:
+        if len(prefixes) != count:
+            raise ValueError(
+                f'got {len(prefixes)} prefixes for {count} texts: give one per text ("" for none)'
+            )
+        return [self.target_ids(prefix) if prefix.strip() else [] for prefix in prefixes]
+
+    def _phrase_ids(
+        self, constraints: Sequence[Sequence[str]], count: int, first_line: int
+    ) -> list[list[list[int]]]:
+        """Each text's phrases as ids: duplicates once, and a phrase that lies inside another left out
+        (the longer one meets it)."""
+        if len(constraints) != count:
+            raise ValueError(
+                f"got {len(constraints)} constraint lists for {count} texts: give one per text ([] for none)"
+            )
+        found: list[list[list[int]]] = []
+        for offset, phrases in enumerate(constraints):
+            if isinstance(phrases, str):
+                raise ValueError(f"line {first_line + offset}: constraints must be a list of phrases")
+            ids: list[list[int]] = []
+            for phrase in phrases:
+                encoded = self.target_ids(phrase)
+                if not encoded:
+                    raise ValueError(f"line {first_line + offset}: constraint {phrase!r} is empty")
+                if encoded not in ids:
+                    ids.append(encoded)
+            found.append([p for p in ids if not any(p != q and _inside(p, q) for q in ids)])
+        return found
+
+    def alignments(
+        self, texts: Sequence[str], translations: Sequence[Translation], *, layer: int | None = None
+    ) -> list[WordAlignment]:
+        """The word alignment of each text with its best candidate (:func:`qkv.align.align`: the argmax
+        of decoder layer ``layer``'s head-averaged cross-attention, over words). ValueError for a
+        non-autoregressive model (its decoder reads no causal prefix to align)."""
+        if not isinstance(self.model, Transformer):
+            raise ValueError("word alignments need an autoregressive model")
+        found = []
+        for text, translation in zip(texts, translations, strict=True):
+            source, start = self._source_text(text)
+            found.append(
+                align(
+                    self.model,
+                    self.src_tokenizer,
+                    self.tgt_tokenizer,
+                    source,
+                    translation.source_ids,
+                    translation.candidates[0].ids,
+                    layer=layer,
+                    text_start=start,
+                )
+            )
+        return found
+
     def source_ids(self, texts: Sequence[str], *, first_line: int = 1) -> list[list[int]]:
         """Each text as the model reads it: ``target_lang``'s token in front where set, tokenized, cut to
         the model's positions (with a warning naming the line), ending in </s>; [] for an empty text."""
         c = self.model.config
         sources: list[list[int]] = []
         for offset, text in enumerate(texts):
-            if self.target_lang is not None and text.strip() and not text.lstrip().startswith(">>"):
-                text = f">>{self.target_lang}<< {text}"
+            text, _ = self._source_text(text)
             ids = self.src_tokenizer.encode(text) if text.strip() else []
             if len(ids) + 1 > c.max_positions:
                 if self.warn is not None:
@@ -115,6 +212,14 @@ class Translator:
                 ids = ids[: c.max_positions - 1]
             sources.append([*ids, c.eos_id] if ids else [])
         return sources
+
+    def _source_text(self, text: str) -> tuple[str, int]:
+        """The text the source tokenizer reads (``target_lang``'s token in front where set) and where the
+        user's text starts in it."""
+        if self.target_lang is not None and text.strip() and not text.lstrip().startswith(">>"):
+            prefix = f">>{self.target_lang}<< "
+            return prefix + text, len(prefix)
+        return text, 0
 
     def text_of(self, ids: Sequence[int]) -> str:
         """Output ids as one line of text."""
@@ -183,6 +288,12 @@ class Translator:
             best.append(hyps[chosen])
             row += len(hyps)
         return best
+
+
+def _inside(short: list[int], long: list[int]) -> bool:
+    """Whether ``short`` occurs contiguously in ``long``."""
+    n = len(short)
+    return any(long[i : i + n] == short for i in range(len(long) - n + 1))
 
 
 def _same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,9 @@ from qkv.cli.flag_types import (
     output_file,
     positive_int,
 )
+from qkv.cli.line_input import input_batches
+from qkv.cli.translate_io import BadLine, Request, output_lines, requests_of, skipped_line
+from qkv.cli.translate_options import TRANSLATE_EXAMPLES, add_translate_controls, check_translate_flags
 
 if TYPE_CHECKING:
     from qkv.decode import SearchConfig
@@ -98,11 +100,18 @@ def search_config(
     alpha: float | None = None,
     max_len_a: float | None = None,
     max_len_b: int | None = None,
+    n_best: int = 1,
+    sample: bool = False,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
 ) -> SearchConfig:
     """The search that the decoding flags ask for, for every command that decodes: ``--beam 1`` is
     greedy decoding (the outputs of a beam of one, without beam search's bookkeeping), a wider beam is
     beam search. A flag the command does not have (None) keeps :class:`~qkv.decode.SearchConfig`'s
-    default (`qkv distill` has only --beam)."""
+    default (`qkv distill` has only --beam). ``sample`` (qkv translate --sample) samples instead, with
+    the sampling options given (None: the default)."""
     from qkv.decode import Lengths, SearchConfig
 
     default = SearchConfig()
@@ -111,10 +120,15 @@ def search_config(
         max_len_b=default.lengths.max_len_b if max_len_b is None else max_len_b,
     )
     return SearchConfig(
-        method="greedy" if beam == 1 else "beam",
+        method="sample" if sample else "greedy" if beam == 1 else "beam",
         beam=beam,
+        n_best=n_best,
         alpha=default.alpha if alpha is None else alpha,
         lengths=lengths,
+        temperature=default.temperature if temperature is None else temperature,
+        top_k=default.top_k if top_k is None else top_k,
+        top_p=default.top_p if top_p is None else top_p,
+        seed=default.seed if seed is None else seed,
     )
 
 
@@ -156,7 +170,16 @@ def load_translator(args: argparse.Namespace) -> Any:
         model.src_tokenizer,
         model.tgt_tokenizer,
         search=search_config(
-            beam=args.beam, alpha=args.alpha, max_len_a=args.max_len_a, max_len_b=args.max_len_b
+            beam=args.beam,
+            alpha=args.alpha,
+            max_len_a=args.max_len_a,
+            max_len_b=args.max_len_b,
+            n_best=getattr(args, "n_best", 1),
+            sample=getattr(args, "sample", False),
+            temperature=getattr(args, "temperature", None),
+            top_k=getattr(args, "top_k", None),
+            top_p=getattr(args, "top_p", None),
+            seed=getattr(args, "seed", None),
         ),
         batch_size=args.batch_size,
         warn=lambda message: print(f"qkv translate: warning: {message}", file=sys.stderr),
@@ -186,59 +209,62 @@ def _check_target_language(tokenizer: Any, lang: str) -> None:
     raise UsageError(f"--target-lang {lang}: the model's vocabulary has no >>{lang}<< token; {has}")
 
 
-def _stdin_line_batches(fd: int, batch_size: int) -> Iterator[list[bytes]]:
-    """Lines of a file descriptor in batches, split on b"\\n" only.
-
-    A batch is handed over as soon as it is full or no more input is waiting, so translations of an
-    interactive or slow stream come out while input is still arriving.
-    """
-    import os
-    import select
-
-    pending = b""
-    lines: list[bytes] = []
-    while True:
-        if lines and (len(lines) >= batch_size or not select.select([fd], [], [], 0)[0]):
-            yield lines[:batch_size]
-            lines = lines[batch_size:]
-            continue
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            break
-        *complete, pending = (pending + chunk).split(b"\n")
-        lines.extend(complete)
-    if pending:
-        lines.append(pending)
-    while lines:
-        yield lines[:batch_size]
-        lines = lines[batch_size:]
-
-
 def cmd_translate(args: argparse.Namespace) -> int:
+    from qkv.glossary import Glossary
+
+    check_translate_flags(args)
+    glossary = Glossary.load(args.glossary) if args.glossary else None
     translator = load_translator(args)
-    if args.text:
-        for line in translator.translate(args.text):
-            print(line)
-        return 0
-    number = 1
-    for batch in _stdin_line_batches(sys.stdin.fileno(), args.batch_size):
-        texts = []
-        for offset, raw in enumerate(batch):
-            raw = raw.removesuffix(b"\r")
-            try:
-                texts.append(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                print(
-                    f"qkv translate: warning: line {number + offset}: invalid UTF-8 at byte {e.start}; "
-                    "undecodable bytes replaced by U+FFFD",
-                    file=sys.stderr,
-                )
-                texts.append(raw.decode("utf-8", errors="replace"))
-        out = translator.translate(texts, first_line=number)
+    if args.align and not _is_autoregressive(translator):
+        raise UsageError("--align reads the cross-attention of an autoregressive model; this one is not")
+    if args.align_layer is not None and args.align_layer >= translator.model.config.decoder_layers:
+        last = translator.model.config.decoder_layers - 1
+        raise UsageError(f"--align-layer {args.align_layer}: the model's decoder has layers 0 to {last}")
+    for first, lines in input_batches(args):
+        requests = requests_of(args, first, lines, glossary)
+        bad = next((r for r in requests if isinstance(r, BadLine)), None)
+        if bad is not None and not args.skip_bad:  # the lines before it still get their output
+            requests = requests[: requests.index(bad)]
+        # A skipped line is decoded as an empty one (no work), so every line keeps its number.
+        todo = [r if isinstance(r, Request) else Request("") for r in requests]
+        controlled = any(r.prefix or r.constraints for r in todo)
+        texts = [r.text for r in todo]
+        translations = translator.translations(
+            texts,
+            first_line=first,
+            prefixes=[r.prefix for r in todo] if controlled else None,
+            constraints=[r.constraints for r in todo] if controlled else None,
+        )
+        alignments = (
+            translator.alignments(texts, translations, layer=args.align_layer)
+            if args.align
+            else [None] * len(todo)
+        )
+        out: list[str] = []
+        for offset, request in enumerate(requests):
+            if isinstance(request, BadLine):
+                print(f"qkv translate: warning: {request}; skipped", file=sys.stderr)
+                out += skipped_line(args.format, first + offset, str(request))
+                continue
+            out += output_lines(
+                args.format,
+                first + offset,
+                translations[offset],
+                translator.tgt_tokenizer,
+                scores=args.scores,
+                alignment=alignments[offset],
+            )
         sys.stdout.write("".join(line + "\n" for line in out))
         sys.stdout.flush()
-        number += len(batch)
+        if bad is not None and not args.skip_bad:
+            raise bad
     return 0
+
+
+def _is_autoregressive(translator: Any) -> bool:
+    from qkv.models.seq2seq import Transformer
+
+    return isinstance(translator.model, Transformer)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -284,10 +310,11 @@ def add_translate_parser(sub: Subparsers) -> None:
         description="Translate the sentences given as arguments, or stream stdin to stdout: one line in, one "
         "line out, in order; an empty line gives an empty line. Over-long inputs are truncated with a "
         "warning; invalid UTF-8 is replaced (U+FFFD) with a warning.",
-        epilog='examples:\n  qkv translate --model runs/demo "我爱你"\n  qkv translate --model runs/zh-en < in.zh > out.en',
+        epilog=TRANSLATE_EXAMPLES,
     )
     p.add_argument("text", nargs="*", help="sentences to translate (default: read stdin)")
     add_decoding_options(p)
+    add_translate_controls(p)
     p.set_defaults(func=cmd_translate)
 
 
