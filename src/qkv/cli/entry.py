@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from qkv import __version__
 from qkv.cli.attention import add_attention_parser
 from qkv.cli.bert import add_embed_parser, add_finetune_parser
 from qkv.cli.config_files import dump_config, with_config_file
@@ -19,6 +20,7 @@ from qkv.cli.errors import DEBUG_VARIABLE, run_reporting_errors
 from qkv.cli.import_model import add_import_parser
 from qkv.cli.models import add_average_parser, add_export_parser
 from qkv.cli.params import add_params_parser
+from qkv.cli.serve import add_serve_parser
 from qkv.cli.train import add_train_parser
 from qkv.cli.translate import add_evaluate_parser, add_translate_parser
 
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "\nthreads: OpenMP's waiting threads spin briefly, then sleep (GOMP_SPINCOUNT=3000 unless you set it or\n"
         "OMP_WAIT_POLICY), so qkv shares a busy machine fairly\n",
     )
+    parser.add_argument("--version", action="version", version=f"qkv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add_parser in (
         add_params_parser,
@@ -59,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_export_parser,
         add_import_parser,
         add_demo_parser,
+        add_serve_parser,
     ):
         add_parser(sub)
     return parser
