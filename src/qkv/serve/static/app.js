@@ -240,7 +240,7 @@ function drawHeatmap() {
     th.scope = "row";
     th.className += " target-token";
     th.dataset.row = String(row);
-    th.tabIndex = 0;
+    th.tabIndex = row === 0 ? 0 : -1; // one tab stop for the table; arrow keys move between rows
     tr.append(th);
     sourceTokens.forEach((_, col) => {
       const td = document.createElement("td");
@@ -348,12 +348,16 @@ function wireHeatmap() {
   table.addEventListener("focusout", (event) => {
     if (!table.contains(event.relatedTarget)) clearMarks();
   });
-  // Up and down move between output tokens.
+  // Up, down, Home and End move between output tokens; the one left focused keeps the table's tab stop.
   table.addEventListener("keydown", (event) => {
     const row = rowOf(event.target);
-    if (row === null || (event.key !== "ArrowUp" && event.key !== "ArrowDown")) return;
-    const next = table.querySelector(`th[data-row="${row + (event.key === "ArrowUp" ? -1 : 1)}"]`);
+    const last = table.querySelectorAll("th[data-row]").length - 1;
+    const moves = { ArrowUp: row - 1, ArrowDown: row + 1, Home: 0, End: last };
+    if (row === null || !(event.key in moves)) return;
+    const next = table.querySelector(`th[data-row="${moves[event.key]}"]`);
     if (next) {
+      event.target.tabIndex = -1;
+      next.tabIndex = 0;
       next.focus();
       event.preventDefault();
     }
