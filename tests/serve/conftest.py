@@ -1,7 +1,8 @@
 """The real server as a user runs it: ``python -m qkv serve`` in a subprocess on 127.0.0.1, a free port
 (``--port 0``, read back from the line it prints), a random tiny zh->en model built here.
 
-``running_server`` (one per test module) yields the base URL, e.g. ``http://127.0.0.1:41234``;
+``running_server`` (one server for the session: modules share it, and a module that needs other flags
+starts its own :class:`Server`) yields the base URL, e.g. ``http://127.0.0.1:41234``;
 ``server`` the :class:`Server` itself; ``tiny_translator`` the same model loaded in this process, the
 reference the server's answers are compared with.
 """
@@ -116,7 +117,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("serve-model") / "zh-en")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tiny_model_dir: Path) -> Iterator[Server]:
     """A server on the tiny model with default options (beam 4) and limits small enough to test."""
     running = Server(
@@ -135,9 +136,9 @@ def server(tiny_model_dir: Path) -> Iterator[Server]:
     running.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def running_server(server: Server) -> str:
-    """The base URL of a running server (one per test module)."""
+    """The base URL of the running server (one for the session)."""
     return server.url
 
 

@@ -1,13 +1,11 @@
 """LibreTranslate's API through the real server, with LibreTranslate's own Python client
 (``libretranslatepy``, unchanged) and with the JSON and form requests other clients send. The
-reference for the translations is :class:`qkv.translator.Translator` with the server's beam (4)."""
+reference for the translations is :class:`qkv.translator.Translator` with the server's beam (4).
+API keys, LibreTranslate's 403 included, are tested on the keyed server of test_limits.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import urllib.error
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -17,19 +15,9 @@ from qkv.decode import SearchConfig
 from qkv.translator import Translator
 from tests.serve.conftest import Server
 
-KEY = "test-key-0123"
 
-
-@pytest.fixture(scope="module")
-def keyed_server(tiny_model_dir: object) -> Iterator[Server]:
-    """A server that needs an API key, as one exposed beyond this machine would."""
-    running = Server(["--model", f"zh-en={tiny_model_dir}", "--api-key", KEY, "--max-chars", "50"])
-    yield running
-    running.stop()
-
-
-def test_the_libretranslate_client_translates(keyed_server: Server, tiny_translator: Translator) -> None:
-    client = LibreTranslateAPI(keyed_server.url, api_key=KEY)
+def test_the_libretranslate_client_translates(server: Server, tiny_translator: Translator) -> None:
+    client = LibreTranslateAPI(server.url)
     for text in ("我爱你", "他很高兴。", "你是学生吗？"):
         assert client.translate(text, "zh", "en") == tiny_translator.translate([text])[0]
     assert client.languages() == [
@@ -39,31 +27,19 @@ def test_the_libretranslate_client_translates(keyed_server: Server, tiny_transla
     assert client.detect("我爱你")[0]["language"] == "zh"
 
 
-def test_the_client_sees_a_missing_or_wrong_key_as_403(keyed_server: Server) -> None:
-    for key in (None, "wrong"):
-        with pytest.raises(urllib.error.HTTPError) as raised:
-            LibreTranslateAPI(keyed_server.url, api_key=key).translate("我爱你", "zh", "en")
-        assert raised.value.code == 403
-        assert json.loads(raised.value.read())["error"].startswith("Invalid API key")
-
-
-def test_json_lists_forms_alternatives_and_auto(keyed_server: Server, tiny_translator: Translator) -> None:
+def test_json_lists_forms_alternatives_and_auto(server: Server, tiny_translator: Translator) -> None:
     texts = ["我爱你", "你好吗"]
     expected = tiny_translator.translate(texts)
-    with httpx.Client(base_url=keyed_server.url, timeout=60) as client:
-        answer = client.post("/translate", json={"q": texts, "source": "zh", "target": "en", "api_key": KEY})
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        answer = client.post("/translate", json={"q": texts, "source": "zh", "target": "en"})
         assert answer.status_code == 200 and answer.json() == {"translatedText": expected}
         form = client.post(
-            "/translate",
-            data={"q": texts[0], "source": "zh", "target": "en", "format": "text"},
-            headers={"Authorization": f"Bearer {KEY}"},
+            "/translate", data={"q": texts[0], "source": "zh", "target": "en", "format": "text"}
         )
-        assert form.status_code == 403  # LibreTranslate reads the key from api_key only
-        form = client.post("/translate", data={"q": texts[0], "source": "zh", "target": "en", "api_key": KEY})
         assert form.json() == {"translatedText": expected[0]}
         with_alternatives = client.post(
             "/translate",
-            json={"q": texts[0], "source": "auto", "target": "en", "alternatives": 2, "api_key": KEY},
+            json={"q": texts[0], "source": "auto", "target": "en", "alternatives": 2},
         ).json()
         assert with_alternatives["translatedText"] == expected[0]
         beam = dataclasses.replace(tiny_translator, search=SearchConfig(beam=4, n_best=3))
@@ -81,16 +57,16 @@ def test_json_lists_forms_alternatives_and_auto(keyed_server: Server, tiny_trans
         ({"q": "我爱你", "source": "zh", "target": "de"}, "de is not supported"),
         ({"q": "我爱你", "source": "zh", "target": "en", "format": "html"}, "html format is not supported"),
         (
-            {"q": "我" * 51, "source": "zh", "target": "en"},
-            "q: 51 characters, more than this server's limit of 50",
+            {"q": "我" * 201, "source": "zh", "target": "en"},
+            "q: 201 characters, more than this server's limit of 200",
         ),
         ({"q": [1], "source": "zh", "target": "en"}, "Invalid request: q must be a string or a list"),
     ],
 )
 def test_bad_requests_are_400_with_libretranslates_error_shape(
-    keyed_server: Server, body: dict[str, object], error: str
+    server: Server, body: dict[str, object], error: str
 ) -> None:
-    response = httpx.post(keyed_server.url + "/translate", json={**body, "api_key": KEY}, timeout=60)
+    response = httpx.post(server.url + "/translate", json=body, timeout=60)
     assert response.status_code == 400
     assert response.json()["error"].startswith(error)
     assert list(response.json()) == ["error"]

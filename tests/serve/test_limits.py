@@ -9,14 +9,17 @@ the check that comes after the key's (a beam over the limit: 422 instead of 401/
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
+import urllib.error
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from libretranslatepy import LibreTranslateAPI
 
 from tests.serve.conftest import Server
 
@@ -42,7 +45,7 @@ def server(tiny_model_dir: object) -> Iterator[Server]:
             "--max-beam",
             "6",
             "--queue-size",
-            "4",
+            "5",
             "--max-wait-ms",
             "10000",
             "--timeout",
@@ -136,9 +139,11 @@ def test_api_keys_401_403_and_each_place_a_key_goes(client: httpx.Client) -> Non
         ({}, {**over, "api_key": KEY}),
     ):
         error(client.post("/v1/translate", json=body, headers=headers), 422)
-    lt = {"q": "我爱你", "source": "zh", "target": "en"}
-    assert error(client.post("/translate", data=lt), 403).startswith("Invalid API key")
-    assert error(client.post("/translate", data={**lt, "api_key": "no"}), 403) == "Invalid API key"
+    for key in (None, "wrong"):  # LibreTranslate's client, unchanged, sees LibreTranslate's 403
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            LibreTranslateAPI(str(client.base_url), api_key=key).translate("我爱你", "zh", "en")
+        assert raised.value.code == 403
+        assert json.loads(raised.value.read())["error"].startswith("Invalid API key")
 
 
 def queue_depth(client: httpx.Client) -> int:
@@ -152,20 +157,31 @@ def test_a_full_queue_is_503_with_retry_after_and_a_late_answer_504(
 ) -> None:
     answers: dict[str, httpx.Response] = {}
 
-    def first() -> None:  # four texts: the queue's whole room, held there by the batch wait
-        with httpx.Client(base_url=server.url, timeout=60) as own:
-            answers["first"] = own.post("/v1/translate", json={"texts": ["我爱你"] * 4}, headers=AUTH)
+    def ask(name: str, path: str, **request: Any) -> threading.Thread:
+        def run() -> None:
+            with httpx.Client(base_url=server.url, timeout=60) as own:
+                answers[name] = own.post(path, **request)
 
-    thread = threading.Thread(target=first)
-    thread.start()
-    deadline = time.monotonic() + QUEUE_POLL_S
-    while queue_depth(client) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    def wait_for_depth(depth: int) -> None:
+        deadline = time.monotonic() + QUEUE_POLL_S
+        while queue_depth(client) < depth and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    # Four texts and one: the queue's whole room (5), held there by the batch wait.
+    threads = [ask("v1", "/v1/translate", json={"texts": ["我爱你"] * 4}, headers=AUTH)]
+    wait_for_depth(4)
+    lt = {"q": "我爱你", "source": "zh", "target": "en", "api_key": KEY}
+    threads.append(ask("libretranslate", "/translate", data=lt))
+    wait_for_depth(5)
     full = client.post("/v1/translate", json={"texts": ["你好"]}, headers=AUTH)
-    thread.join()
-    assert "the queue is full (4 of 4 texts waiting)" in error(full, 503)
+    for thread in threads:
+        thread.join()
+    assert "the queue is full (5 of 5 texts waiting)" in error(full, 503)
     assert full.headers["retry-after"] == "1"
-    assert "did not finish within this server's 3 s limit" in error(answers["first"], 504)
-    lt = client.post("/translate", data={"q": "我爱你", "source": "zh", "target": "en", "api_key": KEY})
-    assert "did not finish" in error(lt, 504)
+    assert "did not finish within this server's 3 s limit" in error(answers["v1"], 504)
+    assert "did not finish within this server's 3 s limit" in error(answers["libretranslate"], 504)
     assert client.get("/readyz").status_code == 200  # a deadline passed; the server is fine
