@@ -227,6 +227,20 @@ def test_a_glossary_term_is_a_constraint_only_where_its_source_term_is(run, tmp_
     bad.write_text("猫\tkitten\n狗\n", encoding="utf-8")
     code, out, err = run("--glossary", str(bad), "我爱你")
     assert code == 2 and f"{bad}:2: expected 2 tab-separated columns" in err
+    unwritable = tmp_path / "unwritable.tsv"
+    unwritable.write_text("猫\tЖук\n", encoding="utf-8")
+    code, out, err = run("--glossary", str(unwritable), "我爱你")
+    assert code == 2 and f"--glossary {unwritable}: target term 'Жук': the model's vocabulary cannot" in err
+
+
+def test_a_phrase_the_vocabulary_cannot_write_is_a_bad_line(run) -> None:  # type: ignore[no-untyped-def]
+    # <unk> decodes to nothing, so a constraint spelt with it could never be in the text.
+    stdin = '{"text": "我爱你"}\n{"text": "我爱你", "constraints": ["big Жук"]}\n{"text": "他很高。", "prefix": "Ж"}\n'
+    code, out, err = run("--input-format", "jsonl", "--skip-bad", stdin=stdin)
+    assert code == 0, err
+    assert out.split("\n")[1:] == ["", "", ""]
+    assert "line 2: constraint 'big Жук': the model's vocabulary cannot write 'Жук'" in err
+    assert "line 3: prefix 'Ж': the model's vocabulary cannot write 'Ж'" in err
 
 
 def test_a_malformed_jsonl_line_stops_with_its_number_after_the_lines_before_it(run) -> None:  # type: ignore[no-untyped-def]
@@ -280,6 +294,8 @@ def test_skip_bad_keeps_every_line_in_its_place(run) -> None:  # type: ignore[no
         (["--top-p", "0", "--sample"], "argument --top-p: must be in (0, 1], got 0"),
         (["--temperature", "0", "--sample"], "argument --temperature: must be > 0, got 0"),
         (["--constraint", " "], "constraint ' ' is empty"),
+        (["--constraints", "big Жук"], "--constraints 'big Жук': the model's vocabulary cannot write 'Жук'"),
+        (["--prefix", "Ж I"], "--prefix 'Ж I': the model's vocabulary cannot write 'Ж'"),
     ],
 )
 def test_flags_that_cannot_work_are_refused_with_a_reason(run, flags: list[str], message: str) -> None:  # type: ignore[no-untyped-def]

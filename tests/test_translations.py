@@ -55,3 +55,18 @@ def test_cross_attention_is_the_teacher_forced_maps_by_id(tiny: tuple[Transforme
     maps = attention_weights(model, tok, tok, source, target)
     assert torch.allclose(weights, torch.stack(maps.cross), atol=1e-6)  # the encoder may take its fused path
     assert not math.isnan(float(weights.sum()))
+
+
+def test_a_phrase_the_vocabulary_cannot_write_is_refused_with_its_line(
+    tiny: tuple[Transformer, Tokenizer],
+) -> None:
+    model, tok = tiny
+    translator = Translator(model, tok, tok)
+    assert translator.unwritable("I love you") == []
+    assert translator.unwritable("Жук Жаба") == ["Ж", "у", "к", "а", "б"]
+    with pytest.raises(
+        ValueError, match="line 8: constraint 'Жук': the model's vocabulary cannot write 'Жук'"
+    ):
+        translator.translations(["我爱你", "他很高"], constraints=[["I"], ["Жук"]], first_line=7)
+    with pytest.raises(ValueError, match="line 1: prefix 'Ж': the model's vocabulary cannot write 'Ж'"):
+        translator.translations(["我爱你"], prefixes=["Ж"])

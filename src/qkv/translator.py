@@ -99,12 +99,13 @@ class Translator:
         (:func:`qkv.decode.decode`: beam search with dynamic beam allocation; not with sampling). Both are
         text in the target language, encoded with the target tokenizer as standalone texts
         (:meth:`target_ids`). ValueError names the line (``first_line`` numbers the texts) of an empty
-        phrase, and a non-autoregressive model takes neither. With sampling, text ``k`` is drawn as
+        phrase or one with characters the target vocabulary cannot write (:meth:`unwritable`), and a
+        non-autoregressive model takes neither. With sampling, text ``k`` is drawn as
         sentence ``first_line - 1 + k`` of :func:`qkv.decode.decode`: the same seed and line number give
         the same sample, whatever the batches.
         """
         sources = self.source_ids(texts, first_line=first_line)
-        forced = None if prefixes is None else self._prefix_ids(prefixes, len(texts))
+        forced = None if prefixes is None else self._prefix_ids(prefixes, len(texts), first_line)
         phrases = None if constraints is None else self._phrase_ids(constraints, len(texts), first_line)
         if isinstance(self.model, NATransformer):
             if any(forced or ()) or any(phrases or ()):
@@ -140,12 +141,34 @@ class Translator:
         differ); a subword tokenizer can segment a word differently inside a longer one."""
         return self.tgt_tokenizer.encode(phrase.strip())
 
-    def _prefix_ids(self, prefixes: Sequence[str], count: int) -> list[list[int]]:
+    def unwritable(self, phrase: str) -> list[str]:
+        """The characters of a target phrase that the target vocabulary cannot write (they would become
+        <unk>, which decodes to nothing), each once, in order; [] when it writes the whole phrase."""
+        unk = self.tgt_tokenizer.unk_id
+        if unk is None or unk not in self.target_ids(phrase):
+            return []
+        chars = [c for c in dict.fromkeys(phrase) if not c.isspace() and unk in self.tgt_tokenizer.encode(c)]
+        return chars or [phrase.strip()]
+
+    def _checked_ids(self, phrase: str, what: str, line: int) -> list[int]:
+        """``phrase`` as :meth:`target_ids`; ValueError naming the line when the vocabulary cannot write it
+        (a constraint met by <unk> would not be in the text)."""
+        missing = self.unwritable(phrase)
+        if missing:
+            raise ValueError(
+                f"line {line}: {what} {phrase!r}: the model's vocabulary cannot write {''.join(missing)!r}"
+            )
+        return self.target_ids(phrase)
+
+    def _prefix_ids(self, prefixes: Sequence[str], count: int, first_line: int) -> list[list[int]]:
         if len(prefixes) != count:
             raise ValueError(
                 f'got {len(prefixes)} prefixes for {count} texts: give one per text ("" for none)'
             )
-        return [self.target_ids(prefix) if prefix.strip() else [] for prefix in prefixes]
+        return [
+            self._checked_ids(prefix, "prefix", first_line + k) if prefix.strip() else []
+            for k, prefix in enumerate(prefixes)
+        ]
 
     def _phrase_ids(
         self, constraints: Sequence[Sequence[str]], count: int, first_line: int
@@ -162,9 +185,9 @@ class Translator:
                 raise ValueError(f"line {first_line + offset}: constraints must be a list of phrases")
             ids: list[list[int]] = []
             for phrase in phrases:
-                encoded = self.target_ids(phrase)
-                if not encoded:
+                if not phrase.strip():
                     raise ValueError(f"line {first_line + offset}: constraint {phrase!r} is empty")
+                encoded = self._checked_ids(phrase, "constraint", first_line + offset)
                 if encoded not in ids:
                     ids.append(encoded)
             found.append([p for p in ids if not any(p != q and _inside(p, q) for q in ids)])

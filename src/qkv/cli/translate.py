@@ -220,8 +220,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if args.align_layer is not None and args.align_layer >= translator.model.config.decoder_layers:
         last = translator.model.config.decoder_layers - 1
         raise UsageError(f"--align-layer {args.align_layer}: the model's decoder has layers 0 to {last}")
+    _check_phrases(args, translator, glossary)
     for first, lines in input_batches(args):
-        requests = requests_of(args, first, lines, glossary)
+        requests = requests_of(args, first, lines, glossary, translator.unwritable)
         bad = next((r for r in requests if isinstance(r, BadLine)), None)
         if bad is not None and not args.skip_bad:  # the lines before it still get their output
             requests = requests[: requests.index(bad)]
@@ -259,6 +260,21 @@ def cmd_translate(args: argparse.Namespace) -> int:
         if bad is not None and not args.skip_bad:
             raise bad
     return 0
+
+
+def _check_phrases(args: argparse.Namespace, translator: Any, glossary: Any) -> None:
+    """Refuse a --prefix, --constraints or glossary target term with characters the model's vocabulary
+    cannot write (<unk> decodes to nothing, so the output could not hold it) before any line is read."""
+    given = [("--prefix", args.prefix or ""), *(("--constraints", c) for c in args.constraint)]
+    given += (
+        [(f"--glossary {args.glossary}: target term", target) for _, target in glossary.entries]
+        if glossary
+        else []
+    )
+    for flag, phrase in given:
+        missing = translator.unwritable(phrase) if phrase.strip() else []
+        if missing:
+            raise UsageError(f"{flag} {phrase!r}: the model's vocabulary cannot write {''.join(missing)!r}")
 
 
 def _is_autoregressive(translator: Any) -> bool:

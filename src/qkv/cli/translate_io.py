@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,10 +78,16 @@ def parse_request(line: str, number: int) -> Request:
 
 
 def requests_of(
-    args: argparse.Namespace, first: int, lines: list[str], glossary: Glossary | None
+    args: argparse.Namespace,
+    first: int,
+    lines: list[str],
+    glossary: Glossary | None,
+    unwritable: Callable[[str], list[str]],
 ) -> list[Request | BadLine]:
     """Each line as a :class:`Request` (the flags' prefix and constraints, the glossary's terms), or the
-    :class:`BadLine` that says why it cannot be read (jsonl input)."""
+    :class:`BadLine` that says why it cannot be read (jsonl input). ``unwritable`` gives the characters
+    of a target phrase that the model cannot write: a line's prefix or constraint with some is a bad line
+    (the flags' and the glossary's are checked before any line is read)."""
     found: list[Request | BadLine] = []
     for number, line in enumerate(lines, start=first):
         if args.input_format == "jsonl":
@@ -89,6 +95,18 @@ def requests_of(
                 request = parse_request(line, number)
             except BadLine as e:
                 found.append(e)
+                continue
+            phrases = [("prefix", request.prefix), *(("constraint", c) for c in request.constraints)]
+            missing = next(
+                ((what, p, unwritable(p)) for what, p in phrases if p.strip() and unwritable(p)), None
+            )
+            if missing is not None:
+                what, phrase, chars = missing
+                found.append(
+                    BadLine(
+                        f"line {number}: {what} {phrase!r}: the model's vocabulary cannot write {''.join(chars)!r}"
+                    )
+                )
                 continue
             prefix = request.prefix or (args.prefix or "")
             constraints = [*request.constraints, *args.constraint]
