@@ -12,7 +12,11 @@ from collections.abc import Sequence
 
 import pytest
 
-from qkv.decode import Lengths, Method, SearchConfig, decode
+from qkv.decode import Lengths, Method, SearchConfig, TokenRules, decode, pad_batch
+from qkv.decode.greedy import greedy_search
+from qkv.decode.sampling import sample
+from qkv.decode.step import CachedStepper
+from qkv.infer.products import int8_available
 from qkv.models.seq2seq import Transformer
 from tests.decode.conftest import VOCAB, random_model
 from tests.decode.teacher_forcing import float64_copy, log_prob
@@ -201,6 +205,18 @@ def test_a_wide_beam_finds_the_exhaustive_best_under_the_phrases(
         assert [3, 4, 5, 3] not in got
 
 
+@pytest.mark.skipif(not int8_available(), reason="this torch has no int8 kernels")
+@pytest.mark.parametrize("method", ["beam", "greedy"])
+def test_int8_decoding_holds_the_phrases(method: Method) -> None:
+    model = random_model(seed=2)
+    rng = random.Random(7)
+    sources = random_sources(rng)
+    constraints = [random_phrases(rng, KINDS[i % len(KINDS)]) for i in range(len(sources))]
+    found = decode(model, sources, SearchConfig(method=method, n_best=1), constraints=constraints, int8=True)
+    for phrases, hyps in zip(constraints, found, strict=True):
+        assert all(holds(hyps[0].tokens, p) for p in phrases)
+
+
 # -- lengths, prefixes, empty sources --------------------------------------------------------------------
 
 
@@ -294,3 +310,19 @@ def test_sampling_without_phrases_is_allowed(model: Transformer) -> None:
     search = SearchConfig(method="sample", seed=4)
     sources = [[5, 6, 2], [7, 2]]
     assert decode(model, sources, search, constraints=[[], []]) == decode(model, sources, search)
+
+
+def test_the_strategies_that_cannot_hold_phrases_refuse_them(model: Transformer) -> None:
+    """Below decode: sampling and the greedy loop refuse rules with constraints (SearchConfig routes greedy
+    decoding under constraints to beam search with one beam)."""
+    rules = TokenRules.create(1, constraints=[[(5, 6)]])
+    src = pad_batch([[7, 8, 2]], 0)
+    stepper = CachedStepper(model)
+    with pytest.raises(ValueError, match="lexical constraints need beam search"):
+        SearchConfig(method="sample").run(stepper, src, rules=rules)
+    with pytest.raises(ValueError, match="lexical constraints need beam search"):
+        sample(stepper, src, generator=SearchConfig().new_generator(), rules=rules)
+    with pytest.raises(ValueError, match="lexical constraints need beam search"):
+        greedy_search(stepper, src, rules=rules)
+    (hyps,) = SearchConfig(method="greedy").run(stepper, src, rules=rules)
+    assert holds(hyps[0].tokens, [5, 6])
