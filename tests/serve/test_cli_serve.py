@@ -37,6 +37,7 @@ def serve(*argv: str) -> int:
         (["--model", "a/b={model}"], "a name is letters, digits"),
         (["--model", "zh-en={model}", "--host", "0.0.0.0"], "--host 0.0.0.0: other machines could reach"),
         (["--model", "zh-en={model}", "--port", "70000"], "--port 70000: ports go up to 65535"),
+        (["--model", "zh-en={model}", "--queue-size", "8"], "--queue-size 8 is less than --max-texts 128"),
         (["--model", "zh-en={model}", "--max-batch", "0"], "argument --max-batch: must be >= 1, got 0"),
         (["--model", "zh-en={model}", "--timeout", "nan"], "argument --timeout: must be a finite number"),
         (["--model", "zh-en={model}", "--api-keys", "/nonexistent/keys"], "argument --api-keys"),

@@ -171,6 +171,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.port > MAX_PORT:
         raise UsageError(f"--port {args.port}: ports go up to {MAX_PORT}")
+    if args.queue_size < args.max_texts:
+        raise UsageError(
+            f"--queue-size {args.queue_size} is less than --max-texts {args.max_texts}: a request with more "
+            "texts than the queue holds could never be accepted"
+        )
     specs = parse_specs(args.model, args.languages)
     keys = _api_keys(args)
     if not _is_loopback(args.host) and not keys and not args.allow_open:
