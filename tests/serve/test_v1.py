@@ -179,6 +179,18 @@ def test_sampling_is_seeded_per_request(client: httpx.Client, tiny_translator: T
     assert [a["text"] for a in first] == [tiny_translator.text_of(h[0].tokens) for h in expected]
 
 
+def test_int8_equals_the_int8_translator(client: httpx.Client, tiny_translator: Translator) -> None:
+    from qkv.infer.products import int8_available
+
+    if not int8_available():
+        response = client.post("/v1/translate", json={"texts": ["我爱你"], "int8": True})
+        assert response.status_code == 422 and response.json()["error"].startswith("int8:")
+        return
+    texts = ["我爱你", "他很高兴。"]
+    expected = dataclasses.replace(tiny_translator, int8=True).translate(texts)
+    assert [t["text"] for t in translate(client, texts=texts, int8=True)["translations"]] == expected
+
+
 def metric(text: str, name: str) -> float:
     """One sample's value from the Prometheus text, 0 where the series has none yet."""
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
