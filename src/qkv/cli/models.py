@@ -54,16 +54,20 @@ def add_export_parser(sub: Subparsers) -> None:
         "export",
         help="write a translation model in Hugging Face Marian or CTranslate2 layout",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Export a qkv model directory (or a run directory's best model) so other toolkits "
-        "run it with the same outputs: --format marian writes a Hugging Face MarianMTModel directory "
-        "(post-LN, sinusoidal models), --format ctranslate2 a CTranslate2 model (any qkv model; needs "
-        "pip install ctranslate2).",
+        description="Export a qkv model directory (or a run directory's best model, or a Marian/OPUS-MT "
+        "directory in Hugging Face's or Marian's release layout) so other toolkits run it with the same "
+        "outputs: --format marian writes a Hugging Face MarianMTModel directory (post-LN, sinusoidal "
+        "models), --format ctranslate2 a CTranslate2 model (any qkv model; needs pip install ctranslate2).",
         epilog="examples:\n"
         "  qkv export --model runs/zh-en --format marian --out runs/zh-en-marian\n"
         "  qkv export --model runs/zh-en --format ctranslate2 --out runs/zh-en-ct2 --quantization int8\n",
     )
     p.add_argument(
-        "--model", type=input_directory, metavar="DIR", required=True, help="qkv model or run directory"
+        "--model",
+        type=input_directory,
+        metavar="DIR",
+        required=True,
+        help="qkv model or run directory, or a Marian (OPUS-MT) directory",
     )
     p.add_argument("--format", choices=["marian", "ctranslate2"], required=True, help="the layout to write")
     p.add_argument(

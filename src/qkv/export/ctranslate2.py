@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -177,6 +177,8 @@ CTRANSLATE2_FILES = frozenset(
         saved.JOINT_TOKENIZER,
         saved.SRC_TOKENIZER,
         saved.TGT_TOKENIZER,
+        "source.spm",
+        "target.spm",
     }
 )
 
@@ -186,12 +188,12 @@ def save_spec(
     out_dir: str | os.PathLike[str],
     *,
     quantization: str | None = None,
-    text: dict[str, str] | None = None,
+    files: Mapping[str, str | bytes] | None = None,
     overwrite: bool = False,
     inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> Path:
     """Validate ``spec`` and write it to ``out_dir`` through CTranslate2's converter, atomically, with the
-    extra ``text`` files (name -> text) beside CTranslate2's.
+    extra ``files`` (name -> text or bytes) beside CTranslate2's.
 
     ``quantization``: None keeps float32; or one of CTranslate2's types (int8, int8_float32, float16, ...).
     An existing ``out_dir`` is replaced only when it holds nothing but files this export writes, or with
@@ -207,11 +209,11 @@ def save_spec(
 
     def fill(temp: Path) -> None:
         _SpecConverter().convert(str(temp), quantization=quantization, force=True)  # recreates `temp`
-        for name, content in (text or {}).items():
-            (temp / name).write_text(content, encoding="utf-8")
+        for name, content in (files or {}).items():
+            (temp / name).write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
 
     return storage.replace_directory(
-        out_dir, fill, owned={*CTRANSLATE2_FILES, *(text or {})}, overwrite=overwrite, inputs=inputs
+        out_dir, fill, owned={*CTRANSLATE2_FILES, *(files or {})}, overwrite=overwrite, inputs=inputs
     )
 
 
@@ -225,7 +227,8 @@ def export_ctranslate2(
     """Write the qkv model in ``model_dir`` (or a run directory's best model) as a CTranslate2 directory.
 
     Besides CTranslate2's files (model.bin, config.json, the vocabularies) ``out_dir`` gets the model's
-    tokenizer.json (or src_tokenizer.json and tgt_tokenizer.json), to split text into the source tokens.
+    tokenizer.json (or src_tokenizer.json and tgt_tokenizer.json), to split text into the source tokens; a
+    model with SentencePiece tokenizers (an imported Marian model) gets its source.spm and target.spm.
     The directory is written atomically. :class:`~qkv.storage.OutputExistsError` (before anything is read)
     refuses an ``out_dir`` that is or holds the model, or that holds files this export does not write,
     unless ``overwrite``.
@@ -243,7 +246,14 @@ def export_ctranslate2(
         unk_id=UNK_ID if unk_id is None else unk_id,
     )
     # A Marian model's SentencePiece tokenizers have no tokenizer.json: its source.spm and target.spm split
-    # the text for CTranslate2, as for Marian.
-    spm = isinstance(loaded.src_tokenizer, SentencePieceTokenizer)
-    text = {} if spm else saved.tokenizer_files(loaded.src_tokenizer, loaded.tgt_tokenizer)
-    return save_spec(spec, out_dir, quantization=quantization, text=text, overwrite=overwrite, inputs=inputs)
+    # the text into the pieces CTranslate2 looks up, as for CTranslate2's own Marian converter.
+    src, tgt = loaded.src_tokenizer, loaded.tgt_tokenizer
+    files: dict[str, str | bytes] = {}
+    if isinstance(src, SentencePieceTokenizer) and isinstance(tgt, SentencePieceTokenizer):
+        files["source.spm"] = src.encoder.serialized_model_proto()
+        files["target.spm"] = tgt.encoder.serialized_model_proto()
+    else:
+        files.update(saved.tokenizer_files(src, tgt))
+    return save_spec(
+        spec, out_dir, quantization=quantization, files=files, overwrite=overwrite, inputs=inputs
+    )

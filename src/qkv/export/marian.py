@@ -16,7 +16,10 @@ embeddings are permuted like the stream, so qkv's positions, permuted, are exact
 exported model computes exactly qkv's function (up to float rounding).
 
 A model whose config already has Marian's layout (``sinusoid_layout="halves"``, e.g. one imported by
-:mod:`qkv.convert.marian`) is written as it is, without the permutation.
+:mod:`qkv.convert.marian`) is written as it is, without the permutation. An imported model (a Marian release
+directory, or a fine-tuned OPUS-MT model) keeps its SentencePiece tokenization: the export writes
+``MarianTokenizer``'s files (source.spm, target.spm, vocab.json, tokenizer_config.json) instead of a
+tokenizer.json, so ``MarianTokenizer.from_pretrained`` reads the directory as it reads an OPUS-MT one.
 
 Ids stay the model's: qkv's own models have <pad> 0, <s> 1, </s> 2, <unk> 3 and start decoding from <s>
 (``decoder_start_token_id = bos_id``; OPUS-MT models start from <pad>, which their config says), and
@@ -25,17 +28,19 @@ generation never produces <pad> or the start token.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import tokenizers
 import torch
 from tokenizers import processors
 from torch import Tensor
 
-from qkv import checkpoint
+from qkv import checkpoint, storage
 from qkv.config import ModelConfig
 from qkv.convert.marian import DECODER_LAYER, ENCODER_LAYER, MARIAN_LAYER_NORM_EPS, Role
 from qkv.models import saved
@@ -189,6 +194,45 @@ def hf_tokenizer_files(tokenizer: Tokenizer, config: ModelConfig, *, name: str) 
     return {name: inner.to_str(), f"{Path(name).stem}_config.json": json.dumps(settings, indent=2) + "\n"}
 
 
+def marian_tokenizer_files(
+    src: SentencePieceTokenizer, tgt: SentencePieceTokenizer, config: ModelConfig
+) -> dict[str, bytes]:
+    """``MarianTokenizer``'s files for a model with SentencePiece tokenizers: both SentencePiece models, the
+    vocabulary (the target's too when the two sides differ) and tokenizer_config.json."""
+    source, target = json.loads(src.to_json()), json.loads(tgt.to_json())
+    separate = source["vocab"] != target["vocab"]
+    # MarianTokenizer detokenizes with the source model when the vocabulary is shared, else the target's.
+    detokenizer = target["detokenizer"] or target["encoder"]
+    if detokenizer != (target["encoder"] if separate else source["encoder"]):
+        raise ExportError(
+            "the target tokenizer detokenizes with a SentencePiece model MarianTokenizer would not use "
+            "(the source model with a shared vocabulary, the target model with separate ones)"
+        )
+    settings = {
+        "tokenizer_class": "MarianTokenizer",
+        "separate_vocabs": separate,
+        "unk_token": source["unk_token"],
+        "eos_token": source["eos_token"],
+        "pad_token": source["pad_token"],
+        "additional_special_tokens": source["specials"],
+        "clean_up_tokenization_spaces": source["clean_up_spaces"],
+        "model_max_length": config.max_positions,
+    }
+
+    def json_bytes(value: Any) -> bytes:
+        return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+    files = {
+        "source.spm": base64.b64decode(source["encoder"]),
+        "target.spm": base64.b64decode(target["encoder"]),
+        "vocab.json": json_bytes(source["vocab"]),
+        "tokenizer_config.json": json_bytes(settings),
+    }
+    if separate:
+        files["target_vocab.json"] = json_bytes(target["vocab"])
+    return files
+
+
 # What export_marian writes: an existing --out holding only these is replaced without asking.
 MARIAN_FILES = frozenset(
     {
@@ -199,6 +243,10 @@ MARIAN_FILES = frozenset(
         "tokenizer_config.json",
         "target_tokenizer.json",
         "target_tokenizer_config.json",
+        "source.spm",
+        "target.spm",
+        "vocab.json",
+        "target_vocab.json",
     }
 )
 
@@ -210,7 +258,8 @@ def export_marian(
 
     ``out_dir`` gets config.json, generation_config.json, model.safetensors, tokenizer.json and
     tokenizer_config.json (with separate vocabularies, the target side's as target_tokenizer.json), written
-    atomically. Raises :class:`ExportError` for a model Marian cannot express, and
+    atomically; a model with SentencePiece tokenizers (an imported Marian model) gets
+    :func:`marian_tokenizer_files` in place of the tokenizer.json files. Raises :class:`ExportError` for a model Marian cannot express, and
     :class:`~qkv.storage.OutputExistsError` (before anything is read) for an ``out_dir`` that is or holds
     the model, or that holds files this export does not write, unless ``overwrite``.
     """
@@ -219,13 +268,18 @@ def export_marian(
     loaded = saved.load(model_dir)
     if not isinstance(loaded.model, Transformer):
         raise ExportError(f"{model_dir}: only autoregressive (encoder-decoder) models have a Marian layout")
-    if isinstance(loaded.src_tokenizer, SentencePieceTokenizer):
-        raise ExportError(
-            f"{model_dir}: has SentencePiece tokenizers (a Marian model): it already is a Marian directory; "
-            "qkv translate and qkv attention read it as it is, or export it with --format ctranslate2"
-        )
     config = loaded.model.config
     tensors = marian_state_dict(loaded.model)
+    src, tgt = loaded.src_tokenizer, loaded.tgt_tokenizer
+    if isinstance(src, SentencePieceTokenizer) and isinstance(tgt, SentencePieceTokenizer):
+        files = marian_tokenizer_files(src, tgt, config)
+        files[checkpoint.MODEL_FILE] = safetensors.torch.save(tensors, metadata={"format": "pt"})
+        for name, value in (
+            (checkpoint.CONFIG_FILE, marian_config(config)),
+            ("generation_config.json", generation_config(config)),
+        ):
+            files[name] = (json.dumps(value, indent=2) + "\n").encode("utf-8")
+        return storage.write_directory(out_dir, files, owned=MARIAN_FILES, overwrite=overwrite, inputs=inputs)
     text = hf_tokenizer_files(loaded.src_tokenizer, config, name="tokenizer.json")
     if loaded.tgt_tokenizer is not loaded.src_tokenizer:
         text.update(hf_tokenizer_files(loaded.tgt_tokenizer, config, name="target_tokenizer.json"))
