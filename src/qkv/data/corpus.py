@@ -17,6 +17,9 @@ By default the first bad line raises :class:`CorpusError`; with ``skip_bad=True`
 counted per kind of problem (the keys of ``Corpus.skipped`` are the ``PROBLEM_*`` constants below). Nothing
 is dropped silently: a line is either in ``Corpus.pairs`` (with its number in ``Corpus.line_numbers``) or
 counted in ``Corpus.skipped``.
+
+Every reader parses lines with :func:`line_pairs`, which also reads byte ranges of a file: ``qkv prepare``
+(:mod:`qkv.data.prepare`) reads a corpus that way in parallel, with the same rules and messages.
 """
 
 from __future__ import annotations
@@ -74,8 +77,9 @@ class CorpusError(ValueError):
         self.kind = kind
 
 
-class _LineProblem(Exception):
-    """Raised inside this module for one bad line; turned into a CorpusError or a count by the reader."""
+class LineProblem(Exception):
+    """One bad line: what kind of problem and why. :func:`line_pairs` yields it; the reader turns it into
+    a CorpusError or a count."""
 
     def __init__(self, kind: str, reason: str, path: str | None = None) -> None:
         super().__init__(reason)
@@ -114,42 +118,59 @@ class Corpus:
 
     def report(self) -> str:
         """One short paragraph: pairs read, lines skipped per kind, and where the first of each kind was."""
-        total_skipped = sum(self.skipped.values())
-        head = f"{self.path}: {len(self.pairs):,} pairs"
-        if not total_skipped:
-            return head + ", no lines skipped"
-        kinds = ", ".join(f"{count:,} {kind}" for kind, count in sorted(self.skipped.items()))
-        lines = [f"{head}, {total_skipped:,} lines skipped ({kinds})"]
-        lines += [f"  first {kind}: {message}" for kind, message in sorted(self.first_skipped.items())]
-        return "\n".join(lines)
+        return corpus_report(self.path, len(self.pairs), self.skipped, self.first_skipped)
 
     def _skip(self, kind: str, message: str) -> None:
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
         self.first_skipped.setdefault(kind, message)
 
-    def _reject(self, where: str, number: int, problem: _LineProblem, skip_bad: bool) -> None:
+    def _reject(self, where: str, number: int, problem: LineProblem, skip_bad: bool) -> None:
         """A bad line: raise it as ``FILE:LINE: reason``, or with ``skip_bad`` count it as skipped."""
         if not skip_bad:
             raise CorpusError(where, number, problem.reason, problem.kind) from None
         self._skip(problem.kind, f"{where}:{number}: {problem.reason}")
 
 
+def corpus_report(path: str, pairs: int, skipped: dict[str, int], first_skipped: dict[str, str]) -> str:
+    """:meth:`Corpus.report` for a corpus counted rather than held (``qkv prepare``)."""
+    total_skipped = sum(skipped.values())
+    head = f"{path}: {pairs:,} pairs"
+    if not total_skipped:
+        return head + ", no lines skipped"
+    kinds = ", ".join(f"{count:,} {kind}" for kind, count in sorted(skipped.items()))
+    lines = [f"{head}, {total_skipped:,} lines skipped ({kinds})"]
+    lines += [f"  first {kind}: {message}" for kind, message in sorted(first_skipped.items())]
+    return "\n".join(lines)
+
+
 # --- reading raw lines -------------------------------------------------------------------------------------
 
 
-def _raw_lines(path: StrPath) -> Iterator[bytes]:
+ByteRange = tuple[int, int | None]  # [start, end) in bytes; end None: to the end of the file
+WHOLE_FILE: ByteRange = (0, None)
+
+
+def _raw_lines(path: StrPath, lines: ByteRange = WHOLE_FILE) -> Iterator[bytes]:
     """The lines of a file as bytes, split on b"\\n" only, without "\\n", a CRLF's "\\r" or line 1's BOM.
 
     A final newline at the end of the file does not make an extra empty line; a blank line anywhere
-    (including a second newline at the end) does.
+    (including a second newline at the end) does. ``lines`` limits the reading to the lines that start in a
+    byte range (a range's start must be a line's start: 0 or just after a b"\\n").
     """
+    start, end = lines
     with open(path, "rb") as file:  # binary mode: readline splits on b"\n" and nothing else
-        for number, raw in enumerate(file, start=1):
+        file.seek(start)
+        position = start
+        for raw in file:
+            if end is not None and position >= end:
+                return
+            first = position == 0
+            position += len(raw)
             if raw.endswith(b"\n"):
                 raw = raw[:-1]
             if raw.endswith(b"\r"):
                 raw = raw[:-1]
-            if number == 1 and raw.startswith(_BOM):
+            if first and raw.startswith(_BOM):
                 raw = raw[len(_BOM) :]
             yield raw
 
@@ -162,7 +183,7 @@ def _decode(raw: bytes) -> str:
     """Strictly decoded text of one line; NUL bytes and invalid UTF-8 are problems."""
     nul_at = raw.find(b"\x00")
     if nul_at >= 0:
-        raise _LineProblem(
+        raise LineProblem(
             PROBLEM_NUL,
             f"NUL byte at byte {nul_at + 1} of the line (is the file UTF-16 or binary? convert it to "
             f"UTF-8, or {_SKIP_HINT})",
@@ -171,7 +192,7 @@ def _decode(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
         bad = raw[error.start : error.end].hex(" ")
-        raise _LineProblem(
+        raise LineProblem(
             PROBLEM_UTF8,
             f"invalid UTF-8 at byte {error.start + 1} of the line (0x{bad}); convert the file to UTF-8 "
             f"(e.g. iconv -f GB18030 -t UTF-8) or {_SKIP_HINT}",
@@ -181,11 +202,11 @@ def _decode(raw: bytes) -> str:
 def _check_side(text: str, side: str, max_chars: int | None) -> str:
     """Return ``text`` if it is a usable side of a pair; ``side`` names it in messages."""
     if not text.strip():
-        raise _LineProblem(PROBLEM_EMPTY, f"empty {side} (remove the line or {_SKIP_HINT})")
+        raise LineProblem(PROBLEM_EMPTY, f"empty {side} (remove the line or {_SKIP_HINT})")
     if "\x00" in text:  # only reachable through a JSON escape; raw NUL bytes are caught before decoding
-        raise _LineProblem(PROBLEM_NUL, f"NUL character in the {side} ({_SKIP_HINT})")
+        raise LineProblem(PROBLEM_NUL, f"NUL character in the {side} ({_SKIP_HINT})")
     if max_chars is not None and len(text) > max_chars:
-        raise _LineProblem(
+        raise LineProblem(
             PROBLEM_TOO_LONG,
             f"{side} is {len(text):,} characters long, over the limit of {max_chars:,} "
             f"(raise --max-chars or {_SKIP_HINT})",
@@ -207,6 +228,131 @@ def _finish(corpus: Corpus) -> Corpus:
     return corpus
 
 
+# --- one line, one pair ------------------------------------------------------------------------------------
+
+CorpusFormat = Literal["tsv", "parallel", "jsonl"]
+
+
+@dataclass(frozen=True)
+class CorpusSource:
+    """What :func:`read_corpus` reads: the file (and the target file of a parallel corpus), its layout, the
+    TSV columns or JSONL keys, and the length limit. Plain data, so that worker processes can be handed one
+    and read parts of it (:func:`line_pairs`). Build it checked with :func:`corpus_source`."""
+
+    path: str
+    tgt_path: str | None = None
+    file_format: CorpusFormat = "tsv"
+    src_col: int = 1
+    tgt_col: int = 2
+    src_key: str = "src"
+    tgt_key: str = "tgt"
+    max_chars: int | None = DEFAULT_MAX_CHARS
+
+    @property
+    def name(self) -> str:
+        """How reports name the corpus: the file, or ``"SRC + TGT"`` for two aligned files."""
+        return f"{self.path} + {self.tgt_path}" if self.tgt_path is not None else self.path
+
+
+def _tsv_pair(raw: bytes, src_col: int, tgt_col: int, max_chars: int | None) -> tuple[str, str]:
+    text = _decode(raw)
+    if not text.strip():
+        raise LineProblem(PROBLEM_EMPTY, f"blank line, both sides empty (remove it or {_SKIP_HINT})")
+    columns = text.split("\t")
+    needed = max(src_col, tgt_col)
+    if len(columns) < needed:
+        raise LineProblem(
+            PROBLEM_COLUMNS,
+            f"expected at least {needed} tab-separated columns, got {len(columns)} ({_SKIP_HINT})",
+        )
+    source = _check_side(columns[src_col - 1], f"source side (column {src_col})", max_chars)
+    target = _check_side(columns[tgt_col - 1], f"target side (column {tgt_col})", max_chars)
+    return source, target
+
+
+def _parallel_side(path: str, raw: bytes, side: str, max_chars: int | None) -> str:
+    """One checked side of a parallel pair; a problem is tagged with the file it lies in."""
+    try:
+        return _check_side(_decode(raw), side, max_chars)
+    except LineProblem as problem:
+        problem.path = path
+        raise
+
+
+def _parallel_pair(source: CorpusSource, src_raw: bytes | None, tgt_raw: bytes | None) -> tuple[str, str]:
+    src_name, tgt_name = source.path, str(source.tgt_path)
+    if src_raw is None or tgt_raw is None:
+        missing, present = (src_name, tgt_name) if src_raw is None else (tgt_name, src_name)
+        raise LineProblem(
+            PROBLEM_COUNT_MISMATCH,
+            f"no matching line in {missing}, which is shorter; the two files must be aligned "
+            f"line by line ({_SKIP_HINT})",
+            path=present,
+        )
+    return (
+        _parallel_side(src_name, src_raw, "source line", source.max_chars),
+        _parallel_side(tgt_name, tgt_raw, "target line", source.max_chars),
+    )
+
+
+def line_pairs(
+    source: CorpusSource, src_lines: ByteRange = WHOLE_FILE, tgt_lines: ByteRange = WHOLE_FILE
+) -> Iterator[tuple[int, tuple[str, str] | LineProblem]]:
+    """Every line of ``source`` (of the byte ranges given: ``tgt_lines`` for a parallel corpus's target
+    file) numbered from 1, with its ``(source, target)`` pair or the :class:`LineProblem` that makes it bad
+    (``problem.path`` names the file it lies in when that is not ``source.path``).
+
+    The one parser of every reader: :func:`read_corpus` reads whole files with it, ``qkv prepare``
+    (:mod:`qkv.data.prepare`) reads byte ranges of them in worker processes.
+    """
+    if source.file_format == "parallel":
+        if source.tgt_path is None:
+            raise ValueError("a parallel corpus needs tgt_path, the file of target lines")
+        raw_pairs = zip_longest(_raw_lines(source.path, src_lines), _raw_lines(source.tgt_path, tgt_lines))
+        for number, (src_raw, tgt_raw) in enumerate(raw_pairs, start=1):
+            try:
+                yield number, _parallel_pair(source, src_raw, tgt_raw)
+            except LineProblem as problem:
+                yield number, problem
+        return
+    for number, raw in enumerate(_raw_lines(source.path, src_lines), start=1):
+        try:
+            if source.file_format == "jsonl":
+                pair = _parse_json_pair(_decode(raw), source.src_key, source.tgt_key, source.max_chars)
+            else:
+                pair = _tsv_pair(raw, source.src_col, source.tgt_col, source.max_chars)
+        except LineProblem as problem:
+            yield number, problem
+            continue
+        yield number, pair
+
+
+def _read(source: CorpusSource, skip_bad: bool) -> Corpus:
+    corpus = Corpus(source.name)
+    for number, item in line_pairs(source):
+        if isinstance(item, LineProblem):
+            corpus._reject(item.path or source.path, number, item, skip_bad)
+            continue
+        corpus.pairs.append(item)
+        corpus.line_numbers.append(number)
+    return _finish(corpus)
+
+
+def line_count_mismatch(src_path: str, tgt_path: str, src_count: int, tgt_count: int) -> CorpusError:
+    """The error for two aligned files of different lengths, naming the longer file and its first
+    unpaired line."""
+    longer, shorter = (src_path, tgt_path) if src_count > tgt_count else (tgt_path, src_path)
+    short_count, long_count = sorted((src_count, tgt_count))
+    return CorpusError(
+        longer,
+        short_count + 1,
+        f"no matching line in {shorter}, which has {short_count:,} lines ({longer} has "
+        f"{long_count:,}); the two files must be aligned line by line (fix them, or use "
+        f"--skip-bad to skip the {long_count - short_count:,} unpaired lines)",
+        PROBLEM_COUNT_MISMATCH,
+    )
+
+
 # --- the three layouts -------------------------------------------------------------------------------------
 
 
@@ -224,42 +370,8 @@ def read_tsv(
     carry an attribution column). A blank line, a side that is empty or only whitespace, or one longer than
     ``max_chars`` characters is a bad line. Raises CorpusError at the first bad line unless ``skip_bad``.
     """
-    if src_col < 1 or tgt_col < 1:
-        raise ValueError(f"columns are numbered from 1, got src_col={src_col}, tgt_col={tgt_col}")
-    if src_col == tgt_col:
-        raise ValueError(f"src_col and tgt_col are both {src_col}; the source and target must differ")
-    _check_max_chars(max_chars)
-    name = str(path)
-    needed = max(src_col, tgt_col)
-    corpus = Corpus(name)
-    for number, raw in enumerate(_raw_lines(path), start=1):
-        try:
-            text = _decode(raw)
-            if not text.strip():
-                raise _LineProblem(PROBLEM_EMPTY, f"blank line, both sides empty (remove it or {_SKIP_HINT})")
-            columns = text.split("\t")
-            if len(columns) < needed:
-                raise _LineProblem(
-                    PROBLEM_COLUMNS,
-                    f"expected at least {needed} tab-separated columns, got {len(columns)} ({_SKIP_HINT})",
-                )
-            source = _check_side(columns[src_col - 1], f"source side (column {src_col})", max_chars)
-            target = _check_side(columns[tgt_col - 1], f"target side (column {tgt_col})", max_chars)
-        except _LineProblem as problem:
-            corpus._reject(name, number, problem, skip_bad)
-            continue
-        corpus.pairs.append((source, target))
-        corpus.line_numbers.append(number)
-    return _finish(corpus)
-
-
-def _parallel_side(path: str, raw: bytes, side: str, max_chars: int | None) -> str:
-    """One checked side of a parallel pair; a problem is tagged with the file it lies in."""
-    try:
-        return _check_side(_decode(raw), side, max_chars)
-    except _LineProblem as problem:
-        problem.path = path
-        raise
+    source = corpus_source(path, file_format="tsv", src_col=src_col, tgt_col=tgt_col, max_chars=max_chars)
+    return _read(source, skip_bad)
 
 
 def read_parallel(
@@ -277,41 +389,12 @@ def read_parallel(
     file are skipped and counted as PROBLEM_COUNT_MISMATCH. A problem is reported in the file where it lies;
     the line number is the same in both. The returned Corpus is named ``"SRC + TGT"``.
     """
-    _check_max_chars(max_chars)
-    src_name, tgt_name = str(src_path), str(tgt_path)
+    source = corpus_source(src_path, tgt_path=tgt_path, max_chars=max_chars)
     if not skip_bad:
         src_count, tgt_count = _count_lines(src_path), _count_lines(tgt_path)
         if src_count != tgt_count:
-            longer, shorter = (src_name, tgt_name) if src_count > tgt_count else (tgt_name, src_name)
-            short_count, long_count = sorted((src_count, tgt_count))
-            raise CorpusError(
-                longer,
-                short_count + 1,
-                f"no matching line in {shorter}, which has {short_count:,} lines ({longer} has "
-                f"{long_count:,}); the two files must be aligned line by line (fix them, or use "
-                f"--skip-bad to skip the {long_count - short_count:,} unpaired lines)",
-                PROBLEM_COUNT_MISMATCH,
-            )
-    corpus = Corpus(f"{src_name} + {tgt_name}")
-    pairs = zip_longest(_raw_lines(src_path), _raw_lines(tgt_path))
-    for number, (src_raw, tgt_raw) in enumerate(pairs, start=1):
-        try:
-            if src_raw is None or tgt_raw is None:
-                missing, present = (src_name, tgt_name) if src_raw is None else (tgt_name, src_name)
-                raise _LineProblem(
-                    PROBLEM_COUNT_MISMATCH,
-                    f"no matching line in {missing}, which is shorter; the two files must be aligned "
-                    f"line by line ({_SKIP_HINT})",
-                    path=present,
-                )
-            source = _parallel_side(src_name, src_raw, "source line", max_chars)
-            target = _parallel_side(tgt_name, tgt_raw, "target line", max_chars)
-        except _LineProblem as problem:
-            corpus._reject(problem.path or src_name, number, problem, skip_bad)
-            continue
-        corpus.pairs.append((source, target))
-        corpus.line_numbers.append(number)
-    return _finish(corpus)
+            raise line_count_mismatch(source.path, str(source.tgt_path), src_count, tgt_count)
+    return _read(source, skip_bad)
 
 
 def read_jsonl(
@@ -328,35 +411,25 @@ def read_jsonl(
     without ``src_key`` or ``tgt_key`` is PROBLEM_MISSING_KEY; a blank line is PROBLEM_EMPTY. Other keys are
     ignored. Raises CorpusError at the first bad line unless ``skip_bad``.
     """
-    _check_max_chars(max_chars)
-    name = str(path)
-    corpus = Corpus(name)
-    for number, raw in enumerate(_raw_lines(path), start=1):
-        try:
-            source, target = _parse_json_pair(_decode(raw), src_key, tgt_key, max_chars)
-        except _LineProblem as problem:
-            corpus._reject(name, number, problem, skip_bad)
-            continue
-        corpus.pairs.append((source, target))
-        corpus.line_numbers.append(number)
-    return _finish(corpus)
+    source = corpus_source(path, file_format="jsonl", src_key=src_key, tgt_key=tgt_key, max_chars=max_chars)
+    return _read(source, skip_bad)
 
 
 def _parse_json_pair(text: str, src_key: str, tgt_key: str, max_chars: int | None) -> tuple[str, str]:
     if not text.strip():
-        raise _LineProblem(PROBLEM_EMPTY, f"blank line (remove it or {_SKIP_HINT})")
+        raise LineProblem(PROBLEM_EMPTY, f"blank line (remove it or {_SKIP_HINT})")
     try:
         record = json.loads(text)
     except json.JSONDecodeError as error:
-        raise _LineProblem(
+        raise LineProblem(
             PROBLEM_JSON, f"invalid JSON at column {error.colno}: {error.msg} ({_SKIP_HINT})"
         ) from None
     except RecursionError:  # "[[[[...": the decoder recurses once per level of nesting
-        raise _LineProblem(PROBLEM_JSON, f"invalid JSON: nested too deeply to read ({_SKIP_HINT})") from None
+        raise LineProblem(PROBLEM_JSON, f"invalid JSON: nested too deeply to read ({_SKIP_HINT})") from None
     except ValueError as error:  # an integer of more digits than Python converts (sys.int_info)
-        raise _LineProblem(PROBLEM_JSON, f"invalid JSON: {error} ({_SKIP_HINT})") from None
+        raise LineProblem(PROBLEM_JSON, f"invalid JSON: {error} ({_SKIP_HINT})") from None
     if not isinstance(record, dict):
-        raise _LineProblem(
+        raise LineProblem(
             PROBLEM_JSON,
             f'expected a JSON object like {{"{src_key}": ..., "{tgt_key}": ...}}, got '
             f"{type(record).__name__} ({_SKIP_HINT})",
@@ -364,20 +437,20 @@ def _parse_json_pair(text: str, src_key: str, tgt_key: str, max_chars: int | Non
     sides: list[str] = []
     for key, side in ((src_key, "source"), (tgt_key, "target")):
         if key not in record:
-            raise _LineProblem(
+            raise LineProblem(
                 PROBLEM_MISSING_KEY,
                 f'no "{key}" key for the {side} (keys present: {", ".join(map(repr, record)) or "none"}; '
                 f"{_SKIP_HINT})",
             )
         value = record[key]
         if not isinstance(value, str):
-            raise _LineProblem(
+            raise LineProblem(
                 PROBLEM_JSON, f'"{key}" must hold a string, got {type(value).__name__} ({_SKIP_HINT})'
             )
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:  # an escaped lone surrogate such as "\ud800"
-            raise _LineProblem(
+            raise LineProblem(
                 PROBLEM_UTF8, f'"{key}" holds an unpaired surrogate escape, not valid text ({_SKIP_HINT})'
             ) from None
         sides.append(_check_side(value, f'{side} ("{key}")', max_chars))
@@ -385,8 +458,6 @@ def _parse_json_pair(text: str, src_key: str, tgt_key: str, max_chars: int | Non
 
 
 # --- one entry point ---------------------------------------------------------------------------------------
-
-CorpusFormat = Literal["tsv", "parallel", "jsonl"]
 
 
 def detect_format(path: StrPath, tgt_path: StrPath | None = None) -> CorpusFormat:
@@ -396,6 +467,44 @@ def detect_format(path: StrPath, tgt_path: StrPath | None = None) -> CorpusForma
     if Path(path).suffix.lower() in (".jsonl", ".json"):
         return "jsonl"
     return "tsv"
+
+
+def corpus_source(
+    path: StrPath,
+    *,
+    tgt_path: StrPath | None = None,
+    file_format: CorpusFormat | None = None,
+    src_col: int = 1,
+    tgt_col: int = 2,
+    src_key: str = "src",
+    tgt_key: str = "tgt",
+    max_chars: int | None = DEFAULT_MAX_CHARS,
+) -> CorpusSource:
+    """A checked :class:`CorpusSource`, with :func:`read_corpus`'s arguments and rules."""
+    chosen = file_format or detect_format(path, tgt_path)
+    _check_max_chars(max_chars)
+    if chosen == "parallel":
+        if tgt_path is None:
+            raise ValueError("a parallel corpus needs tgt_path, the file of target lines")
+    elif tgt_path is not None:
+        raise ValueError(f"tgt_path is only used with parallel files, not with format {chosen!r}")
+    if chosen == "tsv":
+        if src_col < 1 or tgt_col < 1:
+            raise ValueError(f"columns are numbered from 1, got src_col={src_col}, tgt_col={tgt_col}")
+        if src_col == tgt_col:
+            raise ValueError(f"src_col and tgt_col are both {src_col}; the source and target must differ")
+    elif chosen not in ("parallel", "jsonl"):
+        raise ValueError(f"unknown corpus format {chosen!r}; expected one of tsv, parallel, jsonl")
+    return CorpusSource(
+        str(path),
+        None if tgt_path is None else str(tgt_path),
+        chosen,
+        src_col,
+        tgt_col,
+        src_key,
+        tgt_key,
+        max_chars,
+    )
 
 
 def read_corpus(
@@ -416,15 +525,21 @@ def read_corpus(
     shared ``English<TAB>Chinese`` data translating zh->en pass ``src_col=2, tgt_col=1``), ``src_key``/
     ``tgt_key`` to JSONL only, ``tgt_path`` (the target file) to parallel files only.
     """
-    chosen = file_format or detect_format(path, tgt_path)
-    if chosen == "parallel":
-        if tgt_path is None:
-            raise ValueError("a parallel corpus needs tgt_path, the file of target lines")
-        return read_parallel(path, tgt_path, max_chars=max_chars, skip_bad=skip_bad)
-    if tgt_path is not None:
-        raise ValueError(f"tgt_path is only used with parallel files, not with format {chosen!r}")
-    if chosen == "jsonl":
-        return read_jsonl(path, src_key=src_key, tgt_key=tgt_key, max_chars=max_chars, skip_bad=skip_bad)
-    if chosen == "tsv":
-        return read_tsv(path, src_col, tgt_col, max_chars=max_chars, skip_bad=skip_bad)
-    raise ValueError(f"unknown corpus format {chosen!r}; expected one of tsv, parallel, jsonl")
+    source = corpus_source(
+        path,
+        tgt_path=tgt_path,
+        file_format=file_format,
+        src_col=src_col,
+        tgt_col=tgt_col,
+        src_key=src_key,
+        tgt_key=tgt_key,
+        max_chars=max_chars,
+    )
+    return read_source(source, skip_bad=skip_bad)
+
+
+def read_source(source: CorpusSource, *, skip_bad: bool = False) -> Corpus:
+    """Read the corpus a :class:`CorpusSource` describes (see :func:`read_corpus`)."""
+    if source.file_format == "parallel":
+        return read_parallel(source.path, str(source.tgt_path), max_chars=source.max_chars, skip_bad=skip_bad)
+    return _read(source, skip_bad)
