@@ -243,6 +243,19 @@ def test_a_phrase_the_vocabulary_cannot_write_is_a_bad_line(run) -> None:  # typ
     assert "line 3: prefix 'Ж': the model's vocabulary cannot write 'Ж'" in err
 
 
+def test_controls_longer_than_the_model_can_write_name_their_line(run) -> None:  # type: ignore[no-untyped-def]
+    # The tiny model has 64 positions: at most 63 output tokens; "love" is one token, 70 of them too many.
+    long = " ".join(["love"] * 70)
+    stdin = json.dumps({"text": "我爱你"}) + "\n" + json.dumps({"text": "他", "constraints": [long]}) + "\n"
+    code, out, err = run("--input-format", "jsonl", "--skip-bad", stdin=stdin)
+    assert code == 0, err
+    assert out.split("\n")[1:] == ["", ""]
+    assert "line 2: the prefix and constraints take 70 tokens, more than the 63 the model can write" in err
+    code, out, err = run("--prefix", long, stdin="\n我爱你\n")
+    assert code == 2 and out == "\n"  # the empty line 1 was answered
+    assert "line 2: the prefix and constraints take 70 tokens" in err
+
+
 def test_a_malformed_jsonl_line_stops_with_its_number_after_the_lines_before_it(run) -> None:  # type: ignore[no-untyped-def]
     good = ['{"text": "我爱你"}', '{"text": "他很高。"}']
     cases = {

@@ -70,3 +70,14 @@ def test_a_phrase_the_vocabulary_cannot_write_is_refused_with_its_line(
         translator.translations(["我爱你", "他很高"], constraints=[["I"], ["Жук"]], first_line=7)
     with pytest.raises(ValueError, match="line 1: prefix 'Ж': the model's vocabulary cannot write 'Ж'"):
         translator.translations(["我爱你"], prefixes=["Ж"])
+    with pytest.raises(ValueError, match="line 2: constraint '' is empty"):
+        translator.translations(["我爱你", "他"], constraints=[["I"], [""]])
+    assert translator.controls_problem("I", ["love you", "you"]) is None  # "you" lies inside "love you"
+    most = model.config.max_positions - 1
+    assert translator.controls_problem("I", ["love"] * most) is None  # the same phrase counts once
+    prefix = " ".join(["I"] * most)
+    needed = len(tok.encode(prefix)) + len(tok.encode("love"))
+    assert needed > most
+    assert translator.controls_problem(prefix, ["love"]) == (
+        f"the prefix and constraints take {needed} tokens, more than the {most} the model can write"
+    )

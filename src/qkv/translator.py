@@ -98,15 +98,14 @@ class Translator:
         ``constraints`` (one list of phrases per text, [] for none) must each appear in every candidate
         (:func:`qkv.decode.decode`: beam search with dynamic beam allocation; not with sampling). Both are
         text in the target language, encoded with the target tokenizer as standalone texts
-        (:meth:`target_ids`). ValueError names the line (``first_line`` numbers the texts) of an empty
-        phrase or one with characters the target vocabulary cannot write (:meth:`unwritable`), and a
-        non-autoregressive model takes neither. With sampling, text ``k`` is drawn as
+        (:meth:`target_ids`). ValueError names the line (``first_line`` numbers the texts) whose prefix or
+        constraints cannot be met (:meth:`controls_problem`), and a non-autoregressive model takes
+        neither. With sampling, text ``k`` is drawn as
         sentence ``first_line - 1 + k`` of :func:`qkv.decode.decode`: the same seed and line number give
         the same sample, whatever the batches.
         """
         sources = self.source_ids(texts, first_line=first_line)
-        forced = None if prefixes is None else self._prefix_ids(prefixes, len(texts), first_line)
-        phrases = None if constraints is None else self._phrase_ids(constraints, len(texts), first_line)
+        forced, phrases = self._all_controls_ids(len(texts), prefixes, constraints, first_line)
         if isinstance(self.model, NATransformer):
             if any(forced or ()) or any(phrases or ()):
                 raise ValueError("a non-autoregressive model decodes without prefixes or constraints")
@@ -134,6 +133,38 @@ class Translator:
             for source, hyps in zip(sources, found, strict=True)
         ]
 
+    def _all_controls_ids(
+        self,
+        count: int,
+        prefixes: Sequence[str] | None,
+        constraints: Sequence[Sequence[str]] | None,
+        first_line: int,
+    ) -> tuple[list[list[int]] | None, list[list[list[int]]] | None]:
+        """Every text's prefix and phrases as ids (None where not given), each checked with
+        :meth:`controls_problem`; ValueError names the line."""
+        if prefixes is not None and len(prefixes) != count:
+            raise ValueError(
+                f'got {len(prefixes)} prefixes for {count} texts: give one per text ("" for none)'
+            )
+        if constraints is not None and len(constraints) != count:
+            raise ValueError(
+                f"got {len(constraints)} constraint lists for {count} texts: give one per text ([] for none)"
+            )
+        if prefixes is None and constraints is None:
+            return None, None
+        forced: list[list[int]] = []
+        phrases: list[list[list[int]]] = []
+        for k in range(count):
+            prefix = prefixes[k] if prefixes is not None else ""
+            wanted = constraints[k] if constraints is not None else []
+            problem = self.controls_problem(prefix, wanted)
+            if problem is not None:
+                raise ValueError(f"line {first_line + k}: {problem}")
+            ids = self._controls_ids(prefix, wanted)
+            forced.append(ids[0])
+            phrases.append(ids[1])
+        return (None if prefixes is None else forced), (None if constraints is None else phrases)
+
     def target_ids(self, phrase: str) -> list[int]:
         """A target-language phrase (a prefix or a constraint) as ids: the phrase encoded as a standalone
         text, with its outer spaces removed. So a phrase is matched as the tokenizer writes it at the start
@@ -150,48 +181,36 @@ class Translator:
         chars = [c for c in dict.fromkeys(phrase) if not c.isspace() and unk in self.tgt_tokenizer.encode(c)]
         return chars or [phrase.strip()]
 
-    def _checked_ids(self, phrase: str, what: str, line: int) -> list[int]:
-        """``phrase`` as :meth:`target_ids`; ValueError naming the line when the vocabulary cannot write it
-        (a constraint met by <unk> would not be in the text)."""
-        missing = self.unwritable(phrase)
-        if missing:
-            raise ValueError(
-                f"line {line}: {what} {phrase!r}: the model's vocabulary cannot write {''.join(missing)!r}"
+    def controls_problem(self, prefix: str, constraints: Sequence[str]) -> str | None:
+        """What is wrong with a text's prefix and constraints, or None: an empty constraint, a phrase
+        with characters the target vocabulary cannot write (a phrase met by <unk> would not be in the
+        text), or more tokens than the model's positions leave for the output."""
+        if isinstance(constraints, str):
+            return "constraints must be a list of phrases"
+        for what, phrase in [("prefix", prefix), *(("constraint", c) for c in constraints)]:
+            if what == "constraint" and not phrase.strip():
+                return f"constraint {phrase!r} is empty"
+            missing = self.unwritable(phrase) if phrase.strip() else []
+            if missing:
+                return f"{what} {phrase!r}: the model's vocabulary cannot write {''.join(missing)!r}"
+        forced, phrases = self._controls_ids(prefix, constraints)
+        needed, most = len(forced) + sum(map(len, phrases)), self.model.config.max_positions - 1
+        if needed > most:
+            return (
+                f"the prefix and constraints take {needed} tokens, more than the {most} the model can write"
             )
-        return self.target_ids(phrase)
+        return None
 
-    def _prefix_ids(self, prefixes: Sequence[str], count: int, first_line: int) -> list[list[int]]:
-        if len(prefixes) != count:
-            raise ValueError(
-                f'got {len(prefixes)} prefixes for {count} texts: give one per text ("" for none)'
-            )
-        return [
-            self._checked_ids(prefix, "prefix", first_line + k) if prefix.strip() else []
-            for k, prefix in enumerate(prefixes)
-        ]
-
-    def _phrase_ids(
-        self, constraints: Sequence[Sequence[str]], count: int, first_line: int
-    ) -> list[list[list[int]]]:
-        """Each text's phrases as ids: duplicates once, and a phrase that lies inside another left out
-        (the longer one meets it)."""
-        if len(constraints) != count:
-            raise ValueError(
-                f"got {len(constraints)} constraint lists for {count} texts: give one per text ([] for none)"
-            )
-        found: list[list[list[int]]] = []
-        for offset, phrases in enumerate(constraints):
-            if isinstance(phrases, str):
-                raise ValueError(f"line {first_line + offset}: constraints must be a list of phrases")
-            ids: list[list[int]] = []
-            for phrase in phrases:
-                if not phrase.strip():
-                    raise ValueError(f"line {first_line + offset}: constraint {phrase!r} is empty")
-                encoded = self._checked_ids(phrase, "constraint", first_line + offset)
-                if encoded not in ids:
-                    ids.append(encoded)
-            found.append([p for p in ids if not any(p != q and _inside(p, q) for q in ids)])
-        return found
+    def _controls_ids(self, prefix: str, constraints: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+        """A text's prefix and constraint phrases as ids: duplicate phrases once, and a phrase that lies
+        inside another left out (the longer one meets it)."""
+        ids: list[list[int]] = []
+        for phrase in constraints:
+            encoded = self.target_ids(phrase)
+            if encoded not in ids:
+                ids.append(encoded)
+        phrases = [p for p in ids if not any(p != q and _inside(p, q) for q in ids)]
+        return (self.target_ids(prefix) if prefix.strip() else []), phrases
 
     def alignments(
         self, texts: Sequence[str], translations: Sequence[Translation], *, layer: int | None = None

@@ -222,7 +222,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         raise UsageError(f"--align-layer {args.align_layer}: the model's decoder has layers 0 to {last}")
     _check_phrases(args, translator, glossary)
     for first, lines in input_batches(args):
-        requests = requests_of(args, first, lines, glossary, translator.unwritable)
+        requests = requests_of(args, first, lines, glossary, translator.controls_problem)
         bad = next((r for r in requests if isinstance(r, BadLine)), None)
         if bad is not None and not args.skip_bad:  # the lines before it still get their output
             requests = requests[: requests.index(bad)]

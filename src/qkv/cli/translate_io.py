@@ -82,12 +82,12 @@ def requests_of(
     first: int,
     lines: list[str],
     glossary: Glossary | None,
-    unwritable: Callable[[str], list[str]],
+    problem: Callable[[str, list[str]], str | None],
 ) -> list[Request | BadLine]:
     """Each line as a :class:`Request` (the flags' prefix and constraints, the glossary's terms), or the
-    :class:`BadLine` that says why it cannot be read (jsonl input). ``unwritable`` gives the characters
-    of a target phrase that the model cannot write: a line's prefix or constraint with some is a bad line
-    (the flags' and the glossary's are checked before any line is read)."""
+    :class:`BadLine` that says why it cannot be read (jsonl input) or cannot be translated as asked:
+    ``problem(prefix, constraints)`` says what is wrong with a line's controls (the translator's
+    :meth:`~qkv.translator.Translator.controls_problem`), or None."""
     found: list[Request | BadLine] = []
     for number, line in enumerate(lines, start=first):
         if args.input_format == "jsonl":
@@ -95,18 +95,6 @@ def requests_of(
                 request = parse_request(line, number)
             except BadLine as e:
                 found.append(e)
-                continue
-            phrases = [("prefix", request.prefix), *(("constraint", c) for c in request.constraints)]
-            missing = next(
-                ((what, p, unwritable(p)) for what, p in phrases if p.strip() and unwritable(p)), None
-            )
-            if missing is not None:
-                what, phrase, chars = missing
-                found.append(
-                    BadLine(
-                        f"line {number}: {what} {phrase!r}: the model's vocabulary cannot write {''.join(chars)!r}"
-                    )
-                )
                 continue
             prefix = request.prefix or (args.prefix or "")
             constraints = [*request.constraints, *args.constraint]
@@ -119,6 +107,10 @@ def requests_of(
             constraints += [term for term in glossary.constraints(request.text) if term not in constraints]
         if args.sample and constraints:
             found.append(BadLine(f"line {number}: constraints need beam search; leave out --sample"))
+            continue
+        wrong = problem(prefix, constraints)
+        if wrong is not None:
+            found.append(BadLine(f"line {number}: {wrong}"))
             continue
         found.append(Request(request.text, prefix, constraints))
     return found
