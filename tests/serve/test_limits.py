@@ -106,6 +106,11 @@ def test_a_body_over_the_limit_is_413(client: httpx.Client) -> None:
         ({"texts": ["a"], "prefixes": ["x", "y"]}, r"^prefixes: 2 entries for 1 texts"),
         ({"texts": ["a"], "constraints": [[" "]]}, r"^constraints\[0\]: the phrase ' ' is empty"),
         ({"texts": ["a"], "method": "sample", "constraints": [["x"]]}, r"^constraints: need method beam"),
+        (
+            {"texts": ["a", "b"], "constraints": [[], ["xж"]]},
+            r"^constraints\[1\]: the model's vocabulary cannot write 'ж' \(in 'xж'\)",
+        ),
+        ({"texts": ["a"], "prefixes": ["ж"]}, r"^prefixes\[0\]: the model's vocabulary cannot write 'ж'"),
         ({"texts": []}, r"^texts: List should have at least 1 item"),
         ({"texts": "a"}, r"^texts: Input should be a valid list"),
         ({"texts": ["a"], "path": "/etc/passwd"}, r"^path: unknown field"),

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 import torch
 
-from qkv.decode import SearchConfig, decode
+from qkv.decode import SearchConfig
 from qkv.models.seq2seq import Transformer
 from qkv.serve.models import ServedModel
-from qkv.translator import Candidate, Translation, Translator
+from qkv.translator import Translation, Translator
 from qkv.viz import cross_attention
 
 AttentionMode = Literal["none", "mean", "heads"]
@@ -57,14 +57,15 @@ class Options:
 
 @dataclass(frozen=True)
 class Job:
-    """One text of a request, what to report about it, and the target ids its candidates must start
-    with (``prefix``) and contain (``constraints``, each phrase contiguously; :func:`qkv.decode.decode`)."""
+    """One text of a request, what to report about it, and the target text its candidates must start
+    with (``prefix``) and the phrases they must contain (``constraints``), as
+    :meth:`qkv.translator.Translator.translations` takes them (the request handler checked them)."""
 
     text: str
     attention: AttentionMode = "none"
     tokens: bool = False
-    prefix: tuple[int, ...] = ()
-    constraints: tuple[tuple[int, ...], ...] = ()
+    prefix: str = ""
+    constraints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,15 @@ class Runner:
         jobs: list[Job] = payloads
         translator = self.translator(key)
         with torch.inference_mode():
+            texts = [job.text for job in jobs]
             if key.has_rules:
-                translations = _with_rules(translator, jobs)
+                translations = translator.translations(
+                    texts,
+                    prefixes=[job.prefix for job in jobs],
+                    constraints=[list(job.constraints) for job in jobs],
+                )
             else:
-                translations = translator.translations([job.text for job in jobs])
+                translations = translator.translations(texts)
             return [self._result(translator, job, t) for job, t in zip(jobs, translations, strict=True)]
 
     @staticmethod
@@ -137,30 +143,6 @@ class Runner:
         mean = weights.mean(dim=(0, 1))
         per_head = _rounded(weights) if job.attention == "heads" else None
         return Result(translation, source_tokens, target_tokens, layers, heads, _rounded(mean), per_head)
-
-
-def _with_rules(translator: Translator, jobs: list[Job]) -> list[Translation]:
-    """The jobs' translations under their prefixes and constraints: the translator's search through
-    :func:`qkv.decode.decode`, which takes them as ids (the request handler encoded and checked them)."""
-    model = translator.model
-    assert isinstance(model, Transformer), "the request handler refuses prefixes for other models"
-    sources = translator.source_ids([job.text for job in jobs])
-    found = decode(
-        model,
-        sources,
-        translator.search,
-        batch_size=translator.batch_size,
-        int8=translator.int8,
-        prefixes=[list(job.prefix) for job in jobs],
-        constraints=[[list(phrase) for phrase in job.constraints] for job in jobs],
-    )
-    return [
-        Translation(
-            source,
-            [Candidate(translator.text_of(h.tokens), h.tokens, h.score, h.log_prob) for h in hyps],
-        )
-        for source, hyps in zip(sources, found, strict=True)
-    ]
 
 
 def _rounded(weights: torch.Tensor) -> Any:

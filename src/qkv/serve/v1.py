@@ -115,19 +115,20 @@ async def translate(body: TranslateRequest, request: Request) -> dict[str, Any]:
     return {"model": model.name, "translations": [_translation(r, body.attention) for r in results]}
 
 
-Rules = tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]
+Rules = tuple[str, tuple[str, ...]]
 
 
 def _rules(body: TranslateRequest, model: ServedModel) -> list[Rules]:
-    """Each text's prefix and constraints as target ids (each phrase encoded alone, as
-    :meth:`qkv.translator.Translator.target_ids` does; a repeated phrase once, one inside another left
-    out), checked as :func:`qkv.decode.decode` checks them: 422 naming the field and the text's index."""
+    """Each text's prefix and constraints, checked before the text is queued as
+    :meth:`qkv.translator.Translator.translations` and :func:`qkv.decode.decode` would check them (a
+    phrase is encoded alone, as :meth:`~qkv.translator.Translator.target_ids` does): 422 naming the
+    field and the text's index."""
     count = len(body.texts)
     for name, given in (("prefixes", body.prefixes), ("constraints", body.constraints)):
         if given is not None and len(given) != count:
             raise ApiError(422, f"{name}: {len(given)} entries for {count} texts; give one per text")
     if body.prefixes is None and body.constraints is None:
-        return [((), ())] * count
+        return [("", ())] * count
     if not model.has_attention:
         raise ApiError(422, f"prefixes, constraints: model {model.name} is not an autoregressive Transformer")
     if body.constraints is not None and body.method == "sample" and any(body.constraints):
@@ -137,29 +138,39 @@ def _rules(body: TranslateRequest, model: ServedModel) -> list[Rules]:
     special = {"<pad>": config.pad_id, "<s>": config.bos_id, "</s>": config.eos_id}
     found: list[Rules] = []
     for index in range(count):
-        prefix_text = body.prefixes[index] if body.prefixes is not None else ""
-        prefix = translator.tgt_tokenizer.encode(prefix_text.strip()) if prefix_text.strip() else []
-        phrases: list[list[int]] = []
-        for phrase in body.constraints[index] if body.constraints is not None else []:
-            ids = translator.tgt_tokenizer.encode(phrase.strip())
-            if not ids:
-                raise ApiError(422, f"constraints[{index}]: the phrase {phrase!r} is empty")
-            if ids not in phrases:
-                phrases.append(ids)
-        phrases = [p for p in phrases if not any(p != q and _inside(p, q) for q in phrases)]
+        prefix = body.prefixes[index].strip() if body.prefixes is not None else ""
+        phrases = body.constraints[index] if body.constraints is not None else []
+        named = [(f"constraints[{index}]", phrase) for phrase in phrases]
+        if prefix:
+            named.insert(0, (f"prefixes[{index}]", prefix))
+        for where, phrase in named:
+            if not phrase.strip():
+                raise ApiError(422, f"{where}: the phrase {phrase!r} is empty")
+            missing = translator.unwritable(phrase)
+            if missing:
+                raise ApiError(
+                    422, f"{where}: the model's vocabulary cannot write {''.join(missing)!r} (in {phrase!r})"
+                )
+        prefix_ids = translator.target_ids(prefix) if prefix else []
+        phrase_ids: list[list[int]] = []
+        for phrase in phrases:
+            ids = translator.target_ids(phrase)
+            if ids not in phrase_ids:
+                phrase_ids.append(ids)
+        phrase_ids = [p for p in phrase_ids if not any(p != q and _inside(p, q) for q in phrase_ids)]
         try:
-            check_prefixes([prefix], 1, vocab_size=config.tgt_vocab_size, special=special)
-            check_constraints([phrases], 1, vocab_size=config.tgt_vocab_size, special=special)
+            check_prefixes([prefix_ids], 1, vocab_size=config.tgt_vocab_size, special=special)
+            check_constraints([phrase_ids], 1, vocab_size=config.tgt_vocab_size, special=special)
         except ValueError as e:
             raise ApiError(422, f"texts[{index}]: {e}") from None
-        forced = len(prefix) + sum(len(p) for p in phrases)
+        forced = len(prefix_ids) + sum(len(p) for p in phrase_ids)
         if forced > config.max_positions - 1:
             raise ApiError(
                 422,
                 f"texts[{index}]: the prefix and constraints are {forced} tokens, more than the model's "
                 f"{config.max_positions - 1} output positions",
             )
-        found.append((tuple(prefix), tuple(tuple(p) for p in phrases)))
+        found.append((prefix, tuple(phrases)))
     return found
 
 
