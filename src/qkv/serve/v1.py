@@ -4,11 +4,12 @@ request the tokens and the cross-attention of the best candidate).
 The attention's ``mean`` is averaged over every decoder layer and head (the response says so in
 ``"averaged"``); ``per_head`` (``attention: "heads"``) has every layer and head. Rows are the positions
 predicting each target token and then </s> (``target_tokens``), columns the source tokens ending in </s>
-(``source_tokens``), and each row sums to 1 (:func:`qkv.viz.cross_attention`). For an empty text both
-are empty lists.
+(``source_tokens``), and each row sums to 1 (:func:`qkv.viz.cross_attention`); the tokens come with the
+attention, since they label its rows and columns. For an empty text both are empty lists.
 
 ``prefixes`` (one target text per text) and ``constraints`` (target phrases per text) are forced into
-every candidate by :func:`qkv.decode.decode`: a prefix at the start, each phrase somewhere, contiguously.
+every candidate as ``qkv translate`` forces them (:meth:`qkv.translator.Translator.translations`, then
+:func:`qkv.decode.decode`): a prefix at the start, each phrase somewhere, contiguously.
 
 The API key, where the server has keys, goes in ``Authorization: Bearer KEY``, ``X-API-Key: KEY`` or
 the body's ``api_key``.
