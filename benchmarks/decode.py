@@ -1,9 +1,13 @@
 """Decoding: qkv vs Hugging Face generate() vs CTranslate2, the same weights, equal output lengths.
 
-One randomly initialised qkv model (the ``small`` preset) is exported with :mod:`qkv.export` to a Hugging
-Face MarianMTModel and to a CTranslate2 model, so the three systems run the same weights (and, greedy, give
-the same tokens: the table's "agree" column). Sources are random ids of 15-25 tokens plus </s>; a batch of
-32 sentences, and a single sentence, each greedy and with beam 4.
+One randomly initialised model is exported with :mod:`qkv.export` to a Hugging Face MarianMTModel and to a
+CTranslate2 model, so the three systems run the same weights (and, greedy, give the same tokens: the
+table's "agree" column). Sources are random ids of 15-25 tokens plus </s>; a batch of 32 sentences, and a
+single sentence, each greedy and with beam 4. Two model shapes (:class:`Shape`), one section each, through
+the same code: ``decode``, qkv's ``small`` preset; ``decode-opus``, the shape of the OPUS-MT models (6+6
+layers, d_model 512, 8 heads, FFN 2048, a 65,001-token shared vocabulary, SiLU, Marian's sinusoid layout,
+scaled embeddings, the logits bias, decoding from <pad>), its config read from opus-mt-zh-en's config.json
+by :func:`qkv.convert.marian.marian_model_config`, as ``qkv translate`` reads the real model.
 
 Equal output lengths: every system runs exactly ``L`` decoder steps per sentence, </s> being banned until
 the last one. qkv: ``min_len = max_len = L - 1`` (``max_len_a=0, max_len_b=L-1``): L - 1 tokens, then the
@@ -19,11 +23,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from torch import Tensor
 
 from benchmarks.common import (
     Column,
@@ -35,17 +41,109 @@ from benchmarks.common import (
     optional,
 )
 from benchmarks.ct2_worker import Worker
-from qkv.config import preset
+from qkv.config import ModelConfig, preset
+from qkv.convert.marian import marian_model_config
 from qkv.decode import Lengths, SearchConfig, decode, pad_batch
 from qkv.infer.products import full_range_activations, int8_available
 from qkv.models.seq2seq import Transformer
 
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CASES = [("batch", "greedy", 1), ("batch", "beam", 4), ("single", "greedy", 1), ("single", "beam", 4)]
+UNK_ID = 3  # qkv's own vocabularies: <pad> 0, <s> 1, </s> 2, <unk> 3
+
+# Helsinki-NLP/opus-mt-zh-en's config.json, the fields that shape the computation (most OPUS-MT bilingual
+# models have this shape, with vocabularies of other sizes).
+OPUS_MT_ZH_EN: dict[str, object] = {
+    "model_type": "marian",
+    "activation_function": "swish",
+    "d_model": 512,
+    "encoder_layers": 6,
+    "decoder_layers": 6,
+    "encoder_attention_heads": 8,
+    "decoder_attention_heads": 8,
+    "encoder_ffn_dim": 2048,
+    "decoder_ffn_dim": 2048,
+    "vocab_size": 65001,
+    "decoder_vocab_size": 65001,
+    "share_encoder_decoder_embeddings": True,
+    "max_position_embeddings": 512,
+    "scale_embedding": True,
+    "static_position_embeddings": True,
+    "normalize_before": False,
+    "normalize_embedding": False,
+    "add_final_layer_norm": False,
+    "add_bias_logits": False,
+    "pad_token_id": 65000,
+    "decoder_start_token_id": 65000,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    "forced_eos_token_id": 0,
+    "dropout": 0.1,
+    "attention_dropout": 0.0,
+}
+OPUS_MT_UNK_ID = 1  # OPUS-MT vocabularies: </s> 0, <unk> 1, ..., <pad> last
 
 
-def _vocabulary(size: int) -> list[str]:
-    return SPECIALS + [f"w{i}" for i in range(len(SPECIALS), size)]
+@dataclass(frozen=True)
+class Shape:
+    """The model a decoding section times: its table's name, how its title names it, its config, and
+    the id of <unk> (the config does not name it; CTranslate2's vocabulary does)."""
+
+    section: str
+    title: str
+    config: ModelConfig
+    unk_id: int
+
+
+def preset_shape(sizes: Sizes) -> Shape:
+    """The ``decode`` section: qkv's own layout (interleaved sines, decoding from <s>), ``small`` preset."""
+    config = preset(sizes.decode_preset, sizes.vocab, dropout=0.0)
+    return Shape("decode", f"preset {sizes.decode_preset}", config, UNK_ID)
+
+
+def opus_mt_shape(sizes: Sizes) -> Shape:
+    """The ``decode-opus`` section: opus-mt-zh-en's config, shrunk by ``sizes.opus_mt_overrides`` (--quick)."""
+    fields = {**OPUS_MT_ZH_EN, **dict(sizes.opus_mt_overrides), "dropout": 0.0}
+    config = marian_model_config(fields, source="opus-mt-zh-en config.json")
+    shrunk = ", shrunk by --quick" if sizes.opus_mt_overrides else ""
+    shape = (
+        f"OPUS-MT shape ({config.encoder_layers}+{config.decoder_layers} layers, d_model {config.d_model}, "
+        f"{config.heads} heads, FFN {config.d_ff}, SiLU, Marian's sinusoids, logits bias{shrunk})"
+    )
+    return Shape("decode-opus", shape, config, OPUS_MT_UNK_ID)
+
+
+SHAPES: dict[str, Callable[[Sizes], Shape]] = {"decode": preset_shape, "decode-opus": opus_mt_shape}
+
+
+def _start_stand_in(config: ModelConfig, unk_id: int) -> int | None:
+    """For a model that starts from <pad> (OPUS-MT: its vocabulary has no <s>), the id spelled <s> for
+    CTranslate2, whose benchmark worker bans <pad> and <s> by name (:mod:`benchmarks.ct2_worker`); every
+    system's copy of the weights gives it a logits bias of -1e9, so that banning it changes no output.
+    None for a model with an <s> of its own."""
+    if config.bos_id != config.pad_id:
+        return None
+    if not config.logits_bias:
+        raise ValueError("a model that starts from <pad> needs a logits bias to rule out the <s> stand-in")
+    return max(set(range(config.tgt_vocab_size)) - {config.pad_id, config.eos_id, unk_id})
+
+
+def _vocabulary(config: ModelConfig | int, unk_id: int = UNK_ID) -> list[str]:
+    """Token strings by id: the special tokens at the config's ids, ``w<id>`` for the others. A size in
+    place of a config: qkv's own layout (<pad> 0, <s> 1, </s> 2, <unk> 3)."""
+    if isinstance(config, int):
+        config = preset("tiny", config)
+    tokens = [f"w{i}" for i in range(config.tgt_vocab_size)]
+    start = _start_stand_in(config, unk_id)
+    for token_id, token in ((config.bos_id if start is None else start, "<s>"), (config.pad_id, "<pad>")):
+        tokens[token_id] = token
+    tokens[config.eos_id], tokens[unk_id] = "</s>", "<unk>"
+    return tokens
+
+
+def _ordinary_ids(config: ModelConfig, unk_id: int) -> Tensor:
+    """The ids that are no special token (nor the <s> stand-in), the sources' ids."""
+    special = {config.pad_id, config.bos_id, config.eos_id, unk_id, _start_stand_in(config, unk_id)}
+    return torch.tensor([i for i in range(config.src_vocab_size) if i not in special])
 
 
 def _hf_model(model: Transformer, directory: Path, device: Device) -> Any:
@@ -69,6 +167,8 @@ def _ct2_worker(
     device: Device,
     threads: list[int],
     batches: dict[str, list[list[int]]],
+    *,
+    unk_id: int = UNK_ID,
 ) -> tuple[Worker | None, str | None]:
     """CTranslate2 on the exported weights, in a worker process frozen between its turns
     (:mod:`benchmarks.ct2_worker`), with one translator per thread count and the batches as tokens."""
@@ -79,7 +179,7 @@ def _ct2_worker(
         return None, "this ctranslate2 build sees no CUDA device"
     from qkv.export.ctranslate2 import save_spec, transformer_spec
 
-    save_spec(transformer_spec(model, vocab, vocab), directory)
+    save_spec(transformer_spec(model, vocab, vocab, unk_id=unk_id), directory)
     tokens = {name: [[vocab[i] for i in s[:-1]] for s in srcs] for name, srcs in batches.items()}  # no </s>:
     # the export appends it itself
     worker = Worker(
@@ -121,18 +221,33 @@ def _take_turns(
     )
 
 
-def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
+def run(sizes: Sizes, device: Device, workdir: Path, section: str = "decode") -> Table:
+    """The table of ``section`` (a key of :data:`SHAPES`): its model decoded by every system."""
+    shape = SHAPES[section](sizes)
+    workdir = workdir / section
     steps = sizes.decode_steps
-    v = sizes.vocab
-    c = preset(sizes.decode_preset, v, dropout=0.0)
+    c = shape.config
+    v = c.tgt_vocab_size
     torch.manual_seed(0)
     model = Transformer(c).to(device.torch_device).eval()
     generator = torch.Generator().manual_seed(1)
+    if c.logits_bias:  # random, as a trained model's (zero at init)
+        bias = 0.1 * torch.randn(v, generator=torch.Generator().manual_seed(2))
+        start = _start_stand_in(c, shape.unk_id)
+        if start is not None:
+            bias[start] = -1e9
+        model.output_bias.copy_(bias)  # type: ignore[union-attr]
+    ordinary = _ordinary_ids(c, shape.unk_id)
     low, high = sizes.decode_src_len
     sources = [
-        torch.randint(
-            4, v, (int(torch.randint(low, high + 1, (1,), generator=generator)),), generator=generator
-        ).tolist()
+        ordinary[
+            torch.randint(
+                0,
+                len(ordinary),
+                (int(torch.randint(low, high + 1, (1,), generator=generator)),),
+                generator=generator,
+            )
+        ].tolist()
         + [c.eos_id]
         for _ in range(sizes.decode_batch)
     ]
@@ -144,8 +259,8 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
     ]
     columns.append(Column("agree", "greedy = qkv", "{:.0%}"))
     table = Table(
-        "decode",
-        f"decoding, preset {sizes.decode_preset} (random init, the same weights in every system), vocab {v}, "
+        shape.section,
+        f"decoding, {shape.title} (random init, the same weights in every system), vocab {v:,}, "
         f"batch {sizes.decode_batch} and 1, exactly {steps} decoder steps per sentence, {device.precision}, "
         f"best of {sizes.decode_repeats}",
         columns,
@@ -200,8 +315,10 @@ def run(sizes: Sizes, device: Device, workdir: Path) -> Table:
 
     # -- CTranslate2 --------------------------------------------------------------------------------
     # Each system runs each case at each of device.thread_options() and keeps its best.
-    vocab = _vocabulary(v)
-    ct2, ct2_missing = _ct2_worker(model, vocab, workdir / "ct2", device, device.thread_options(), batches)
+    vocab = _vocabulary(c, shape.unk_id)
+    ct2, ct2_missing = _ct2_worker(
+        model, vocab, workdir / "ct2", device, device.thread_options(), batches, unk_id=shape.unk_id
+    )
     index = {t: i for i, t in enumerate(vocab)}
     current_threads = [device.threads]  # which CTranslate2 instance runs
 

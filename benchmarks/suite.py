@@ -21,7 +21,7 @@ from benchmarks import bert, decode, peak, train
 from benchmarks.common import FULL, QUICK, Table, machine, pick_device, quiet_transformers
 from qkv.allocator import keep_freed_memory
 
-SECTIONS = ("peak", "train", "decode", "bert")
+SECTIONS = ("peak", "train", "decode", "decode-opus", "bert")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -86,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             table: Table
             if section == "train":
                 table = train.run(sizes, device, rate)
-            elif section == "decode":
-                table = decode.run(sizes, device, workdir)
+            elif section in decode.SHAPES:
+                table = decode.run(sizes, device, workdir, section)
             elif section == "bert":
                 table = bert.run(sizes, device, rate, workdir)
             else:

@@ -37,19 +37,76 @@ def test_quick_suite_prints_every_table_and_writes_json(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    for title in ("peak matmul rate", "training step", "decoding", "BERT encoder forward"):
+    for title in (
+        "peak matmul rate",
+        "training step",
+        "decoding, preset",
+        "decoding, OPUS-MT shape",
+        "BERT encoder forward",
+    ):
         assert title in done.stdout
     result = json.loads(out.read_text())
     assert result["machine"]["device"] == "cpu" and result["machine"]["cores"] >= 1
     sections = result["sections"]
-    assert set(sections) == {"peak", "train", "decode", "bert"}
+    assert set(sections) == {"peak", "train", "decode", "decode-opus", "bert"}
     assert "qkv" in sections["train"]["rows"] and "qkv" in sections["decode"]["rows"]
     qkv_train = sections["train"]["rows"]["qkv"]
     assert qkv_train["tiny_tok_s"] > 0 and 0 < qkv_train["tiny_mfu"]
-    # The three decoders run the same weights: greedy outputs agree wherever a baseline ran.
-    for system, row in sections["decode"]["rows"].items():
-        if system != "qkv":
-            assert row["agree"] == 1.0, system
+    # The three decoders run the same weights: greedy outputs agree wherever a baseline ran, in both shapes.
+    for section in ("decode", "decode-opus"):
+        assert set(sections[section]["rows"]) >= {"qkv"}
+        for system, row in sections[section]["rows"].items():
+            if system != "qkv":
+                assert row["agree"] == 1.0, (section, system)
+
+
+def test_opus_mt_shape_is_the_issues_and_only_quick_shrinks_it() -> None:
+    """The decode-opus model as OPUS-MT models are (6+6 layers, d_model 512, 8 heads, FFN 2048, 65,001 shared
+    tokens with </s> 0, <unk> 1 and <pad> last, decoding from <pad>, swish, Marian's sinusoids, scaled
+    embeddings, a logits bias); --quick keeps everything but the sizes."""
+    from benchmarks.common import FULL, QUICK
+    from benchmarks.decode import opus_mt_shape
+
+    full = opus_mt_shape(FULL).config
+    assert (full.encoder_layers, full.decoder_layers, full.d_model, full.heads, full.d_ff) == (
+        6,
+        6,
+        512,
+        8,
+        2048,
+    )
+    assert full.src_vocab_size == full.tgt_vocab_size == 65001 and full.share_embeddings and full.tie_output
+    assert (full.eos_id, full.pad_id, full.bos_id) == (0, 65000, 65000)
+    assert full.activation == "silu" and full.sinusoid_layout == "halves"
+    assert full.scale_embedding and full.logits_bias and not full.norm_first and full.dropout == 0.0
+    quick = opus_mt_shape(QUICK).config
+    assert quick.d_model < full.d_model and quick.tgt_vocab_size < full.tgt_vocab_size
+    assert quick.pad_id == quick.bos_id == quick.tgt_vocab_size - 1 and quick.eos_id == 0
+    kept = (
+        "activation",
+        "sinusoid_layout",
+        "scale_embedding",
+        "logits_bias",
+        "share_embeddings",
+        "norm_first",
+    )
+    assert all(getattr(quick, name) == getattr(full, name) for name in kept)
+
+
+def test_only_runs_one_decoding_shape(tmp_path: Path) -> None:
+    out = tmp_path / "opus.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "decode-opus", "--device", "cpu",
+         "--threads", "1", "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(json.loads(out.read_text())["sections"]) == {"decode-opus"}
 
 
 def test_only_rejects_an_unknown_section() -> None:
