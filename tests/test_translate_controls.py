@@ -331,3 +331,44 @@ def test_every_new_flag_is_in_help_with_an_example(capsys: pytest.CaptureFixture
     for flag in NEW_FLAGS:
         assert re.search(rf"{flag}\b(?!-)", help_text[: help_text.index("examples:")]), flag
         assert any(re.search(rf"{flag}\b(?!-)", line) for line in example_lines), flag
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--align"], "--align"),
+        (["--prefix", "I"], "--prefix"),
+        (["--constraints", "love"], "--constraints"),
+        (["--sample"], "--sample"),
+        (["--format", "tsv", "--n-best", "2"], "--n-best"),
+    ],
+)
+def test_a_non_autoregressive_model_refuses_the_search_controls(
+    flags: list[str],
+    named: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from qkv import checkpoint
+    from qkv.config import NATConfig, preset
+    from qkv.data import demo
+    from qkv.models.nat import NATransformer
+    from qkv.tokenize import train_bpe
+
+    pairs = demo.generate(size=100)
+    tok = train_bpe([t for pair in pairs for t in pair], 200)
+    torch.manual_seed(0)
+    nat = NATransformer(NATConfig.from_dict(preset("tiny", tok.vocab_size, max_positions=32).to_dict()))
+    path = tmp_path / "nat"
+    checkpoint.save_directory(
+        path,
+        tensors={checkpoint.MODEL_FILE: nat.state_dict()},
+        json={checkpoint.CONFIG_FILE: {"model": nat.config.to_dict()}},
+        text=saved.tokenizer_files(tok, tok),
+    )
+    code, out, err = translate(
+        path, *flags, "我爱你", tmp_path=tmp_path, capsys=capsys, monkeypatch=monkeypatch
+    )
+    assert code == 2 and out == ""
+    assert f"{named} needs an autoregressive model; {path} is non-autoregressive" in err

@@ -215,8 +215,14 @@ def cmd_translate(args: argparse.Namespace) -> int:
     check_translate_flags(args)
     glossary = Glossary.load(args.glossary) if args.glossary else None
     translator = load_translator(args)
-    if args.align and not _is_autoregressive(translator):
-        raise UsageError("--align reads the cross-attention of an autoregressive model; this one is not")
+    if not _is_autoregressive(translator):
+        given = {"--align": args.align, "--prefix": args.prefix, "--constraints": args.constraint,
+                 "--glossary": args.glossary, "--sample": args.sample, "--n-best": args.n_best > 1}  # fmt: skip
+        flag = next((flag for flag, value in given.items() if value), None)
+        if flag is not None:
+            raise UsageError(
+                f"{flag} needs an autoregressive model; {args.model} is non-autoregressive (mask-predict)"
+            )
     if args.align_layer is not None and args.align_layer >= translator.model.config.decoder_layers:
         last = translator.model.config.decoder_layers - 1
         raise UsageError(f"--align-layer {args.align_layer}: the model's decoder has layers 0 to {last}")
