@@ -9,7 +9,8 @@ At the OCCURRENCE-th (1-based) time the writer in :mod:`qkv.checkpoint` reaches 
 - ``block``: it sleeps until something kills it (so a test's kill surely lands before the run ends);
 - ``wait``: it sleeps until GO_FILE exists, then goes on (so a signal surely arrives at a known step).
 
-The exit status is ``qkv train``'s.
+The exit status is ``qkv train``'s. Where QKV_TEST_PIDS names a directory, the process first writes its
+id there, in a file named after its torchrun rank (so that a test can kill every rank at once).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def main(argv: list[str]) -> int:
             time.sleep(0.01)
 
     checkpoint._stage_hook = hook
+    pids = os.environ.get("QKV_TEST_PIDS")
+    if pids:
+        Path(pids, os.environ.get("RANK", "0")).write_text(str(os.getpid()))
     return cli.main(["train", *train_args])
 
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from qkv.data import demo
+from qkv.data.corpus import corpus_source
+from qkv.train.pipeline import TokenizerConfig, prepare_directory
 from tests.train import runs
 
 
@@ -21,6 +23,24 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     demo.write_tsv(folder / "train.tsv", pairs[:600])
     demo.write_tsv(folder / "valid.tsv", pairs[600:])
     return {"train": folder / "train.tsv", "valid": folder / "valid.tsv"}
+
+
+@pytest.fixture(scope="session")
+def prepared_corpus(corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The training corpus as ``qkv prepare`` writes it, in shards of a few kilobytes (so that a run reads
+    from many), with the reference run's tokenizer settings and positions; the validation file stays text.
+
+    A run on it must equal the reference run on the TSV bit for bit: the same tokenizer (a corpus smaller
+    than the tokenizer sample is sampled whole), the same examples, so the same batches.
+    """
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    source = corpus_source(corpus["train"], src_col=2, tgt_col=1, max_chars=2000)
+    tok = TokenizerConfig(kind="bpe", vocab_size=300)
+    prepare_directory(
+        out, source, skip_bad=False, tok=tok, max_positions=256, workers=2, chunk_bytes=4096,
+        progress=False, say=lambda _: None,
+    )  # fmt: skip
+    return {"train": out, "valid": corpus["valid"]}
 
 
 @pytest.fixture(scope="session")

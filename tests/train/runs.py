@@ -91,8 +91,10 @@ def train_here(args: Sequence[str], *, expect: int = 0) -> str:
     return output.getvalue()
 
 
-def start(command: Sequence[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(command, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(command: Sequence[str], **extra_env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        command, env={**env(), **extra_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str], what: str) -> None:

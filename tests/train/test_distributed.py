@@ -7,6 +7,8 @@ best model and early stopping (rank 0 decides, every rank follows) must agree as
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -14,7 +16,16 @@ import torch
 
 from qkv import checkpoint
 from tests.train import runs
-from tests.train.runs import checkpoint_dir, step_records, tensors
+from tests.train.runs import (
+    SAVE_EVERY,
+    assert_same_checkpoint,
+    assert_same_losses,
+    checkpoint_dir,
+    latest_step,
+    step_records,
+    tensors,
+    train_args,
+)
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 STEPS = 10
@@ -89,3 +100,41 @@ def test_two_processes_equal_one_with_the_same_global_batch(corpus: dict[str, Pa
         assert two_steps[step]["lr"] == record["lr"]
     lines = [r["step"] for r in runs.metrics(two) if "loss" in r]
     assert lines == sorted(set(lines)), "a step was logged twice: did another rank write the log?"
+
+
+def torchrun(*command: str) -> list[str]:
+    return [TORCHRUN, "--standalone", "--nproc_per_node=2", *command]
+
+
+def test_sigkill_under_torchrun_on_prepared_data_then_resume_is_bit_exact(
+    prepared_corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    """Both ranks (and torchrun) killed at once mid-run on a prepared corpus, then resumed: the end is the
+    uninterrupted 2-process run's, bit for bit (the same world size: the same dropout masks per rank)."""
+    steps = 4 * SAVE_EVERY
+    reference, out, pids = tmp_path / "reference", tmp_path / "run", tmp_path / "pids"
+    runs.run(torchrun("-m", "qkv", "train", *train_args(prepared_corpus, reference, steps=steps)))
+
+    pids.mkdir()
+    # Rank 0 stops inside the writer once the second checkpoint (step 10) is committed; rank 1 waits for it.
+    killed = runs.child("pointer_replaced", 2, "block", train_args(prepared_corpus, out, steps=steps))
+    process = runs.start(torchrun(*killed[1:]), QKV_TEST_PIDS=str(pids))
+    runs.wait_until(
+        lambda: latest_step(out) == 2 * SAVE_EVERY and len(list(pids.iterdir())) == 2,
+        process,
+        "the second checkpoint",
+    )
+    process.send_signal(signal.SIGKILL)
+    for rank in pids.iterdir():
+        os.kill(int(rank.read_text()), signal.SIGKILL)
+    runs.finish(process, expect=-signal.SIGKILL)
+    assert latest_step(out) == 2 * SAVE_EVERY
+
+    runs.run(torchrun("-m", "qkv", "train", *train_args(prepared_corpus, out, steps=steps, resume=True)))
+    state = checkpoint.load_json(checkpoint_dir(out, steps) / checkpoint.TRAINER_STATE_FILE)
+    assert state["world_size"] == 2
+    assert_same_checkpoint(checkpoint_dir(out, steps), checkpoint_dir(reference, steps))
+    assert_same_losses(out, reference, range(1, steps + 1))
+    assert (out / "best" / checkpoint.MODEL_FILE).read_bytes() == (
+        reference / "best" / checkpoint.MODEL_FILE
+    ).read_bytes()

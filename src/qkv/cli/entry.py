@@ -20,6 +20,7 @@ from qkv.cli.errors import DEBUG_VARIABLE, run_reporting_errors
 from qkv.cli.import_model import add_import_parser
 from qkv.cli.models import add_average_parser, add_export_parser
 from qkv.cli.params import add_params_parser
+from qkv.cli.prepare import add_prepare_parser
 from qkv.cli.serve import add_serve_parser
 from qkv.cli.train import add_train_parser
 from qkv.cli.translate import add_evaluate_parser, add_translate_parser
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add_parser in (
         add_params_parser,
+        add_prepare_parser,
         add_train_parser,
         add_translate_parser,
         add_evaluate_parser,

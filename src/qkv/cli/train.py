@@ -24,6 +24,20 @@ from qkv.cli.train_options import add_model_options, add_optimisation_options
 from qkv.cli.translate import search_config
 
 
+def corpus_or_prepared(text: str) -> str:
+    """A type for --data: a corpus file, or a directory that `qkv prepare` wrote."""
+    from qkv.data.prepared import MANIFEST
+
+    path = Path(text)
+    if path.is_dir():
+        if not (path / MANIFEST).is_file():
+            raise argparse.ArgumentTypeError(
+                f"{text} is a directory without {MANIFEST}; give a corpus file or a `qkv prepare` output"
+            )
+        return text
+    return input_file(text)
+
+
 def _bleu_hook(sentences: int) -> Any:
     """A validation hook (for the trainer) that translates the first validation sentences greedily and
     reports sacreBLEU; decoding is wired in here because qkv.train never imports qkv.decode."""
@@ -180,6 +194,7 @@ def add_train_parser(sub: Subparsers) -> None:
         epilog="examples:\n"
         "  qkv train --out runs/demo --preset tiny --max-minutes 2\n"
         "  qkv train --data train.tsv --valid dev.tsv --src-col 2 --tgt-col 1 --preset small --out runs/zh-en\n"
+        "  qkv train --data data/zh-en --preset small --out runs/zh-en   # a `qkv prepare` output\n"
         "  qkv train --resume runs/zh-en                      # continue exactly where it stopped\n"
         "  torchrun --nproc_per_node=2 -m qkv train ...       # data-parallel on 2 processes\n"
         "  qkv train --config zh-en.yaml --lr 5e-4            # options from a file, a flag overriding one\n"
@@ -190,9 +205,11 @@ def add_train_parser(sub: Subparsers) -> None:
     g = p.add_argument_group("data")
     g.add_argument(
         "--data",
-        type=input_file,
+        type=corpus_or_prepared,
         metavar="FILE",
-        help='training pairs: TSV (see --src-col/--tgt-col) or JSONL ({"src": ..., "tgt": ...} per line)',
+        help='training pairs: TSV (see --src-col/--tgt-col) or JSONL ({"src": ..., "tgt": ...} per line), '
+        "or a directory written by `qkv prepare` (its tokenizer, its validation pairs unless --valid is "
+        "given, and its longest pairs as --max-positions; the corpus and tokenizer options do not apply)",
     )
     g.add_argument(
         "--src",

@@ -1,13 +1,16 @@
 """Token-budget batches: examples of similar length grouped so that padding stays small.
 
-A batch is a list of example indices. Its cost is its padded size, ``max(length) * count``, taken on the
+A batch is an array of example indices. Its cost is its padded size, ``max(length) * count``, taken on the
 source and the target side and the larger of the two kept; :func:`make_batches` keeps every batch within
 ``max_tokens`` (an example longer than the budget alone forms a batch of its own).
 
 The order of an epoch is a pure function of ``(seed, epoch)``: examples are sorted by length with a random
-tie-break and the batches are then shuffled, both from a ``random.Random`` seeded with the pair (never
+tie-break and the batches are then shuffled, both from a numpy ``Generator`` seeded with the pair (never
 numpy's or torch's global state). So a :class:`BatchPosition` — the epoch and how many of its batches were
 already used — is all that training state needs to resume on the very same batch.
+
+Lengths are numpy arrays and batches are slices of one index array, so an epoch of millions of examples
+costs a few bytes per example (:mod:`qkv.data.prepared` keeps the lengths of a corpus on disk that way).
 
 Masks are not built here: :func:`collate` pads token ids with the pad id, and the model builds its masks
 from the ids and the pad id.
@@ -15,81 +18,101 @@ from the ids and the pad id.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 
+Lengths = Sequence[int] | npt.NDArray[np.integer]
+Batch = npt.NDArray[np.signedinteger]  # example indices (int32, or int64 past 2**31 examples)
 
-def _epoch_rng(seed: int, epoch: int) -> random.Random:
-    # A string seed is hashed with SHA-512 by random.Random: stable across processes and Python runs
-    # (unlike hash()), and distinct for every (seed, epoch) pair.
-    return random.Random(f"qkv.data.batching:{seed}:{epoch}")
+# Mixed into every epoch's seed, so that the batch order never shares a random stream with another use of
+# the same (seed, epoch) pair.
+_STREAM = 0x716B762E62617463  # "qkv.batc"
+
+
+def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([_STREAM, seed, epoch]))
+
+
+def _checked_lengths(name: str, lens: Lengths) -> npt.NDArray[np.integer]:
+    array = np.asarray(lens)
+    if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(
+            f"{name} must be one whole number per example, got shape {array.shape} {array.dtype}"
+        )
+    negative = np.flatnonzero(array < 0)
+    if negative.size:
+        raise ValueError(f"{name}[{negative[0]}] is {array[negative[0]]}; lengths cannot be negative")
+    return array
 
 
 def make_batches(
-    src_lens: Sequence[int],
-    tgt_lens: Sequence[int],
+    src_lens: Lengths,
+    tgt_lens: Lengths,
     max_tokens: int,
     *,
     seed: int,
     epoch: int,
     shuffle: bool = True,
     max_sentences: int | None = None,
-) -> list[list[int]]:
+) -> list[Batch]:
     """Group example indices into batches whose padded size stays within ``max_tokens``.
 
     ``src_lens[i]`` and ``tgt_lens[i]`` are the lengths of example i as the model will see them (count any
-    BOS/EOS you add). Examples are sorted by (source length, target length); with ``shuffle`` ties are broken
-    at random and the batch order is shuffled, both determined by ``(seed, epoch)``. Without ``shuffle`` the
-    batches come in length order with ties in index order (for translating or scoring a file: the indices
-    say where each output goes). ``max_sentences`` optionally caps the examples per batch as well.
+    BOS/EOS you add): lists or numpy arrays. Examples are sorted by (source length, target length); with
+    ``shuffle`` ties are broken at random and the batch order is shuffled, both determined by ``(seed,
+    epoch)``. Without ``shuffle`` the batches come in length order with ties in index order (for
+    translating or scoring a file: the indices say where each output goes). ``max_sentences`` optionally
+    caps the examples per batch as well. Each batch is a numpy array of indices (a view of one array).
 
     Every index appears in exactly one batch. A batch of n examples satisfies
     ``n * max(max src len, max tgt len) <= max_tokens`` unless n == 1 and that one example is longer than
     the budget on its own. A length of 0 counts as 1 so that empty sequences cannot make a batch unbounded.
     """
-    if len(src_lens) != len(tgt_lens):
-        raise ValueError(
-            f"src_lens has {len(src_lens)} entries but tgt_lens has {len(tgt_lens)}; one per example"
-        )
+    src = _checked_lengths("src_lens", src_lens)
+    tgt = _checked_lengths("tgt_lens", tgt_lens)
+    if len(src) != len(tgt):
+        raise ValueError(f"src_lens has {len(src)} entries but tgt_lens has {len(tgt)}; one per example")
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     if max_sentences is not None and max_sentences < 1:
         raise ValueError(f"max_sentences must be at least 1 (or None), got {max_sentences}")
-    for name, lens in (("src_lens", src_lens), ("tgt_lens", tgt_lens)):
-        negative = next((i for i, length in enumerate(lens) if length < 0), None)
-        if negative is not None:
-            raise ValueError(f"{name}[{negative}] is {lens[negative]}; lengths cannot be negative")
 
     rng = _epoch_rng(seed, epoch)
-    order = list(range(len(src_lens)))
+    count = len(src)
+    index_type: type[np.signedinteger] = np.int32 if count < 2**31 else np.int64  # 4 bytes an example
+    order: Batch
     if shuffle:
-        rng.shuffle(order)  # the sort below is stable, so this is the tie-break among equal lengths
-    order.sort(key=lambda i: (src_lens[i], tgt_lens[i]))
+        tie_break = rng.integers(0, 2**32, size=count, dtype=np.uint32)
+        order = np.lexsort((tie_break, tgt, src)).astype(index_type)  # the last key sorts first
+        del tie_break
+    else:
+        order = np.lexsort((tgt, src)).astype(index_type)  # stable: ties stay in index order
+    widths = np.maximum(np.maximum(src, tgt), 1)[order]  # max(src, tgt) of each example, in sorted order
 
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    widest = 0  # max(src, tgt) length over the batch so far: its padded width
-    for i in order:
-        width = max(src_lens[i], tgt_lens[i], 1)
-        new_width = max(widest, width)
-        full = max_sentences is not None and len(batch) >= max_sentences
-        if batch and (full or new_width * (len(batch) + 1) > max_tokens):
-            batches.append(batch)
-            batch, new_width = [], width
-        batch.append(i)
-        widest = new_width
-    if batch:
-        batches.append(batch)
+    # Greedy packing, a batch at a time: the longest prefix of what is left whose k-th example keeps
+    # k * (widest of the first k) within the budget. That product only grows with k, so the prefix ends at
+    # its first example over the budget (always keeping the first example).
+    cap = max_tokens if max_sentences is None else min(max_tokens, max_sentences)
+    batches: list[Batch] = []
+    start = 0
+    while start < count:
+        room = min(max(max_tokens // int(widths[start]), 1), cap, count - start)
+        widest = np.maximum.accumulate(widths[start : start + room])
+        over = np.arange(1, room + 1) * widest > max_tokens
+        size = max(int(np.argmax(over)) if over.any() else room, 1)
+        batches.append(order[start : start + size])
+        start += size
     if shuffle:
-        rng.shuffle(batches)
+        batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
 
 
-def shard(batches: Sequence[list[int]], rank: int, world_size: int) -> list[list[int]]:
+def shard(batches: Sequence[Batch], rank: int, world_size: int) -> list[Batch]:
     """The batches of one rank out of ``world_size``: every ``world_size``-th batch, starting at ``rank``.
 
     The tail that cannot be shared out evenly (fewer than ``world_size`` batches) is dropped, so every rank
@@ -136,8 +159,8 @@ class BatchPosition:
 
 
 def iter_batches(
-    src_lens: Sequence[int],
-    tgt_lens: Sequence[int],
+    src_lens: Lengths,
+    tgt_lens: Lengths,
     max_tokens: int,
     *,
     seed: int,
@@ -145,7 +168,7 @@ def iter_batches(
     rank: int = 0,
     world_size: int = 1,
     max_sentences: int | None = None,
-) -> Iterator[tuple[list[int], BatchPosition]]:
+) -> Iterator[tuple[Batch, BatchPosition]]:
     """Batches of this rank, epoch after epoch without end, from ``start`` (default: the very beginning).
 
     Yields ``(batch, resume_at)``: ``resume_at`` is the position just after ``batch``, the one to save once

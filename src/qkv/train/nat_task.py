@@ -22,11 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.data.batching import collate
+from qkv.data.batching import Lengths, collate
+from qkv.data.prepared import example_lengths
 from qkv.models.nat import length_bounds, length_classes
 from qkv.train.loss import label_smoothed_loss
 from qkv.train.task import Example
@@ -74,10 +76,13 @@ class NATTask:
         self.length_weight = length_weight
         self.cut_at, self.max_positions = cut_at, max_positions
 
-    def lengths(self, data: Sequence[Example]) -> tuple[list[int], list[int]]:
+    def lengths(self, data: Sequence[Example]) -> tuple[Lengths, Lengths]:
+        src, tgt = example_lengths(data)
         if self.cut_at is None:
-            return [len(s) for s, _ in data], [max(len(t), 1) for _, t in data]
-        return [len(s) for s, _ in data], [self._bound(len(s), len(t)) for s, t in data]
+            return src, np.maximum(tgt, 1)
+        assert self.max_positions is not None
+        bounds = length_bounds(torch.from_numpy(src), self.max_length_offset, self.max_positions).numpy()
+        return src, np.minimum(np.maximum(bounds, tgt + 1), self.max_positions)  # as _bound, vectorised
 
     def _bound(self, src_len: int, tgt_len: int) -> int:
         """Decoder positions of one example with the cut method: the inference bound, or room for the

@@ -19,7 +19,10 @@ from torch import nn
 from qkv import checkpoint
 from qkv.config import ModelConfig, NATConfig, preset
 from qkv.data import demo
-from qkv.data.corpus import Corpus, read_corpus
+from qkv.data import prepare as prepare_files
+from qkv.data.corpus import Corpus, CorpusSource, read_corpus, read_source
+from qkv.data.encode import encode_examples
+from qkv.data.prepared import PreparedCorpus, is_prepared, read_manifest
 from qkv.models import saved
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
@@ -83,7 +86,7 @@ class TokenizerConfig:
 
 @dataclass
 class Prepared:
-    train: list[Example]
+    train: Sequence[Example]  # a list, or a PreparedCorpus read from disk
     valid: list[Example]
     src_tokenizer: Tokenizer
     tgt_tokenizer: Tokenizer
@@ -125,17 +128,10 @@ def encode_pairs(
     pairs: Sequence[tuple[str, str]], src_tok: Tokenizer, tgt_tok: Tokenizer, *, max_len: int, eos_id: int
 ) -> tuple[list[Example], int]:
     """Token ids for each pair (source + </s>; target bare), leaving out pairs longer than ``max_len``
-    tokens on either side. Returns (examples, number left out)."""
-    sources = src_tok.encode_batch([s for s, _ in pairs])
-    targets = tgt_tok.encode_batch([t for _, t in pairs])
-    examples: list[Example] = []
-    too_long = 0
-    for s, t in zip(sources, targets, strict=True):
-        if len(s) + 1 > max_len or len(t) + 1 > max_len:
-            too_long += 1
-            continue
-        examples.append(([*s, eos_id], t))
-    return examples, too_long
+    tokens on either side (:func:`qkv.data.encode.encode_examples`). Returns (examples, number left out)."""
+    encoded = encode_examples(pairs, src_tok, tgt_tok, max_len=max_len, eos_id=eos_id)
+    examples = [example for example in encoded if example is not None]
+    return examples, len(encoded) - len(examples)
 
 
 def fit_tokenizers(pairs: Sequence[tuple[str, str]], tok: TokenizerConfig) -> tuple[Tokenizer, Tokenizer]:
@@ -157,7 +153,10 @@ def prepare(
     eos_id: int = 2,
     tokenizers: tuple[Tokenizer, Tokenizer] | None = None,
 ) -> Prepared:
-    """Read, tokenize (training the tokenizers unless given) and encode the corpora."""
+    """Read, tokenize (training the tokenizers unless given) and encode the corpora; a prepared directory
+    (``qkv prepare``) as it is, with its tokenizers (see :func:`prepared_data`)."""
+    if data.train is not None and is_prepared(data.train):
+        return prepared_data(data, max_len=max_len, eos_id=eos_id, tokenizers=tokenizers)
     train_pairs, valid_pairs, reports = read_pairs(data)
     src_tok, tgt_tok = tokenizers if tokenizers is not None else fit_tokenizers(train_pairs, tok)
     train, dropped = encode_pairs(train_pairs, src_tok, tgt_tok, max_len=max_len, eos_id=eos_id)
@@ -177,12 +176,148 @@ def prepare(
     return Prepared(train, valid, src_tok, tgt_tok, reports, list(valid_pairs))
 
 
+def prepared_tokenizers(corpus: PreparedCorpus) -> tuple[Tokenizer, Tokenizer]:
+    """The tokenizers written beside a prepared corpus: one joint one (returned twice), or one per side."""
+    paths = corpus.tokenizer_paths
+    if saved.JOINT_TOKENIZER in paths:
+        joint = Tokenizer.load(paths[saved.JOINT_TOKENIZER])
+        return joint, joint
+    if saved.SRC_TOKENIZER in paths and saved.TGT_TOKENIZER in paths:
+        return Tokenizer.load(paths[saved.SRC_TOKENIZER]), Tokenizer.load(paths[saved.TGT_TOKENIZER])
+    raise checkpoint.CheckpointError(
+        f"{corpus.directory}: has no {saved.JOINT_TOKENIZER} (or {saved.SRC_TOKENIZER} + "
+        f"{saved.TGT_TOKENIZER}); the prepared corpus is incomplete, run qkv prepare again"
+    )
+
+
+def prepared_data(
+    data: DataConfig, *, max_len: int, eos_id: int, tokenizers: tuple[Tokenizer, Tokenizer] | None = None
+) -> Prepared:
+    """A prepared directory as training data: its examples read from disk, its tokenizers, and as
+    validation ``data.valid`` if given, else the validation pairs prepared with it.
+
+    ``tokenizers`` (a resumed run's, an initial model's) must be the very ones the corpus was prepared with;
+    the corpus's pairs must fit ``max_len`` positions and end in ``eos_id``.
+    """
+    assert data.train is not None
+    corpus = PreparedCorpus(data.train)
+    files = prepared_tokenizers(corpus)
+    if tokenizers is not None:
+        mine = saved.tokenizer_files(*tokenizers)
+        if mine != saved.tokenizer_files(*files):
+            raise ValueError(
+                f"{corpus.directory}: was prepared with another tokenizer than this model's; prepare it "
+                "again with qkv prepare --tokenizer-from MODEL"
+            )
+        files = tokenizers
+    src_tok, tgt_tok = files
+    if corpus.eos_id != eos_id:
+        raise ValueError(
+            f"{corpus.directory}: its sources end in id {corpus.eos_id}, the model's </s> is {eos_id}"
+        )
+    if corpus.max_positions > max_len:
+        raise ValueError(
+            f"{corpus.directory}: holds pairs of up to {corpus.max_positions} tokens a side, but the model "
+            f"takes {max_len} positions; pass --max-positions {corpus.max_positions} or prepare again with "
+            f"--max-positions {max_len}"
+        )
+    reports = corpus.report()
+    valid_pairs: list[tuple[str, str]] = []
+    if data.valid is not None:
+        valid_corpus = read_corpus(
+            data.valid,
+            tgt_path=data.valid_tgt,
+            src_col=data.src_col,
+            tgt_col=data.tgt_col,
+            max_chars=data.max_chars,
+            skip_bad=data.skip_bad,
+        )
+        reports.append(valid_corpus.report())
+        valid_pairs = valid_corpus.pairs
+    elif corpus.valid_path is not None:
+        valid_pairs = read_corpus(corpus.valid_path, file_format="jsonl", max_chars=None).pairs
+        reports.append(f"{corpus.valid_path}: {len(valid_pairs):,} validation pairs")
+    valid, dropped = encode_pairs(valid_pairs, src_tok, tgt_tok, max_len=max_len, eos_id=eos_id)
+    if dropped:
+        reports.append(f"left out as longer than {max_len} tokens: {dropped:,} validation pairs")
+    return Prepared(corpus, valid, src_tok, tgt_tok, reports, valid_pairs)
+
+
+def prepare_directory(
+    out: str | os.PathLike[str],
+    source: CorpusSource,
+    *,
+    skip_bad: bool,
+    tok: TokenizerConfig,
+    max_positions: int,
+    tokenizers: tuple[Tokenizer, Tokenizer] | None = None,
+    tokenizer_from: str | None = None,
+    eos_id: int = 2,
+    valid: CorpusSource | None = None,
+    workers: int = 1,
+    chunk_bytes: int = prepare_files.DEFAULT_CHUNK_BYTES,
+    sample_size: int = prepare_files.DEFAULT_SAMPLE_SIZE,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+    say: Callable[[str], None] = print,
+) -> list[str]:
+    """``qkv prepare``: tokenize a corpus once into shards in ``out`` (:mod:`qkv.data.prepare`), training
+    the tokenizers on a uniform sample of at most ``sample_size`` pairs unless ``tokenizers`` are given
+    (from ``tokenizer_from``, a model). Returns the report lines.
+
+    The result equals what :func:`prepare` encodes in memory from the same file: the same pairs, ids and
+    left-out pairs, and, for a corpus of at most ``sample_size`` pairs, the same tokenizer.
+    """
+    chunks = prepare_files.plan_chunks(source, skip_bad=skip_bad, chunk_bytes=chunk_bytes)
+    info: dict[str, Any] = {"kind": tok.kind, "vocab_size": tok.vocab_size, "joint": tok.joint}
+    if tokenizers is None:
+        sample, pairs = prepare_files.sample_pairs(
+            source, chunks, skip_bad=skip_bad, size=sample_size, seed=seed, workers=workers, progress=progress
+        )
+        say(f"training the tokenizer on {len(sample):,} of {pairs:,} pairs")
+        tokenizers = fit_tokenizers(sample, tok)
+        info["sample"] = {
+            "method": "uniform, smallest random keys",
+            "size": sample_size,
+            "pairs": len(sample),
+            "seed": seed,
+        }
+    else:
+        joint = tokenizers[0] is tokenizers[1]
+        info = {"from": tokenizer_from, "joint": joint, "vocab_size": tokenizers[0].vocab_size}
+    src_tok, tgt_tok = tokenizers
+    valid_pairs: list[tuple[str, str]] = []
+    valid_report = None
+    if valid is not None:
+        valid_corpus = read_source(valid, skip_bad=skip_bad)
+        valid_pairs, valid_report = valid_corpus.pairs, valid_corpus.report()
+    return prepare_files.write_prepared(
+        out,
+        source,
+        chunks,
+        skip_bad=skip_bad,
+        src_tokenizer=src_tok,
+        tgt_tokenizer=tgt_tok,
+        tokenizer_files=saved.tokenizer_files(src_tok, tgt_tok),
+        tokenizer_info=info,
+        max_positions=max_positions,
+        eos_id=eos_id,
+        valid_pairs=valid_pairs,
+        valid_report=valid_report,
+        workers=workers,
+        progress=progress,
+        overwrite=overwrite,
+    )
+
+
 def _shared_tokenizers(
     run: Path, data: DataConfig, tok: TokenizerConfig
 ) -> tuple[Tokenizer, Tokenizer] | None:
-    """Under torchrun, rank 0 trains the tokenizers and the other ranks load them, so all ranks agree."""
+    """Under torchrun, rank 0 trains the tokenizers and the other ranks load them, so all ranks agree.
+    (A prepared corpus brings its own, the same on every rank.)"""
     rank, world = distributed_context()
-    if world == 1:
+    if world == 1 or (data.train is not None and is_prepared(data.train)):
         return None
     staging = run / ".tokenizers"
     if rank == 0:
@@ -334,6 +469,9 @@ def train(
             model_config = NATConfig.from_dict({**model_config.to_dict(), "length_method": length_method})
         torch.manual_seed(train_config.seed)
     else:
+        if data.train is not None and is_prepared(data.train) and "max_positions" not in model_overrides:
+            # The model takes the longest pairs the corpus was prepared with, unless told otherwise.
+            model_overrides = {**model_overrides, "max_positions": read_manifest(data.train)["max_positions"]}
         max_len = model_overrides.get("max_positions", preset(preset_name, 32).max_positions)
         prepared = prepare(data, tok, max_len=max_len, tokenizers=_shared_tokenizers(run, data, tok))
         model_config = model_config_for(

@@ -13,15 +13,18 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from qkv.data.batching import collate
+from qkv.data.batching import Lengths, collate
+from qkv.data.encode import Example as Example  # re-exported: the seq2seq example type
+from qkv.data.prepared import example_lengths
 from qkv.train.loss import label_smoothed_loss
 
 
 class Task(Protocol):
     """The model-specific part of training."""
 
-    def lengths(self, data: Sequence[Any]) -> tuple[list[int], list[int]]:
-        """Two lengths per example (e.g. source and target tokens) for token-budget batching."""
+    def lengths(self, data: Sequence[Any]) -> tuple[Lengths, Lengths]:
+        """Two lengths per example (e.g. source and target tokens) for token-budget batching: lists or
+        numpy arrays (a prepared corpus's index, with no pair read)."""
         ...
 
     def tensors(
@@ -39,17 +42,15 @@ class Task(Protocol):
         ...
 
 
-Example = tuple[list[int], list[int]]  # (source ids ending in </s>, target ids without <s> or </s>)
-
-
 class Seq2SeqTask:
     """Teacher forcing: the decoder reads the target shifted right (<s> t1 .. tn) and predicts t1 .. tn </s>."""
 
     def __init__(self, pad_id: int, bos_id: int, eos_id: int) -> None:
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
 
-    def lengths(self, data: Sequence[Example]) -> tuple[list[int], list[int]]:
-        return [len(s) for s, _ in data], [len(t) + 1 for _, t in data]  # + <s> or </s>
+    def lengths(self, data: Sequence[Example]) -> tuple[Lengths, Lengths]:
+        src, tgt = example_lengths(data)
+        return src, tgt + 1  # + <s> or </s>
 
     def tensors(
         self, data: Sequence[Example], indices: Sequence[int], device: torch.device

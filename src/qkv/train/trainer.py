@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from qkv import checkpoint
-from qkv.data.batching import make_batches, shard
+from qkv.data.batching import Batch, Lengths, make_batches, shard
 from qkv.models.seq2seq import Transformer
 from qkv.train import run_files
 from qkv.train.outcome import NonFiniteLoss as NonFiniteLoss  # re-exported
@@ -76,7 +76,8 @@ class Trainer:
         self.model = model
         self.config = config
         self.run_dir = Path(run_dir)
-        self.train_data = list(train)
+        # Kept as given: a prepared corpus (qkv.data.prepared) stays on disk, read a batch at a time.
+        self.train_data = train
         self.valid_data = list(valid)
         if task is None or model_json is None:
             if not isinstance(model, Transformer):
@@ -111,6 +112,7 @@ class Trainer:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.state = TrainerState()
         self._signal: int | None = None
+        self._train_lengths: tuple[Lengths, Lengths] | None = None
         self.scaler = (
             torch.amp.GradScaler("cuda")
             if config.precision == "fp16" and self.device.type == "cuda"
@@ -118,8 +120,10 @@ class Trainer:
         )
 
     # -- batches -----------------------------------------------------------------------------------
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        src_lens, tgt_lens = self.task.lengths(self.train_data)
+    def _epoch_batches(self, epoch: int) -> list[Batch]:
+        if self._train_lengths is None:
+            self._train_lengths = self.task.lengths(self.train_data)  # once: the data does not change
+        src_lens, tgt_lens = self._train_lengths
         batches = make_batches(src_lens, tgt_lens, self.config.max_tokens, seed=self.config.seed, epoch=epoch)
         return shard(batches, self.rank, self.world)
 
@@ -139,7 +143,7 @@ class Trainer:
         dist.all_reduce(t)
         return t.tolist()
 
-    def _train_step(self, group: list[list[int]]) -> tuple[float, float, int, bool]:
+    def _train_step(self, group: list[Batch]) -> tuple[float, float, int, bool]:
         """Forward and backward over ``group`` (accumulated), then one AdamW step.
 
         The summed loss is divided by the target tokens of the whole step on all ranks (times the world
@@ -147,7 +151,7 @@ class Trainer:
         Returns (loss sum, nll sum, target tokens, whether the step was taken) summed over ranks.
         """
         torch.manual_seed(step_seed(self.config.seed, self.state.step, self.rank))
-        tensors = [self.task.tensors(self.train_data, batch, self.device) for batch in group]
+        tensors = [self.task.tensors(self.train_data, batch.tolist(), self.device) for batch in group]
         local_tokens = sum(self.task.count(t) for t in tensors)
         (global_tokens,) = self._reduce([float(local_tokens)])
         scale = self.world / max(global_tokens, 1.0)
@@ -205,7 +209,7 @@ class Trainer:
         loss_sum = nll_sum = 0.0
         tokens = 0
         for batch in batches:
-            tensors = self.task.tensors(self.valid_data, batch, self.device)
+            tensors = self.task.tensors(self.valid_data, batch.tolist(), self.device)
             with self._autocast():
                 loss, nll = self.task.loss(self.model, tensors, self.config.label_smoothing)
             loss_sum += float(loss)

@@ -1,0 +1,29 @@
+"""Sentence pairs to token ids, the one rule for what a training example is and which pairs are left out.
+
+``qkv train`` encodes a corpus in memory with it and ``qkv prepare`` (:mod:`qkv.data.prepare`) encodes one
+chunk at a time in worker processes; both must give the same examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from qkv.tokenize import Tokenizer
+
+Example = tuple[list[int], list[int]]  # (source ids ending in </s>, target ids without <s> or </s>)
+
+
+def encode_examples(
+    pairs: Sequence[tuple[str, str]], src_tok: Tokenizer, tgt_tok: Tokenizer, *, max_len: int, eos_id: int
+) -> list[Example | None]:
+    """The example of each pair (source + </s>; target bare), or None for a pair longer than ``max_len``
+    tokens on either side once the model adds its </s> (source) or <s> and </s> (target, one at a time)."""
+    sources = src_tok.encode_batch([s for s, _ in pairs])
+    targets = tgt_tok.encode_batch([t for _, t in pairs])
+    examples: list[Example | None] = []
+    for s, t in zip(sources, targets, strict=True):
+        if len(s) + 1 > max_len or len(t) + 1 > max_len:
+            examples.append(None)
+        else:
+            examples.append(([*s, eos_id], t))
+    return examples

@@ -1,0 +1,306 @@
+"""A prepared corpus: token ids on disk in shards, read through memory maps, with its length index in memory.
+
+``qkv prepare`` (:mod:`qkv.data.prepare`) writes a directory::
+
+    prepared.json              what is here: format and version, counts, shards, dtypes, </s> id, max
+                               positions, what was skipped or left out and why, how the tokenizer was made
+    tokenizer.json             the tokenizer (or src_tokenizer.json + tgt_tokenizer.json), as in a model
+    valid.jsonl                the validation pairs as text, if a validation file was given
+    shard-00000.tokens.npy     flat token ids, pair after pair: the source (ending in </s>), then the target
+    shard-00000.lengths.npy    (pairs, 2): source and target length of each pair, in that shard's order
+    shard-00000.lines.npy      (pairs,): the line each pair came from, counted from the shard's first line
+
+Every ``.npy`` loads with ``np.load`` (the token arrays with ``mmap_mode="r"``); token ids are uint16 when
+the vocabulary fits, else uint32. :class:`PreparedCorpus` holds the lengths in memory (a few bytes per
+pair: that is all batching needs) and reads a pair's ids from the mapped shard when it is asked for.
+Pages read through a map count in a process's resident memory until released, so the corpus releases them
+every :data:`RELEASE_EVERY` reads: memory stays flat however large the corpus.
+"""
+
+from __future__ import annotations
+
+import mmap
+import operator
+import os
+import resource
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+import numpy.typing as npt
+
+from qkv.data.encode import Example
+from qkv.storage import CheckpointError, read_json_object
+
+FORMAT = "qkv-prepared"
+VERSION = 1
+MANIFEST = "prepared.json"
+VALID_FILE = "valid.jsonl"
+TOKENIZER_FILES = ("tokenizer.json", "src_tokenizer.json", "tgt_tokenizer.json")
+SHARD_FILES = ("tokens", "lengths", "lines")  # shard-NNNNN.<kind>.npy
+TOKEN_DTYPES = ("uint16", "uint32")
+RELEASE_EVERY = 512  # pair reads between releases of the mapped pages
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def shard_file(name: str, kind: str) -> str:
+    return f"{name}.{kind}.npy"
+
+
+def token_dtype(vocab_size: int) -> str:
+    """uint16 when every id fits, else uint32."""
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+def length_dtype(max_positions: int) -> str:
+    return "uint16" if max_positions < 2**16 else "uint32"
+
+
+def is_prepared(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory that ``qkv prepare`` wrote (it holds prepared.json)."""
+    return Path(path, MANIFEST).is_file()
+
+
+def owns(name: str) -> bool:
+    """Whether ``name`` is a file ``qkv prepare`` writes into its output directory."""
+    if name in (MANIFEST, VALID_FILE, *TOKENIZER_FILES):
+        return True
+    stem, _, rest = name.partition(".")
+    kind, _, suffix = rest.partition(".")
+    return stem.startswith("shard-") and stem[6:].isdigit() and kind in SHARD_FILES and suffix == "npy"
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    """(shape, dtype, offset of the data) of a ``.npy`` file whose size matches its header."""
+    try:
+        with open(path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(file)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(file)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            offset = file.tell()
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{path}: missing; the prepared corpus is incomplete, run qkv prepare again"
+        ) from None
+    except (ValueError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable .npy file ({error}); run qkv prepare again") from None
+    if fortran and len(shape) > 1:
+        raise CheckpointError(f"{path}: stored in Fortran order; qkv prepare never writes that")
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        raise CheckpointError(
+            f"{path}: {size:,} bytes, but its header describes {expected:,} (shape {shape}, {dtype}); the "
+            "file is damaged or cut short, run qkv prepare again"
+        )
+    return shape, dtype, offset
+
+
+def _load_small(path: Path, dtype: str, shape: tuple[int, ...]) -> npt.NDArray[Any]:
+    got_shape, got_dtype, _ = _npy_header(path)
+    if got_dtype != np.dtype(dtype) or got_shape != shape:
+        raise CheckpointError(
+            f"{path}: holds {got_dtype} {got_shape}, but prepared.json says {dtype} {shape}; run qkv "
+            "prepare again"
+        )
+    return np.load(path, allow_pickle=False)
+
+
+def _expect(manifest: dict[str, Any], key: str, kind: type | tuple[type, ...], source: Path) -> Any:
+    value = manifest.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise CheckpointError(f"{source}: key {key!r} is missing or of the wrong type; the file is damaged")
+    return value
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checked ``prepared.json`` of a prepared directory: its format and version are this qkv's."""
+    source = Path(directory) / MANIFEST
+    if not source.is_file():
+        raise CheckpointError(
+            f"{directory}: not a prepared corpus (no {MANIFEST}); make one with qkv prepare"
+        )
+    manifest = read_json_object(source)
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{source}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("version") != VERSION:
+        raise CheckpointError(
+            f"{source}: version {manifest.get('version')!r}, but this qkv reads version {VERSION}; "
+            "prepare the corpus again with this qkv"
+        )
+    _expect(manifest, "max_positions", int, source)
+    _expect(manifest, "eos_id", int, source)
+    return manifest
+
+
+def example_lengths(data: Sequence[Example]) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+    """Source and target lengths of each example: a prepared corpus's index as it is (no pair read), or
+    counted from examples in memory."""
+    if isinstance(data, PreparedCorpus):
+        return data.src_lengths.astype(np.int32), data.tgt_lengths.astype(np.int32)
+    src = np.fromiter((len(s) for s, _ in data), dtype=np.int32, count=len(data))
+    tgt = np.fromiter((len(t) for _, t in data), dtype=np.int32, count=len(data))
+    return src, tgt
+
+
+class PreparedCorpus(Sequence[Example]):
+    """The examples of a prepared directory, ``(source ids ending in </s>, target ids)`` as lists, read on
+    demand from the mapped shards.
+
+    ``src_lengths`` and ``tgt_lengths`` (numpy, one entry per pair) are the index batching uses without
+    touching the shards. Every file is checked against ``prepared.json`` when the corpus is opened: a
+    missing, cut or mismatched file is a :class:`~qkv.storage.CheckpointError` naming it.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        source = self.directory / MANIFEST
+        manifest = self.manifest = read_manifest(self.directory)
+        self.eos_id: int = _expect(manifest, "eos_id", int, source)
+        self.max_positions: int = _expect(manifest, "max_positions", int, source)
+        tokens_dtype = _expect(manifest, "token_dtype", str, source)
+        lengths_dtype = _expect(manifest, "length_dtype", str, source)
+        if tokens_dtype not in TOKEN_DTYPES or lengths_dtype not in TOKEN_DTYPES:
+            raise CheckpointError(f"{source}: dtypes {tokens_dtype}/{lengths_dtype} are not uint16 or uint32")
+        self.token_dtype = np.dtype(tokens_dtype)
+        shards = _expect(manifest, "shards", list, source)
+        total = _expect(manifest, "pairs", int, source)
+
+        self._names: list[str] = []
+        self._first_lines: list[int] = []
+        self._token_counts: list[int] = []
+        src_parts, tgt_parts, offset_parts, line_parts = [], [], [], []
+        for position, shard in enumerate(shards):
+            if not isinstance(shard, dict):
+                raise CheckpointError(f"{source}: shards[{position}] is not an object; the file is damaged")
+            name = _expect(shard, "name", str, source)
+            pairs = _expect(shard, "pairs", int, source)
+            tokens = _expect(shard, "tokens", int, source)
+            if name != shard_name(position):
+                raise CheckpointError(
+                    f"{source}: shards[{position}] is named {name!r}, expected {shard_name(position)!r}"
+                )
+            lengths = _load_small(self.directory / shard_file(name, "lengths"), lengths_dtype, (pairs, 2))
+            per_pair = lengths.sum(axis=1, dtype=np.int64)
+            if int(per_pair.sum()) != tokens:
+                raise CheckpointError(
+                    f"{self.directory / shard_file(name, 'lengths')}: the lengths add up to "
+                    f"{int(per_pair.sum()):,} tokens, prepared.json says {tokens:,}; run qkv prepare again"
+                )
+            shape, dtype, _ = _npy_header(self.directory / shard_file(name, "tokens"))
+            if shape != (tokens,) or dtype != self.token_dtype:
+                raise CheckpointError(
+                    f"{self.directory / shard_file(name, 'tokens')}: holds {dtype} {shape}, but prepared.json "
+                    f"says {self.token_dtype} ({tokens},); run qkv prepare again"
+                )
+            src_parts.append(lengths[:, 0])
+            tgt_parts.append(lengths[:, 1])
+            offset_dtype = np.uint32 if tokens < 2**32 else np.int64
+            offset_parts.append((np.cumsum(per_pair) - per_pair).astype(offset_dtype))
+            line_parts.append(pairs)
+            self._names.append(name)
+            self._first_lines.append(_expect(shard, "first_line", int, source))
+            self._token_counts.append(tokens)
+        if sum(line_parts) != total:
+            raise CheckpointError(
+                f"{source}: the shards hold {sum(line_parts):,} pairs, 'pairs' says {total:,}"
+            )
+        if total == 0:
+            raise CheckpointError(f"{source}: the prepared corpus holds no pairs")
+        self.src_lengths: npt.NDArray[np.unsignedinteger] = np.concatenate(src_parts)
+        self.tgt_lengths: npt.NDArray[np.unsignedinteger] = np.concatenate(tgt_parts)
+        # The start of each pair within its shard's tokens: 4 bytes a pair (shards stay far below 2**32 ids).
+        self._offsets = np.concatenate(offset_parts)
+        self._starts = np.cumsum([0, *line_parts])  # the first pair of each shard, and the total
+        self._maps: dict[int, tuple[mmap.mmap, npt.NDArray[np.unsignedinteger]]] = {}
+        self._reads = 0
+        _allow_open_files(len(self._names))
+
+    # -- what batching and training read ------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @overload
+    def __getitem__(self, index: int) -> Example: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Example]: ...
+    def __getitem__(self, index: int | slice) -> Example | list[Example]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = operator.index(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"pair {index} of a corpus of {len(self)}")
+        shard = int(np.searchsorted(self._starts, i, side="right")) - 1
+        tokens = self._tokens(shard)
+        start, src_len = int(self._offsets[i]), int(self.src_lengths[i])
+        ids = tokens[start : start + src_len + int(self.tgt_lengths[i])].tolist()
+        self._reads += 1
+        if self._reads % RELEASE_EVERY == 0:
+            self.release()
+        return ids[:src_len], ids[src_len:]
+
+    def __iter__(self) -> Iterator[Example]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def line_number(self, index: int) -> int:
+        """The line of the corpus file that pair ``index`` came from (1-based)."""
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        lines = np.load(self.directory / shard_file(self._names[shard], "lines"), mmap_mode="r")
+        return self._first_lines[shard] + int(lines[index - int(self._starts[shard])]) - 1
+
+    def release(self) -> None:
+        """Give back the pages read through the maps (they stay in the page cache, not in this process)."""
+        for mapped, _ in self._maps.values():
+            if hasattr(mmap, "MADV_DONTNEED"):
+                mapped.madvise(mmap.MADV_DONTNEED)
+
+    def _tokens(self, shard: int) -> npt.NDArray[np.unsignedinteger]:
+        opened = self._maps.get(shard)
+        if opened is None:
+            path = self.directory / shard_file(self._names[shard], "tokens")
+            _, _, offset = _npy_header(path)
+            with open(path, "rb") as file:
+                mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+            if hasattr(mmap, "MADV_RANDOM"):
+                mapped.madvise(mmap.MADV_RANDOM)  # pairs are read in random order: no read-ahead
+            array = np.frombuffer(mapped, self.token_dtype, count=self._token_counts[shard], offset=offset)
+            opened = self._maps[shard] = (mapped, array)
+        return opened[1]
+
+    # -- what the trainer reports and what came with the corpus ---------------------------------------------
+    @property
+    def tokenizer_paths(self) -> dict[str, Path]:
+        """The tokenizer files beside the shards, by name."""
+        return {name: self.directory / name for name in TOKENIZER_FILES if (self.directory / name).is_file()}
+
+    @property
+    def valid_path(self) -> Path | None:
+        """The validation pairs (JSONL text) that were prepared with the corpus, if any."""
+        path = self.directory / VALID_FILE
+        return path if path.is_file() else None
+
+    def report(self) -> list[str]:
+        """What ``qkv prepare`` reported, as it wrote it in prepared.json."""
+        lines = self.manifest.get("report")
+        head = f"{self.directory}: prepared corpus, {len(self):,} pairs in {len(self._names)} shards"
+        return [head, *(str(line) for line in lines)] if isinstance(lines, list) else [head]
+
+
+def _allow_open_files(maps: int) -> None:
+    """Each mapped shard keeps a file descriptor: raise the soft limit toward the hard one if needed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = maps + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
