@@ -22,6 +22,8 @@ the decoding time of each (interleaved runs, the fastest of ``--repeats``; time 
     .venv/bin/python benchmarks/glossary_terms.py --model /work/runs/zh-en \\
         --data /work/shared/data/cmn-eng/dev.tsv --train /work/shared/data/cmn-eng/train.tsv \\
         --sentences 300 --terms 50 --out /tmp/glossary.tsv
+    .venv/bin/python benchmarks/glossary_terms.py --model /tmp/demo-check --demo --sentences 300 \
+        --out /tmp/glossary-demo.tsv     # the demo model (qkv demo) on its held-out pairs
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 import sacrebleu
 import torch
 
+from qkv.data import demo
 from qkv.decode import SearchConfig
 from qkv.glossary import Glossary
 from qkv.models import saved
@@ -134,8 +137,13 @@ def term_use(outputs: Sequence[str], sources: Sequence[str], glossary: Glossary)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a zh->en model or run directory")
-    p.add_argument("--data", type=Path, required=True, help="dev pairs, English<TAB>Chinese")
-    p.add_argument("--train", type=Path, required=True, help="training pairs, for the term statistics")
+    p.add_argument("--data", type=Path, help="dev pairs, English<TAB>Chinese")
+    p.add_argument("--train", type=Path, help="training pairs, for the term statistics")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="instead of --data/--train: the demo corpus's held-out and training pairs",
+    )
     p.add_argument("--sentences", type=int, default=300)
     p.add_argument("--terms", type=int, default=50)
     p.add_argument("--beam", type=int, default=4)
@@ -146,8 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    dev = read_pairs(args.data, args.sentences)
-    train = read_pairs(args.train, None)
+    if args.demo:
+        train, held_out = demo.splits()
+        dev = held_out[: args.sentences]
+    elif args.data is None or args.train is None:
+        p.error("give --data and --train, or --demo")
+    else:
+        dev = read_pairs(args.data, args.sentences)
+        train = read_pairs(args.train, None)
     chosen = draw_glossary(dev, train, args.terms)
     args.out.write_text("".join(f"{z}\t{e}\n" for z, e, _ in chosen), encoding="utf-8")
     glossary = Glossary.load(args.out)
