@@ -23,19 +23,24 @@ from libretranslatepy import LibreTranslateAPI
 
 from tests.serve.conftest import Server
 
-KEY = "limits-key"
+KEY = "limits-key"  # from --api-keys FILE
+OTHER_KEY = "other-key"  # from --api-key
 AUTH = {"Authorization": f"Bearer {KEY}"}
 QUEUE_POLL_S = 30  # how long the queue may take to show a request's texts (a busy machine is slow)
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir: object) -> Iterator[Server]:
+def server(tiny_model_dir: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys.write_text(f"# the clients' keys\n{KEY}\n\n", encoding="utf-8")
     running = Server(
         [
             "--model",
             f"zh-en={tiny_model_dir}",
+            "--api-keys",
+            str(keys),
             "--api-key",
-            KEY,
+            OTHER_KEY,
             "--max-texts",
             "4",
             "--max-chars",
@@ -142,6 +147,7 @@ def test_api_keys_401_403_and_each_place_a_key_goes(client: httpx.Client) -> Non
         (AUTH, over),
         ({"X-API-Key": KEY}, over),
         ({}, {**over, "api_key": KEY}),
+        ({"Authorization": f"Bearer {OTHER_KEY}"}, over),
     ):
         error(client.post("/v1/translate", json=body, headers=headers), 422)
     for key in (None, "wrong"):  # LibreTranslate's client, unchanged, sees LibreTranslate's 403
