@@ -59,7 +59,7 @@ def add_translate_controls(p: argparse.ArgumentParser) -> None:
         help="text (default): the translation, one line per input line; tsv: a row per candidate, "
         "LINE<TAB>RANK<TAB>SCORE<TAB>TEXT[<TAB>ALIGNMENT] (e.g. 3<TAB>1<TAB>-0.2170<TAB>I love you.); "
         'jsonl: an object per input line, {"text", "score", "tokens", "n_best": [{"text", "score", '
-        '"log_prob"}], and with --align "alignment", "source_words", "target_words"}',
+        '"log_prob", "tokens"}], and with --align "alignment", "source_words", "target_words"}',
     )
     g.add_argument(
         "--n-best",
@@ -99,8 +99,8 @@ def add_translate_controls(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--skip-bad",
         action="store_true",
-        help="jsonl input: a malformed line gives a warning and an empty line (jsonl: "
-        '{"error": ..., "line": N}; tsv: no row) instead of stopping at it',
+        help="jsonl input: a malformed line, or one whose prefix or constraints cannot be met, gives a "
+        'warning and an empty line (jsonl: {"error": ..., "line": N}; tsv: no row) instead of stopping there',
     )
     g.add_argument(
         "--prefix",
@@ -115,15 +115,16 @@ def add_translate_controls(p: argparse.ArgumentParser) -> None:
         metavar="PHRASE",
         action="append",
         default=[],
-        help="a target phrase every translation must contain (repeat for more; jsonl lines add their "
-        '"constraints"), decoded with constrained beam search, e.g. --constraint "adore"',
+        help="a target phrase every candidate must contain (repeat for more; jsonl lines add their "
+        '"constraints"): beam search with dynamic beam allocation guarantees it, e.g. --constraints "adore"',
     )
     g.add_argument(
         "--glossary",
         type=input_file,
         metavar="FILE",
         help="terminology: lines SOURCE TERM<TAB>TARGET TERM; a source term found in a line (exact, "
-        "case-sensitive, longest first) makes its target term a constraint for that line",
+        "case-sensitive, longest first, whole words in spaced scripts) makes its target term a "
+        "constraint for that line, e.g. --glossary terms.tsv",
     )
     g = p.add_argument_group("sampling (instead of beam search)")
     g.add_argument(
@@ -133,20 +134,28 @@ def add_translate_controls(p: argparse.ArgumentParser) -> None:
         "e.g. --sample --temperature 0.8 --top-p 0.9 --seed 7",
     )
     g.add_argument(
-        "--temperature", type=positive_float, help="divide the logits by T before sampling (default 1)"
+        "--temperature",
+        type=positive_float,
+        metavar="T",
+        help="divide the logits by T before sampling (default 1)",
     )
     g.add_argument(
-        "--top-k", type=non_negative_int, help="sample among the K most probable tokens (default 0: all)"
+        "--top-k",
+        type=non_negative_int,
+        metavar="K",
+        help="sample among the K most probable tokens (default 0: all)",
     )
     g.add_argument(
         "--top-p",
         type=_top_p,
+        metavar="P",
         help="sample among the most probable tokens that hold mass P (nucleus sampling; default 1: all)",
     )
     g.add_argument(
         "--seed",
         type=seed,
-        help="the sampling seed (default 0): the same seed and input give the same output",
+        help="the sampling seed (default 0): line i is drawn from (seed, i), so the same seed and input "
+        "give the same output whatever --batch-size",
     )
 
 
