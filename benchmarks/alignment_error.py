@@ -20,7 +20,8 @@ A "." without 。 in Chinese (a tenth of the statements) has no gold link. The a
 :func:`qkv.align.align` of each Chinese sentence and its *reference* English (teacher-forced), as AER is
 measured for fairseq and Garg et al. (2019), with each decoder layer's head average (what --align reads);
 the diagonal (output word j linked to the source word at the same relative position) is the baseline.
-Figures are given for all the sentences and for those not in the demo's training split.
+AER is given for all the sentences and for those not in the demo's training split, with the precision of
+the links (the share that are sure or possible), also without each sentence's final punctuation mark.
 
     .venv/bin/qkv demo --out /tmp/demo-check          # about 3 minutes (500 steps) on 2 cores
     .venv/bin/python benchmarks/alignment_error.py --model /tmp/demo-check --sentences 500
@@ -223,6 +224,21 @@ def corpus_aer(found: list[list[Link]], sure: list[list[Link]], possible: list[l
     return alignment_error_rate(tag(found), tag(sure), tag(possible))
 
 
+def precision(
+    found: list[list[Link]], sure: list[list[Link]], possible: list[list[Link]], *, last: bool
+) -> float:
+    """The share of found links that are gold (sure or possible); ``last=False`` leaves out each
+    sentence's last output word (its final punctuation)."""
+    right = total = 0
+    for links, s, p in zip(found, sure, possible, strict=True):
+        gold_links = set(s) | set(p)
+        end = max((j for _, j in links), default=-1)
+        kept = [link for link in links if last or link[1] != end]
+        right += sum(link in gold_links for link in kept)
+        total += len(kept)
+    return right / max(total, 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True, help="a demo run; trained with `qkv demo` if missing")
@@ -271,13 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {args.model}: {layers} decoder layers; {len(cases)} sentences sampled from the demo grammar "
           f"(seed {args.seed}), {len(unseen)} of them not in the training split")  # fmt: skip
     print(f"gold: {sum(map(len, sure))} sure and {sum(map(len, possible))} possible links")
-    print(f"{'alignment':<12} {'AER all':>8} {'AER unseen':>11}")
+    print(
+        f"{'alignment':<12} {'AER all':>8} {'AER unseen':>11} {'precision':>10} {'without final punct.':>21}"
+    )
     for name, links in found.items():
         every = corpus_aer(links, sure, possible)
         held = corpus_aer(
             [links[k] for k in unseen], [sure[k] for k in unseen], [possible[k] for k in unseen]
         )
-        print(f"{name:<12} {every:>8.3f} {held:>11.3f}")
+        right = precision(links, sure, possible, last=True)
+        inner = precision(links, sure, possible, last=False)
+        print(f"{name:<12} {every:>8.3f} {held:>11.3f} {right:>10.3f} {inner:>21.3f}")
     return 0
 
 

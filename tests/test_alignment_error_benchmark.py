@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from benchmarks.alignment_error import corpus_aer, diagonal, gold
+from benchmarks.alignment_error import corpus_aer, diagonal, gold, precision
 from qkv.data import demo
 from qkv.data.demo import ANCHORS
 
@@ -38,3 +38,9 @@ def test_corpus_aer_keeps_sentences_apart() -> None:
     # The same link in two sentences is two links: one right, one wrong -> 1 - 2 / 4.
     assert corpus_aer([[(0, 0)], [(0, 0)]], [[(0, 0)], [(1, 0)]], [[], []]) == 0.5
     assert diagonal(4, 2) == [(0, 0), (2, 1)]
+
+
+def test_precision_with_and_without_the_final_word() -> None:
+    found, sure, possible = [[(0, 0), (1, 1), (0, 2)]], [[(0, 0)]], [[(1, 1)]]
+    assert precision(found, sure, possible, last=True) == 2 / 3
+    assert precision(found, sure, possible, last=False) == 1.0
