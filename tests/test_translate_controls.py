@@ -267,6 +267,10 @@ def test_a_malformed_jsonl_line_stops_with_its_number_after_the_lines_before_it(
         '{"text": "我", "constraints": "I"}': 'line 3: "constraints" must be a list of strings',
         '{"text": "我", "constraints": [""]}': 'line 3: "constraints"[0] is empty',
         "": "line 3: empty",
+        '{"text": "\\ud800我"}': "line 3: \"text\" holds '\\ud800', half of a surrogate pair, not a character",
+        '{"text": "我", "constraints": ["I", "\\udc00"]}': "line 3: \"constraints\"[1] holds '\\udc00', half of",
+        '{"text": "我", "text": "你"}': 'line 3: field "text" given twice',
+        "[" * 100_000 + "]" * 100_000: "line 3: JSON nested too deeply",
     }
     code, expected, err = run(*SENTENCES[:2])
     for bad, message in cases.items():
@@ -275,6 +279,12 @@ def test_a_malformed_jsonl_line_stops_with_its_number_after_the_lines_before_it(
         assert code == 2, bad
         assert message in err, (bad, err)
         assert out == expected  # the two lines before it were answered, and nothing after it
+
+
+def test_a_byte_order_mark_may_open_a_jsonl_file(run) -> None:  # type: ignore[no-untyped-def]
+    code, expected, err = run("我爱你")
+    code, out, err = run("--input-format", "jsonl", stdin='\ufeff{"text": "我爱你"}\n')
+    assert code == 0 and out == expected, err
 
 
 def test_skip_bad_keeps_every_line_in_its_place(run) -> None:  # type: ignore[no-untyped-def]

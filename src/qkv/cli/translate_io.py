@@ -48,12 +48,18 @@ def parse_request(line: str, number: int) -> Request:
     """A jsonl line ``{"text": ..., "prefix": ..., "constraints": [...]}`` (only "text" is required) as a
     :class:`Request`. :class:`BadLine` says what is wrong with line ``number``."""
     where = f"line {number}"
+    if number == 1:
+        line = line.removeprefix("\ufeff")  # a byte order mark some editors write at the start of a file
     try:
-        value = json.loads(line)
+        value = json.loads(line, object_pairs_hook=_object_without_repeats)
     except json.JSONDecodeError as e:
         if not line.strip():
             raise BadLine(f'{where}: empty; expected a JSON object like {{"text": "..."}}') from None
         raise BadLine(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise BadLine(f"{where}: JSON nested too deeply") from None
+    except _RepeatedField as e:
+        raise BadLine(f'{where}: field "{e}" given twice') from None
     if not isinstance(value, dict):
         raise BadLine(f'{where}: expected a JSON object like {{"text": "..."}}, got {_type_name(value)}')
     unknown = [key for key in value if key not in REQUEST_FIELDS]
@@ -74,7 +80,32 @@ def parse_request(line: str, number: int) -> Request:
             raise BadLine(f'{where}: "constraints"[{k}] is empty')
     if any(c in text for c in "\n\r"):
         raise BadLine(f'{where}: "text" holds a line break; give one sentence a line')
+    named = [
+        ('"text"', text),
+        ('"prefix"', prefix),
+        *((f'"constraints"[{k}]', c) for k, c in enumerate(constraints)),
+    ]
+    for name, item in named:
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON's \ud800 escapes can write half of a surrogate pair
+            raise BadLine(
+                f"{where}: {name} holds {item[e.start]!r}, half of a surrogate pair, not a character"
+            ) from None
     return Request(text, prefix, list(constraints))
+
+
+class _RepeatedField(ValueError):
+    """A JSON object names a field twice (json.loads would keep the last silently)."""
+
+
+def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _RepeatedField(key)
+        found[key] = value
+    return found
 
 
 def requests_of(
