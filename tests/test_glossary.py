@@ -62,3 +62,11 @@ def test_terms_of_spaced_scripts_match_whole_words_only() -> None:
     assert glossary.constraints("to New York, then") == ["New York City"]
     assert glossary.constraints("in C++ and C++11") == ["C++"]
     assert glossary.constraints("猫cat猫") == ["Katze"]  # a CJK neighbour is a boundary
+
+
+def test_lines_end_at_newlines_only_and_a_byte_order_mark_is_skipped(tmp_path: Path) -> None:
+    path = write(tmp_path, "\ufeff猫\tkit\u2028ten\r\n狗\tdog\x85s\n鸟\n")
+    with pytest.raises(ValueError, match=":3: expected 2 tab-separated columns"):
+        Glossary.load(path)  # line 3 as an editor counts it, not 5
+    path = write(tmp_path, "\ufeff猫\tkitten\r\n")
+    assert Glossary.load(path).entries == (("猫", "kitten"),)

@@ -39,7 +39,10 @@ class Glossary:
             text = Path(path).read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not UTF-8 (byte {e.start}); save the glossary as UTF-8") from None
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Lines end at \n only (and a \r before it), as editors count them: str.splitlines would also
+        # split at U+2028, U+0085 and others, and the line numbers in errors would drift.
+        for number, line in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
+            line = line.removesuffix("\r")
             where = f"{path}:{number}"
             if not line.strip() or line.startswith("#"):
                 continue
