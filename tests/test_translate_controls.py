@@ -155,6 +155,15 @@ def test_sampling_is_reproducible_by_seed_and_the_same_at_every_batch_size(run) 
     assert code == 0 and len(filtered.splitlines()) == 9
 
 
+def test_a_sample_is_scored_with_the_models_log_probs(run, loaded) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = run("--sample", "--seed", "5", "--max-len-b", "6", "--format", "jsonl", *SENTENCES)
+    assert code == 0, err
+    for text, line in zip(SENTENCES, out.splitlines(), strict=True):
+        record = json.loads(line)
+        expected = teacher_forced_log_prob(loaded, text, record["tokens"])
+        assert record["n_best"][0]["log_prob"] == pytest.approx(expected, abs=2e-4)
+
+
 def test_top_k_one_samples_the_greedy_output(run) -> None:  # type: ignore[no-untyped-def]
     code, greedy, err = run("--beam", "1", *SENTENCES)
     assert code == 0, err
