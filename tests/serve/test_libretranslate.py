@@ -70,3 +70,21 @@ def test_bad_requests_are_400_with_libretranslates_error_shape(
     assert response.status_code == 400
     assert response.json()["error"].startswith(error)
     assert list(response.json()) == ["error"]
+
+
+def test_a_form_with_raw_utf8_is_read_as_curl_meant_it(server: Server, tiny_translator: Translator) -> None:
+    """``curl -d q=我爱你`` sends the characters' UTF-8 bytes unescaped; LibreTranslate reads them as
+    text, and so must qkv (percent-escaped or not), while bytes that are not UTF-8 are a 400."""
+    expected = tiny_translator.translate(["我爱你"])[0]
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for body in (
+            "q=我爱你&source=zh&target=en".encode(),
+            b"q=%E6%88%91%E7%88%B1%E4%BD%A0&source=zh&target=en",
+        ):
+            answer = client.post("/translate", content=body, headers=headers)
+            assert answer.status_code == 200 and answer.json() == {"translatedText": expected}
+        for bad in (b"q=\xff\xfe&source=zh&target=en", b"q=%FF&source=zh&target=en"):
+            answer = client.post("/translate", content=bad, headers=headers)
+            assert answer.status_code == 400
+            assert answer.json() == {"error": "Invalid request: the form body is not UTF-8"}

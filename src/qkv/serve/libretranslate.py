@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 
@@ -40,9 +41,22 @@ async def _params(request: Request) -> tuple[dict[str, Any], bool]:
             raise ApiError(400, "Invalid JSON format")
         return body, True
     values: dict[str, Any] = dict(request.query_params)
-    form = await request.form()
-    values.update({key: value for key, value in form.items() if isinstance(value, str)})
+    if "x-www-form-urlencoded" in request.headers.get("content-type", ""):
+        values.update(_urlencoded(await request.body()))
+    else:
+        form = await request.form()
+        values.update({key: value for key, value in form.items() if isinstance(value, str)})
     return values, False
+
+
+def _urlencoded(body: bytes) -> dict[str, str]:
+    """A urlencoded form body read as UTF-8, percent-escaped or not: ``curl -d q=我爱你`` sends the
+    characters' raw UTF-8 bytes, which LibreTranslate (werkzeug) reads as text and Starlette's form
+    parser as Latin-1 (so 我爱你 reached the model as mojibake). Invalid UTF-8 is a 400."""
+    try:
+        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict"))
+    except UnicodeDecodeError:  # raw bytes, or a %XX escape, that are not UTF-8
+        raise ApiError(400, "Invalid request: the form body is not UTF-8") from None
 
 
 def _state(request: Request) -> State:
