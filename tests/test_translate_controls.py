@@ -391,3 +391,38 @@ def test_a_non_autoregressive_model_refuses_the_search_controls(
     )
     assert code == 2 and out == ""
     assert f"{named} needs an autoregressive model; {path} is non-autoregressive" in err
+
+
+def test_ten_thousand_jsonl_lines_with_bad_ones_give_ten_thousand_answers_in_place(run) -> None:  # type: ignore[no-untyped-def]
+    kinds = [
+        '{"text": "我爱你"}',
+        '{"text": 1}',
+        "",
+        '{"text": "他很高。", "prefix": "He"}',
+        "{oops",
+        '{"text": ""}',
+    ]
+    stdin = "".join(kinds[k % len(kinds)] + "\n" for k in range(10_000))
+    flags = (
+        "--beam",
+        "1",
+        "--max-len-b",
+        "3",
+        "--batch-size",
+        "256",
+        "--input-format",
+        "jsonl",
+        "--skip-bad",
+    )
+    code, out, err = run(*flags, "--format", "jsonl", stdin=stdin)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 10_000
+    for k, record in enumerate(records):
+        bad = kinds[k % len(kinds)] in ('{"text": 1}', "", "{oops")
+        assert (record.get("line") == k + 1) if bad else ("error" not in record)
+    assert {records[k]["text"] for k in range(0, 10_000, 6)} == {
+        records[0]["text"]
+    }  # the same line, the same answer
+    assert all(records[k]["text"].startswith("He") for k in range(3, 10_000, 6))
+    assert all(records[k]["text"] == "" for k in range(5, 10_000, 6))
