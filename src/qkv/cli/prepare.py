@@ -56,7 +56,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         eos_id=eos_id,
         valid=valid,
         workers=args.workers or _available_cores(),
-        chunk_bytes=args.shard_mb * 2**20,
+        chunk_bytes=args.shard_mb * 2**20 if args.shard_mb else None,
         sample_size=args.tokenizer_sample,
         seed=args.seed,
         progress=not args.quiet,
@@ -126,7 +126,10 @@ def add_prepare_parser(sub: Subparsers) -> None:
         help="skip bad lines and count them by kind (default: stop at the first, naming file and line)",
     )
     g.add_argument(
-        "--max-chars", type=positive_int, default=2000, help="longest line side accepted, in characters"
+        "--max-chars",
+        type=positive_int,
+        default=2000,
+        help="longest line side accepted, in characters (default 2000)",
     )
     g.add_argument(
         "--max-positions",
@@ -177,10 +180,9 @@ def add_prepare_parser(sub: Subparsers) -> None:
     g.add_argument(
         "--shard-mb",
         type=positive_int,
-        default=16,
         metavar="MB",
-        help="corpus megabytes per shard (default 16): each worker takes a shard at a time, and the shards "
-        "are the same whatever the number of workers",
+        help="corpus megabytes per shard (default: a 32nd of the corpus, from 1 to 16): each worker takes a "
+        "shard at a time, and the shards are the same whatever the number of workers",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prepare)

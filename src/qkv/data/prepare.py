@@ -1,6 +1,6 @@
 """``qkv prepare``'s work: a corpus read in byte ranges by worker processes, sampled, tokenized into shards.
 
-The file is cut into chunks of about ``chunk_bytes`` at line ends (two aligned files at the same line
+The file is cut into chunks of about ``chunk_bytes`` (1 to 16 MiB) at line ends (two aligned files at the same line
 numbers); chunk i becomes shard i, whatever the number of workers, so one worker and many write the same
 bytes. Each chunk is parsed with the corpus readers' own parser (:func:`qkv.data.corpus.line_pairs`), so
 its bad lines are the same ``FILE:LINE`` errors or counts as :func:`~qkv.data.corpus.read_corpus`'s, and
@@ -55,7 +55,9 @@ from qkv.data.prepared import (
 from qkv.storage import replace_directory
 from qkv.tokenize import Tokenizer
 
-DEFAULT_CHUNK_BYTES = 16 * 2**20
+MAX_AUTO_CHUNK_BYTES = 16 * 2**20
+MIN_AUTO_CHUNK_BYTES = 2**20
+AUTO_CHUNKS = 32
 DEFAULT_SAMPLE_SIZE = 500_000
 ENCODE_BATCH = 2048  # pairs handed to the tokenizer at a time
 _NEWLINE_SEARCH = 2**16
@@ -105,8 +107,10 @@ def _cut(path: str, chunk_bytes: int) -> list[tuple[int, int]]:
 
 def _skip_lines(file: Any, count: int, position: int, size: int) -> int:
     """The position just after ``count`` more b"\\n"s from ``position`` (the end of the file if fewer)."""
+    if count == 0:
+        return position
     file.seek(position)
-    while count and position < size:
+    while position < size:
         block = file.read(2**20)
         newlines = block.count(b"\n")
         if newlines < count:
@@ -120,15 +124,23 @@ def _skip_lines(file: Any, count: int, position: int, size: int) -> int:
     return size
 
 
-def plan_chunks(
-    source: CorpusSource, *, skip_bad: bool, chunk_bytes: int = DEFAULT_CHUNK_BYTES
-) -> list[Chunk]:
-    """Chunks of about ``chunk_bytes`` of ``source``, cut at line ends; for two aligned files the target
-    ranges hold the same lines as the source ranges (the last one runs to the end of the target file).
+def auto_chunk_bytes(size: int) -> int:
+    """A chunk size for a file of ``size`` bytes: about :data:`AUTO_CHUNKS` chunks, so that workers share
+    the work evenly, of 1 to 16 MiB (a large corpus makes chunks of 16 MiB; each shard costs an open file
+    while training)."""
+    return min(max(size // AUTO_CHUNKS, MIN_AUTO_CHUNK_BYTES), MAX_AUTO_CHUNK_BYTES)
+
+
+def plan_chunks(source: CorpusSource, *, skip_bad: bool, chunk_bytes: int | None = None) -> list[Chunk]:
+    """Chunks of about ``chunk_bytes`` of ``source`` (default :func:`auto_chunk_bytes`), cut at line ends;
+    for two aligned files the target ranges hold the same lines as the source ranges (the last one runs to
+    the end of the target file). The chunks depend on the file alone, never on the number of workers.
 
     Two aligned files of different line counts are refused here, as :func:`read_corpus` refuses them,
     unless ``skip_bad``.
     """
+    if chunk_bytes is None:
+        chunk_bytes = auto_chunk_bytes(os.path.getsize(source.path))
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be at least 1, got {chunk_bytes}")
     ranges = _cut(source.path, chunk_bytes)

@@ -141,16 +141,6 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def example_lengths(data: Sequence[Example]) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
-    """Source and target lengths of each example: a prepared corpus's index as it is (no pair read), or
-    counted from examples in memory."""
-    if isinstance(data, PreparedCorpus):
-        return data.src_lengths.astype(np.int32), data.tgt_lengths.astype(np.int32)
-    src = np.fromiter((len(s) for s, _ in data), dtype=np.int32, count=len(data))
-    tgt = np.fromiter((len(t) for _, t in data), dtype=np.int32, count=len(data))
-    return src, tgt
-
-
 class PreparedCorpus(Sequence[Example]):
     """The examples of a prepared directory, ``(source ids ending in </s>, target ids)`` as lists, read on
     demand from the mapped shards.

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.data.batching import Lengths, collate
-from qkv.data.prepared import example_lengths
+from qkv.data.prepared import PreparedCorpus
 from qkv.models.nat import length_bounds, length_classes
 from qkv.train.loss import label_smoothed_loss
 from qkv.train.task import Example
@@ -77,12 +77,21 @@ class NATTask:
         self.cut_at, self.max_positions = cut_at, max_positions
 
     def lengths(self, data: Sequence[Example]) -> tuple[Lengths, Lengths]:
-        src, tgt = example_lengths(data)
+        if isinstance(data, PreparedCorpus):
+            return self._index_lengths(data)
+        if self.cut_at is None:
+            return [len(s) for s, _ in data], [max(len(t), 1) for _, t in data]
+        return [len(s) for s, _ in data], [self._bound(len(s), len(t)) for s, t in data]
+
+    def _index_lengths(self, data: PreparedCorpus) -> tuple[Lengths, Lengths]:
+        """:meth:`lengths` from a prepared corpus's length index, with no pair read (numpy, vectorised)."""
+        src, tgt = data.src_lengths, data.tgt_lengths
         if self.cut_at is None:
             return src, np.maximum(tgt, 1)
         assert self.max_positions is not None
-        bounds = length_bounds(torch.from_numpy(src), self.max_length_offset, self.max_positions).numpy()
-        return src, np.minimum(np.maximum(bounds, tgt + 1), self.max_positions)  # as _bound, vectorised
+        src_lengths = torch.from_numpy(src.astype(np.int64))
+        bounds = length_bounds(src_lengths, self.max_length_offset, self.max_positions).numpy()
+        return src, np.minimum(np.maximum(bounds, tgt.astype(np.int64) + 1), self.max_positions)
 
     def _bound(self, src_len: int, tgt_len: int) -> int:
         """Decoder positions of one example with the cut method: the inference bound, or room for the
@@ -91,14 +100,13 @@ class NATTask:
         bound = int(length_bounds(torch.tensor(src_len), self.max_length_offset, self.max_positions))
         return min(max(bound, tgt_len + 1), self.max_positions)
 
-    def _targets(self, data: Sequence[Example], indices: Sequence[int]) -> Tensor:
+    def _targets(self, examples: Sequence[Example]) -> Tensor:
         """The gold targets, padded: as they are, or (cut) each followed by </s> up to its bound and cut
         to it. Shapes: -> (batch, tgt_len) long."""
         if self.cut_at is None:
-            return collate([data[i][1] for i in indices], self.pad_id)
+            return collate([tgt for _, tgt in examples], self.pad_id)
         rows = []
-        for i in indices:
-            src, tgt = data[i]
+        for src, tgt in examples:
             bound = self._bound(len(src), len(tgt))
             rows.append([*tgt, *[self.cut_at] * (bound - len(tgt))][:bound])
         return collate(rows, self.pad_id)
@@ -108,8 +116,9 @@ class NATTask:
     ) -> tuple[Tensor, ...]:
         """(src (batch, src_len), tgt_in (batch, tgt_len) with [MASK]s, tgt_out (batch, tgt_len): the gold
         token where masked, pad elsewhere, length classes (batch,))."""
-        src = collate([data[i][0] for i in indices], self.pad_id)
-        tgt = self._targets(data, indices)
+        examples = [data[i] for i in indices]  # each read once (from disk, for a prepared corpus)
+        src = collate([src for src, _ in examples], self.pad_id)
+        tgt = self._targets(examples)
         masked = random_masks(tgt, self.pad_id)
         tgt_in = tgt.masked_fill(masked, self.mask_id)
         tgt_out = tgt.masked_fill(~masked, self.pad_id)

@@ -255,7 +255,7 @@ def prepare_directory(
     eos_id: int = 2,
     valid: CorpusSource | None = None,
     workers: int = 1,
-    chunk_bytes: int = prepare_files.DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int | None = None,
     sample_size: int = prepare_files.DEFAULT_SAMPLE_SIZE,
     seed: int = 0,
     progress: bool = True,

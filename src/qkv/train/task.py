@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from qkv.data.batching import Lengths, collate
 from qkv.data.encode import Example as Example  # re-exported: the seq2seq example type
-from qkv.data.prepared import example_lengths
+from qkv.data.prepared import PreparedCorpus
 from qkv.train.loss import label_smoothed_loss
 
 
@@ -49,16 +49,18 @@ class Seq2SeqTask:
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
 
     def lengths(self, data: Sequence[Example]) -> tuple[Lengths, Lengths]:
-        src, tgt = example_lengths(data)
-        return src, tgt + 1  # + <s> or </s>
+        if isinstance(data, PreparedCorpus):  # its length index: no pair is read
+            return data.src_lengths, data.tgt_lengths + 1  # + <s> or </s> (still fits: below max_positions)
+        return [len(s) for s, _ in data], [len(t) + 1 for _, t in data]
 
     def tensors(
         self, data: Sequence[Example], indices: Sequence[int], device: torch.device
     ) -> tuple[Tensor, ...]:
         """(src (batch, src_len), tgt_in (batch, tgt_len) starting with <s>, tgt_out ending with </s>)."""
-        src = collate([data[i][0] for i in indices], self.pad_id)
-        tgt_in = collate([[self.bos_id, *data[i][1]] for i in indices], self.pad_id)
-        tgt_out = collate([[*data[i][1], self.eos_id] for i in indices], self.pad_id)
+        examples = [data[i] for i in indices]  # each read once (from disk, for a prepared corpus)
+        src = collate([src for src, _ in examples], self.pad_id)
+        tgt_in = collate([[self.bos_id, *tgt] for _, tgt in examples], self.pad_id)
+        tgt_out = collate([[*tgt, self.eos_id] for _, tgt in examples], self.pad_id)
         return src.to(device), tgt_in.to(device), tgt_out.to(device)
 
     def count(self, batch: tuple[Tensor, ...]) -> int:
