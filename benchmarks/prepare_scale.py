@@ -33,7 +33,10 @@ WRITE_BATCH = 10_000
 def write_corpus(path: Path, pairs: int, seed: int = 0) -> None:
     """``pairs`` random demo-grammar pairs as English<TAB>Chinese lines, streamed (never all in memory)."""
     rng = random.Random(f"prepare_scale:{seed}")
-    with open(path, "w", encoding="utf-8") as file:
+    partial = path.with_name(
+        path.name + ".part"
+    )  # renamed when complete: a killed run leaves no short corpus
+    with open(partial, "w", encoding="utf-8") as file:
         for start in range(0, pairs, WRITE_BATCH):
             lines = []
             for _ in range(min(WRITE_BATCH, pairs - start)):
@@ -41,6 +44,7 @@ def write_corpus(path: Path, pairs: int, seed: int = 0) -> None:
                 punctuated = clause.question or rng.random() >= 0.1
                 lines.append(f"{render_en(clause)}\t{render_zh(clause, punctuated=punctuated)}\n")
             file.write("".join(lines))
+    partial.rename(path)
 
 
 def run_child(command: list[str], log: Path) -> tuple[float, int]:

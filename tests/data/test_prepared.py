@@ -20,9 +20,11 @@ import pytest
 from qkv import cli
 from qkv.data import demo
 from qkv.data.corpus import CorpusError, corpus_source, read_corpus
+from qkv.data.encode import encode_examples
 from qkv.data.prepare import plan_chunks, sample_pairs
 from qkv.data.prepared import MANIFEST, PreparedCorpus, length_dtype, shard_file, token_dtype
 from qkv.storage import CheckpointError, OutputExistsError
+from qkv.tokenize import Tokenizer
 from qkv.train.pipeline import DataConfig, TokenizerConfig, encode_pairs, prepare, prepare_directory
 from tests.data.test_corpus import _fuzz_lines
 
@@ -146,6 +148,17 @@ def test_shards_load_with_numpy_as_documented(tmp_path: Path) -> None:
     assert first == len(corpus) == 300
 
 
+def test_examples_are_the_ids_of_each_side_as_encode_gives_them(tmp_path: Path) -> None:
+    pairs = [*demo_pairs(200), ("</s> 我", "a <pad> b"), ("我" * 40, "long source")]
+    src_tok = read_tokenizer(prepared(tmp_path, write_tsv(tmp_path / "t.tsv", pairs[:200])))
+    examples = encode_examples(pairs, src_tok, src_tok, max_len=30, eos_id=2)
+    for (source, target), example in zip(pairs, examples, strict=True):
+        ids = (src_tok.encode(source) + [2], src_tok.encode(target))  # one text at a time
+        assert example == (None if max(len(ids[0]), len(ids[1]) + 1) > 30 else ids)
+    assert examples[-1] is None and examples[-2] is not None
+    assert 2 not in examples[-2][0][:-1]  # "</s>" in the text is text, never the end id
+
+
 def test_dtypes_fit_the_vocabulary_and_positions() -> None:
     assert (token_dtype(2**16), token_dtype(2**16 + 1)) == ("uint16", "uint32")
     assert (length_dtype(2**16 - 1), length_dtype(2**16)) == ("uint16", "uint32")
@@ -187,7 +200,7 @@ def test_bad_lines_are_counted_or_named_as_read_corpus_does(tmp_path: Path, seed
     assert corpus.manifest["skipped"] == reference.skipped == skipped
     assert corpus.manifest["first_skipped"] == reference.first_skipped
     assert corpus.manifest["lines"] == len(lines)
-    src_tok = tgt_tok = corpus_tokenizer(corpus)
+    src_tok = tgt_tok = read_tokenizer(corpus)
     want, _ = encode_pairs(reference.pairs, src_tok, tgt_tok, max_len=256, eos_id=2)
     assert list(corpus) == want
     assert [corpus.line_number(i) for i in range(len(corpus))] == [line for line, _ in expected]
@@ -200,9 +213,7 @@ def test_bad_lines_are_counted_or_named_as_read_corpus_does(tmp_path: Path, seed
     assert not (tmp_path / "strict").exists(), "a failed preparation leaves nothing behind"
 
 
-def corpus_tokenizer(corpus: PreparedCorpus):  # type: ignore[no-untyped-def]
-    from qkv.tokenize import Tokenizer
-
+def read_tokenizer(corpus: PreparedCorpus) -> Tokenizer:
     return Tokenizer.load(corpus.directory / "tokenizer.json")
 
 
