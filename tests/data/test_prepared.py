@@ -331,6 +331,18 @@ def test_an_output_holding_other_files_is_refused_and_a_prepared_one_replaced(tm
         prepared(tmp_path, path, ".")  # never over its own input
 
 
+def test_what_a_killed_preparation_left_is_removed(tmp_path: Path) -> None:
+    path = write_tsv(tmp_path / "train.tsv", demo_pairs(100))
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    leftover = tmp_path / f".out.tmp-{dead}-abcd1234"
+    leftover.mkdir()
+    (leftover / "shard-00000.tokens.npy").write_bytes(b"half")
+    other = tmp_path / f".elsewhere.tmp-{dead}-abcd1234"  # another output's: not ours to remove
+    other.mkdir()
+    prepared(tmp_path, path, "out")
+    assert not leftover.exists() and other.exists()
+
+
 # -- the command ----------------------------------------------------------------------------------------------
 
 

@@ -52,7 +52,7 @@ from qkv.data.prepared import (
     shard_name,
     token_dtype,
 )
-from qkv.storage import replace_directory
+from qkv.storage import LEFTOVER, remove, replace_directory, writer_alive
 from qkv.tokenize import Tokenizer
 
 MAX_AUTO_CHUNK_BYTES = 16 * 2**20
@@ -532,6 +532,7 @@ def write_prepared(
         )
 
     inputs = [source.path, *([source.tgt_path] if source.tgt_path else [])]
+    _remove_leftovers(Path(out))
     replace_directory(out, fill, owned=_Owned(), overwrite=overwrite, inputs=inputs)
     assert summary is not None
     return _report_lines(source, summary, max_positions, tokenizer_info, valid_report)
@@ -561,6 +562,19 @@ def _report_lines(
     elif tokenizer_info.get("from"):
         lines.append(f"tokenizer from {tokenizer_info['from']}")
     return lines
+
+
+def _remove_leftovers(out: Path) -> None:
+    """What a killed ``qkv prepare`` of ``out`` left beside it (its temporary directory, possibly large),
+    and a directory renamed away when ``out`` itself is gone (put back)."""
+    if out.parent.is_dir():
+        for entry in out.parent.iterdir():
+            match = LEFTOVER.match(entry.name)
+            if match and match["name"] == out.name and not writer_alive(int(match["pid"])):
+                if match["kind"] == "old" and not out.exists():
+                    os.rename(entry, out)
+                else:
+                    remove(entry)
 
 
 class _Owned:
