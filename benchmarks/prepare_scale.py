@@ -95,17 +95,19 @@ def main() -> None:
             write_corpus(corpus, size)
         megabytes = corpus.stat().st_size / 2**20
         timings: dict[int, float] = {}
+        prepare_peaks: dict[int, float] = {}
         digests: dict[int, str] = {}
         prepared = args.dir / f"prepared-{size}"
         for workers in args.workers:
             out = args.dir / f"prepared-{size}-w{workers}"
             shutil.rmtree(out, ignore_errors=True)
-            seconds, _ = run_child(
+            seconds, prepare_peak = run_child(
                 [*qkv, "prepare", "--data", str(corpus), "--src-col", "2", "--tgt-col", "1", "--workers",
                  str(workers), "--quiet", "--out", str(out)],
                 args.dir / f"prepare-{size}-w{workers}.log",
             )  # fmt: skip
             timings[workers] = seconds
+            prepare_peaks[workers] = prepare_peak / 1024
             digests[workers] = digest(out)
             print(
                 f"{size:,} pairs ({megabytes:,.0f} MB): prepared with {workers} worker(s) in {seconds:,.1f} s"
@@ -125,7 +127,7 @@ def main() -> None:
         print(
             f"{size:,} pairs: {args.steps} training steps in {train_seconds:,.1f} s, peak RSS {peak_kib / 1024:,.0f} MB"
         )
-        rows.append((size, megabytes, timings, train_seconds, peak_kib / 1024))
+        rows.append((size, megabytes, timings, max(prepare_peaks.values()), train_seconds, peak_kib / 1024))
         if not args.keep:
             shutil.rmtree(run, ignore_errors=True)
 
@@ -133,13 +135,13 @@ def main() -> None:
     first, last = args.workers[0], args.workers[-1]
     print(
         f"| pairs | TSV MB | prepare, {first} worker (s) | prepare, {last} workers (s) | speed-up | "
-        f"train {args.steps} steps (s) | peak RSS of training (MB) |"
+        f"peak RSS of prepare (MB) | train {args.steps} steps (s) | peak RSS of training (MB) |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for size, megabytes, timings, train_seconds, peak in rows:
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for size, megabytes, timings, prepare_peak, train_seconds, peak in rows:
         print(
             f"| {size:,} | {megabytes:,.0f} | {timings[first]:,.1f} | {timings[last]:,.1f} | "
-            f"{timings[first] / timings[last]:.2f}x | {train_seconds:,.1f} | {peak:,.0f} |"
+            f"{timings[first] / timings[last]:.2f}x | {prepare_peak:,.0f} | {train_seconds:,.1f} | {peak:,.0f} |"
         )
     if len(rows) > 1:
         small, small_peak = rows[0][0], rows[0][-1]

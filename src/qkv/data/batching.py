@@ -44,6 +44,8 @@ def _checked_lengths(name: str, lens: Lengths) -> npt.NDArray[np.integer]:
         raise ValueError(
             f"{name} must be one whole number per example, got shape {array.shape} {array.dtype}"
         )
+    if not np.issubdtype(array.dtype, np.signedinteger):
+        return array  # unsigned (a prepared corpus's index): nothing to look for
     negative = np.flatnonzero(array < 0)
     if negative.size:
         raise ValueError(f"{name}[{negative[0]}] is {array[negative[0]]}; lengths cannot be negative")
@@ -86,13 +88,19 @@ def make_batches(
     count = len(src)
     index_type: type[np.signedinteger] = np.int32 if count < 2**31 else np.int64  # 4 bytes an example
     order: Batch
+    # One sort of the whole index: the temporaries here (about 16 bytes an example at their peak) are
+    # the largest memory batching needs; what stays is the order, 4 bytes an example.
     if shuffle:
         tie_break = rng.integers(0, 2**32, size=count, dtype=np.uint32)
-        order = np.lexsort((tie_break, tgt, src)).astype(index_type)  # the last key sorts first
+        sorted_at = np.lexsort((tie_break, tgt, src))  # the last key sorts first
         del tie_break
     else:
-        order = np.lexsort((tgt, src)).astype(index_type)  # stable: ties stay in index order
-    widths = np.maximum(np.maximum(src, tgt), 1)[order]  # max(src, tgt) of each example, in sorted order
+        sorted_at = np.lexsort((tgt, src))  # stable: ties stay in index order
+    order = sorted_at.astype(index_type)
+    del sorted_at
+    widths = np.maximum(src, tgt)
+    np.maximum(widths, 1, out=widths)
+    widths = widths[order]  # max(src, tgt, 1) of each example, in sorted order
 
     # Greedy packing, a batch at a time: the longest prefix of what is left whose k-th example keeps
     # k * (widest of the first k) within the budget. That product only grows with k, so the prefix ends at

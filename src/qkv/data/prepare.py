@@ -346,11 +346,6 @@ def _tokenizers_single_threaded() -> Iterator[None]:
             os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
-def _index(result: Any) -> int:
-    report = result[0] if isinstance(result, tuple) else result
-    return int(report.index)
-
-
 def _report_of(result: Any) -> ChunkReport:
     return result[0] if isinstance(result, tuple) else result  # type: ignore[no-any-return]
 
@@ -358,16 +353,18 @@ def _report_of(result: Any) -> ChunkReport:
 def _run(
     work: Callable[[Job], Result], jobs: Sequence[Job], workers: int, progress: bool, what: str
 ) -> Iterator[Result]:
-    """``work(job)`` for every job in ``workers`` processes, the results in job order.
+    """``work(job)`` for every job in ``workers`` processes, yielded in job order as soon as each and those
+    before it are done (only results that came early wait here, so memory does not grow with the file).
 
-    Stops at the first chunk (in file order) whose report holds an error once every chunk before it is
-    done, raising that error as ``FILE:LINE`` (lines counted from the start of the file).
+    A chunk whose report holds an error raises it, once every chunk before it came without one, as
+    ``FILE:LINE`` with the line counted from the start of the file.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     total = sum(job.chunk.size for job in jobs)
-    done: dict[int, Result] = {}
-    reports: dict[int, ChunkReport] = {}
+    early: dict[int, Result] = {}
+    next_index = 0
+    lines_before = 0  # lines of the chunks already yielded
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with (
         _tokenizers_single_threaded(),
@@ -375,26 +372,18 @@ def _run(
         tqdm(total=total, unit="B", unit_scale=True, desc=what, disable=not progress, leave=False) as bar,
     ):
         for result in pool.imap_unordered(work, jobs):
-            report = _report_of(result)
-            done[report.index] = result
-            reports[report.index] = report
-            bar.update(jobs[report.index].chunk.size)
-            _raise_first_error(jobs[0].source, reports)
-    _raise_first_error(jobs[0].source, reports)
-    for i in range(len(jobs)):
-        yield done.pop(i)
-
-
-def _raise_first_error(source: CorpusSource, reports: Mapping[int, ChunkReport]) -> None:
-    failed = [i for i, report in reports.items() if report.error is not None]
-    if not failed:
-        return
-    first = min(failed)
-    if any(i not in reports for i in range(first)):
-        return  # an earlier chunk may still hold an earlier error
-    line, path, reason, kind = reports[first].error  # type: ignore[misc]
-    offset = sum(reports[i].lines for i in range(first))
-    raise CorpusError(path, offset + line, reason, kind)
+            index = _report_of(result).index
+            early[index] = result
+            bar.update(jobs[index].chunk.size)
+            while next_index in early:
+                result = early.pop(next_index)
+                report = _report_of(result)
+                if report.error is not None:
+                    line, path, reason, kind = report.error
+                    raise CorpusError(path, lines_before + line, reason, kind)
+                lines_before += report.lines
+                next_index += 1
+                yield result
 
 
 @dataclass

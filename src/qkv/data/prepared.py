@@ -167,17 +167,38 @@ class PreparedCorpus(Sequence[Example]):
         self._names: list[str] = []
         self._first_lines: list[int] = []
         self._token_counts: list[int] = []
-        src_parts, tgt_parts, offset_parts, line_parts = [], [], [], []
+        counts: list[int] = []
         for position, shard in enumerate(shards):
             if not isinstance(shard, dict):
                 raise CheckpointError(f"{source}: shards[{position}] is not an object; the file is damaged")
             name = _expect(shard, "name", str, source)
-            pairs = _expect(shard, "pairs", int, source)
-            tokens = _expect(shard, "tokens", int, source)
             if name != shard_name(position):
                 raise CheckpointError(
                     f"{source}: shards[{position}] is named {name!r}, expected {shard_name(position)!r}"
                 )
+            tokens = _expect(shard, "tokens", int, source)
+            if not 0 <= tokens < 2**32:
+                raise CheckpointError(
+                    f"{source}: shards[{position}] has {tokens:,} tokens; the file is damaged"
+                )
+            counts.append(_expect(shard, "pairs", int, source))
+            self._names.append(name)
+            self._first_lines.append(_expect(shard, "first_line", int, source))
+            self._token_counts.append(tokens)
+        if sum(counts) != total:
+            raise CheckpointError(f"{source}: the shards hold {sum(counts):,} pairs, 'pairs' says {total:,}")
+        if total == 0:
+            raise CheckpointError(f"{source}: the prepared corpus holds no pairs")
+
+        # The index, filled a shard at a time (nothing of the size of the corpus but these three arrays):
+        # the two lengths, and where each pair starts within its shard's tokens (4 bytes: a shard holds
+        # far fewer than 2**32 ids).
+        self._starts = np.cumsum([0, *counts])  # the first pair of each shard, and the total
+        self.src_lengths: npt.NDArray[np.unsignedinteger] = np.empty(total, lengths_dtype)
+        self.tgt_lengths: npt.NDArray[np.unsignedinteger] = np.empty(total, lengths_dtype)
+        self._offsets = np.empty(total, np.uint32)
+        for position, (name, pairs) in enumerate(zip(self._names, counts, strict=True)):
+            tokens = self._token_counts[position]
             lengths = _load_small(self.directory / shard_file(name, "lengths"), lengths_dtype, (pairs, 2))
             per_pair = lengths.sum(axis=1, dtype=np.int64)
             if int(per_pair.sum()) != tokens:
@@ -191,25 +212,10 @@ class PreparedCorpus(Sequence[Example]):
                     f"{self.directory / shard_file(name, 'tokens')}: holds {dtype} {shape}, but prepared.json "
                     f"says {self.token_dtype} ({tokens},); run qkv prepare again"
                 )
-            src_parts.append(lengths[:, 0])
-            tgt_parts.append(lengths[:, 1])
-            offset_dtype = np.uint32 if tokens < 2**32 else np.int64
-            offset_parts.append((np.cumsum(per_pair) - per_pair).astype(offset_dtype))
-            line_parts.append(pairs)
-            self._names.append(name)
-            self._first_lines.append(_expect(shard, "first_line", int, source))
-            self._token_counts.append(tokens)
-        if sum(line_parts) != total:
-            raise CheckpointError(
-                f"{source}: the shards hold {sum(line_parts):,} pairs, 'pairs' says {total:,}"
-            )
-        if total == 0:
-            raise CheckpointError(f"{source}: the prepared corpus holds no pairs")
-        self.src_lengths: npt.NDArray[np.unsignedinteger] = np.concatenate(src_parts)
-        self.tgt_lengths: npt.NDArray[np.unsignedinteger] = np.concatenate(tgt_parts)
-        # The start of each pair within its shard's tokens: 4 bytes a pair (shards stay far below 2**32 ids).
-        self._offsets = np.concatenate(offset_parts)
-        self._starts = np.cumsum([0, *line_parts])  # the first pair of each shard, and the total
+            first, end = int(self._starts[position]), int(self._starts[position + 1])
+            self.src_lengths[first:end] = lengths[:, 0]
+            self.tgt_lengths[first:end] = lengths[:, 1]
+            self._offsets[first:end] = np.cumsum(per_pair) - per_pair
         self._maps: dict[int, tuple[mmap.mmap, npt.NDArray[np.unsignedinteger]]] = {}
         self._reads = 0
         _allow_open_files(len(self._names))

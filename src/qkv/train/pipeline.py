@@ -283,6 +283,7 @@ def prepare_directory(
             "pairs": len(sample),
             "seed": seed,
         }
+        del sample  # before the workers start: they would inherit it
     else:
         joint = tokenizers[0] is tokenizers[1]
         info = {"from": tokenizer_from, "joint": joint, "vocab_size": tokenizers[0].vocab_size}
