@@ -388,3 +388,30 @@ def test_qkv_prepare_refuses_what_it_cannot_do(tmp_path: Path, capsys: pytest.Ca
         cli.main(["train", "--data", str(not_prepared), "--out", str(tmp_path / "run")])
     assert "a directory without prepared.json" in capsys.readouterr().err
     shutil.rmtree(not_prepared)
+
+
+def test_the_commands_name_a_bad_line_and_a_damaged_shard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pairs = demo_pairs(300)
+    path = write_tsv(tmp_path / "train.tsv", pairs)
+    bad = tmp_path / "bad.tsv"
+    bad.write_bytes(path.read_bytes() + b"no tab\n")
+    out = tmp_path / "data"
+    assert cli.main(["prepare", "--data", str(bad), "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"qkv prepare: error: {bad}:301: expected at least 2 tab-separated columns, got 1" in err
+    assert not out.exists()
+
+    assert (
+        cli.main(["prepare", "--data", str(path), "--vocab-size", "300", "--quiet", "--out", str(out)]) == 0
+    )
+    (out / "shard-00000.tokens.npy").write_bytes(b"\x93NUMPY")
+    capsys.readouterr()
+    code = cli.main(
+        ["train", "--data", str(out), "--preset", "tiny", "--max-steps", "1", "--out", str(tmp_path / "r")]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'shard-00000.tokens.npy'}: not a readable .npy file" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists(), "a run refused for its data leaves nothing behind"
