@@ -2,7 +2,7 @@
 
 For each size a synthetic zh->en corpus is streamed to a TSV from the demo grammar (random clauses,
 repeats allowed: the grammar has fewer distinct sentences than millions), prepared with `qkv prepare
---workers 1` and `--workers 2` (wall time; the shards must be the same bytes), then `qkv train --data
+--workers 1` on one core and `--workers 2` on two (wall time; the shards must be the same bytes), then `qkv train --data
 PREPARED --preset tiny` runs a few hundred steps. Each command is a child process and its peak resident
 memory is its own (``os.wait4``'s ``ru_maxrss``), so the table shows what training on a prepared corpus
 costs as the corpus grows: the length index (4 bytes a pair) plus batching's index arrays (about 8 bytes a
@@ -47,12 +47,15 @@ def write_corpus(path: Path, pairs: int, seed: int = 0) -> None:
     partial.rename(path)
 
 
-def run_child(command: list[str], log: Path) -> tuple[float, int]:
-    """Run ``command`` to its end (output to ``log``); (wall seconds, peak resident KiB of that child)."""
+def run_child(command: list[str], log: Path, cores: int | None = None) -> tuple[float, int]:
+    """Run ``command`` to its end (output to ``log``), on its first ``cores`` CPUs only if given; (wall
+    seconds, peak resident KiB of that child, or of the largest of its children)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    allowed = sorted(os.sched_getaffinity(0))
+    pin = None if cores is None else (lambda: os.sched_setaffinity(0, allowed[:cores]))
     start = time.perf_counter()
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=pin)
         _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -84,6 +87,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="qkv train --threads")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/qkv-prepare-scale"), help="work directory")
     parser.add_argument("--keep", action="store_true", help="keep the corpora and runs afterwards")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not run `qkv prepare --workers N` on N CPUs only (by default it does: N workers on N cores, "
+        "the tokenizer's training threads included)",
+    )
     args = parser.parse_args()
 
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +115,7 @@ def main() -> None:
                 [*qkv, "prepare", "--data", str(corpus), "--src-col", "2", "--tgt-col", "1", "--workers",
                  str(workers), "--quiet", "--out", str(out)],
                 args.dir / f"prepare-{size}-w{workers}.log",
+                cores=workers if args.pin else None,
             )  # fmt: skip
             timings[workers] = seconds
             prepare_peaks[workers] = prepare_peak / 1024
