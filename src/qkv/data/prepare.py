@@ -216,9 +216,8 @@ class _SampleJob:
     seed: int
 
 
-Sampled = tuple[
-    npt.NDArray[np.uint64], npt.NDArray[np.int64], list[tuple[str, str]]
-]  # keys, positions, pairs
+# (the random keys, the positions in the file (chunk << 40 | pair in the chunk), the pairs)
+Sampled = tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], list[tuple[str, str]]]
 
 
 def _sample_chunk(job: _SampleJob) -> tuple[ChunkReport, Sampled]:
