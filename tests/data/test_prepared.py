@@ -114,6 +114,19 @@ def test_jsonl_and_aligned_files_are_prepared_like_read_corpus(tmp_path: Path, l
     assert list(corpus) == prepare(data, TOK, max_len=256).train
 
 
+def test_separate_vocabularies_are_prepared_like_in_memory(tmp_path: Path) -> None:
+    path = write_tsv(tmp_path / "train.tsv", demo_pairs(500, seed=3))
+    tok = TokenizerConfig(kind="bpe", vocab_size=200, joint=False)
+    corpus = prepared(tmp_path, path, tok=tok)
+    assert sorted(corpus.tokenizer_paths) == ["src_tokenizer.json", "tgt_tokenizer.json"]
+    in_memory = prepare(DataConfig(train=str(path), src_col=2, tgt_col=1), tok, max_len=256)
+    loaded = prepare(DataConfig(train=str(corpus.directory)), tok, max_len=256)
+    assert loaded.src_tokenizer is not loaded.tgt_tokenizer
+    assert loaded.src_tokenizer.to_json() == in_memory.src_tokenizer.to_json()
+    assert loaded.tgt_tokenizer.to_json() == in_memory.tgt_tokenizer.to_json()
+    assert list(loaded.train) == in_memory.train
+
+
 def test_one_worker_and_two_write_the_same_bytes(tmp_path: Path) -> None:
     path = write_tsv(tmp_path / "train.tsv", demo_pairs(900))
     one = prepared(tmp_path, path, "one", workers=1, sample_size=300)
