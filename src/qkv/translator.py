@@ -100,9 +100,9 @@ class Translator:
         text in the target language, encoded with the target tokenizer as standalone texts
         (:meth:`target_ids`). ValueError names the line (``first_line`` numbers the texts) whose prefix or
         constraints cannot be met (:meth:`controls_problem`), and a non-autoregressive model takes
-        neither. With sampling, text ``k`` is drawn as
-        sentence ``first_line - 1 + k`` of :func:`qkv.decode.decode`: the same seed and line number give
-        the same sample, whatever the batches.
+        neither. With sampling, text ``k`` is drawn as sentence ``first_line - 1 + k`` of a stream
+        (:func:`qkv.decode.decode`'s ``first_index``): the same seed and line number give the same
+        sample, whatever the batches.
         """
         sources = self.source_ids(texts, first_line=first_line)
         forced, phrases = self._all_controls_ids(len(texts), prefixes, constraints, first_line)
@@ -111,21 +111,18 @@ class Translator:
                 raise ValueError("a non-autoregressive model decodes without prefixes or constraints")
             found = [[hyp] for hyp in self._non_autoregressive(self.model, sources)]
         else:
-            # Sampling seeds each sentence from (seed, its index in the call): empty sources in front
-            # (set aside by decode without running the model) make that index the text's line number - 1,
-            # so a line draws the same sample whatever batches a stream is cut into.
-            skip = first_line - 1 if self.search.method == "sample" else 0
-            none: list[list[int]] = [[] for _ in range(skip)]
-            no_phrases: list[list[list[int]]] = [[] for _ in range(skip)]
+            # Sampling seeds each sentence from (seed, first_index + its index in the call): a line draws
+            # the same sample whatever batches a stream is cut into.
             found = decode(
                 self.model,
-                none + sources,
+                sources,
                 self.search,
                 batch_size=self.batch_size,
                 int8=self.int8,
-                prefixes=None if forced is None else none + forced,
-                constraints=None if phrases is None else no_phrases + phrases,
-            )[skip:]
+                prefixes=forced,
+                constraints=phrases,
+                first_index=first_line - 1,
+            )
         return [
             Translation(
                 source, [Candidate(self.text_of(h.tokens), h.tokens, h.score, h.log_prob) for h in hyps]

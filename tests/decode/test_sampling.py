@@ -96,3 +96,18 @@ def test_samples_follow_the_filtered_distribution() -> None:
     # log_prob is under the model's own distribution, not the filtered one
     assert {round(h.log_prob, 5) for h in hyps if h.tokens == [a]} == {round(math.log(0.5), 5)}
     assert all(len(h.tokens) == 1 for h in hyps)  # </s> had probability 0 first, then 1
+
+
+def test_a_stream_decoded_in_pieces_draws_what_it_draws_whole(
+    model: Transformer, sources: list[list[int]]
+) -> None:
+    """first_index places a piece in its stream: each sentence's sample depends on the seed and its place
+    in the stream, not on where the stream was cut (qkv translate reads stdin batch by batch)."""
+    from qkv.decode import SearchConfig, decode
+
+    search = SearchConfig(method="sample", seed=11)
+    whole = decode(model, sources, search, batch_size=4)
+    pieces = decode(model, sources[:2], search) + decode(model, sources[2:], search, first_index=2)
+    assert [h[0].tokens for h in pieces] == [h[0].tokens for h in whole]
+    unplaced = decode(model, sources[2:], search)  # the same sentences as the start of a stream
+    assert [h[0].tokens for h in unplaced] != [h[0].tokens for h in whole[2:]]

@@ -83,6 +83,7 @@ def decode(
     int8: bool = False,
     prefixes: Sequence[Sequence[int]] | None = None,
     constraints: Sequence[Sequence[Sequence[int]]] | None = None,
+    first_index: int = 0,
 ) -> list[list[Hypothesis]]:
     """Translate source id lists; for each, its best hypotheses (best first; one unless beam search with
     ``n_best`` > 1).
@@ -95,8 +96,10 @@ def decode(
 
     ``search`` picks the strategy and its options (:class:`~qkv.decode.search.SearchConfig`; the
     default is beam search with 4 beams). Sampling draws each sentence from its own generator, seeded
-    from ``(search.seed, index in sources)``: the same seed and inputs draw the same outputs, whatever
-    ``batch_size``. Outputs have at most ``min(max_len_a * src_len + max_len_b, max_len,
+    from ``(search.seed, first_index + index in sources)``: the same seed and inputs draw the same
+    outputs, whatever ``batch_size``; a caller that decodes a stream in pieces gives each piece the index
+    of its first sentence in the stream (``first_index``), so a sentence's sample depends on its place in
+    the stream, not on where the pieces were cut. Outputs have at most ``min(max_len_a * src_len + max_len_b, max_len,
     max_positions - 1)`` tokens and at least ``min_len`` (``search.lengths``).
 
     ``prefixes`` (one id list per source, [] for none) are forced right after <s>: every hypothesis of
@@ -155,7 +158,7 @@ def decode(
         for batch in batches:
             generators = None
             if search.method == "sample":
-                generators = [search.sentence_generator(i, device) for i in batch.indices]
+                generators = [search.sentence_generator(first_index + i, device) for i in batch.indices]
             rules = _rules_for(batch.indices, forced, phrases, device)
             found = search.run(stepper, batch.padded(config.pad_id, device), generators, rules=rules)
             for index, hyps in zip(batch.indices, found, strict=True):
