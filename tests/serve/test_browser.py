@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.serve.conftest import Server
+
 pytestmark = pytest.mark.slow
 
 # QKV_CHROMIUM names another system browser binary (say, Chrome) for machines that have no Debian package.
@@ -64,8 +66,14 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, running_server: str) -> Iterator[Any]:
-    """A fresh tab on the server's page, its model list loaded. Fails the test on a JavaScript error
-    or on any request to another address than the server's (each is refused)."""
+    """A fresh tab on the server's page (:func:`_open_page`)."""
+    yield from _open_page(browser, running_server)
+
+
+def _open_page(browser: Any, running_server: str) -> Iterator[Any]:
+    """A fresh tab on the page of the server at ``running_server``, its model list loaded. Fails the
+    test on a JavaScript error or on any request to another address than the server's (each is
+    refused)."""
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     elsewhere: list[str] = []
 
@@ -373,12 +381,17 @@ def test_the_servers_own_refusal_is_shown(page: Any, running_server: str) -> Non
     expect(page.locator("#result")).to_be_visible()
 
 
-def test_a_server_that_is_down_is_a_message_not_a_blank_page(page: Any, server: Any) -> None:
-    """Shuts the module's server down (SIGTERM), so this test comes last."""
+def test_a_server_that_is_down_is_a_message_not_a_blank_page(browser: Any, tiny_model_dir: Path) -> None:
+    """A server of its own, shut down (SIGTERM) while its page is open: the other tests share theirs."""
     from playwright.sync_api import expect
 
-    _translate(page, server.url, "我爱你")
-    assert server.stop() == 0
+    server = Server(["--model", f"zh-en={tiny_model_dir}"])
+    try:
+        opened = _open_page(browser, server.url)
+        page = next(opened)
+        _translate(page, server.url, "我爱你")
+    finally:
+        assert server.stop() == 0
     page.get_by_label("Text to translate").fill("你爱我")
     page.get_by_role("button", name="Translate").click()
     alert = page.get_by_role("alert")
@@ -386,3 +399,4 @@ def test_a_server_that_is_down_is_a_message_not_a_blank_page(page: Any, server: 
     expect(page.locator("#result")).to_be_hidden()
     expect(page.get_by_role("button", name="Translate")).to_be_enabled()
     expect(page.get_by_label("Text to translate")).to_have_value("你爱我")
+    next(opened, None)  # closes the tab, checking it had no JavaScript error and fetched nothing else
