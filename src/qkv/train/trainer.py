@@ -113,6 +113,7 @@ class Trainer:
         self.state = TrainerState()
         self._signal: int | None = None
         self._train_lengths: tuple[Lengths, Lengths] | None = None
+        self._batches: tuple[int, list[Batch]] | None = None
         self.scaler = (
             torch.amp.GradScaler("cuda")
             if config.precision == "fp16" and self.device.type == "cuda"
@@ -121,11 +122,18 @@ class Trainer:
 
     # -- batches -----------------------------------------------------------------------------------
     def _epoch_batches(self, epoch: int) -> list[Batch]:
+        """This rank's batches of ``epoch``; the last epoch's are kept, so asking again costs nothing (on a
+        corpus of millions of pairs, each epoch's order is a sort of the whole length index)."""
+        if self._batches is not None and self._batches[0] == epoch:
+            return self._batches[1]
+        self._batches = None  # let the previous epoch's go before the next is made
         if self._train_lengths is None:
             self._train_lengths = self.task.lengths(self.train_data)  # once: the data does not change
         src_lens, tgt_lens = self._train_lengths
         batches = make_batches(src_lens, tgt_lens, self.config.max_tokens, seed=self.config.seed, epoch=epoch)
-        return shard(batches, self.rank, self.world)
+        mine = shard(batches, self.rank, self.world)
+        self._batches = (epoch, mine)
+        return mine
 
     def _autocast(self) -> Any:
         if self.config.precision == "fp32":
