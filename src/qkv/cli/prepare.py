@@ -6,6 +6,7 @@ import argparse
 import os
 
 from qkv.cli.common import Subparsers, UsageError, add_overwrite_option
+from qkv.cli.corpus_options import add_corpus_options, add_tokenizer_options, check_corpus_options
 from qkv.cli.flag_types import input_directory, input_file, output_directory, positive_int, seed
 
 DEFAULT_MAX_POSITIONS = 256
@@ -19,16 +20,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from qkv.data.corpus import corpus_source
     from qkv.train.pipeline import TokenizerConfig, prepare_directory
 
-    if args.data and args.src:
-        raise UsageError("give either --data FILE (TSV or JSONL) or --src FILE --tgt FILE, not both")
+    check_corpus_options(args)
     if not args.data and not args.src:
         raise UsageError("say what to prepare: --data FILE (TSV or JSONL) or --src FILE --tgt FILE")
-    if bool(args.src) != bool(args.tgt):
-        raise UsageError("--src and --tgt go together: two aligned plain-text files")
-    if args.valid and args.valid_src:
-        raise UsageError("give either --valid FILE or --valid-src FILE --valid-tgt FILE, not both")
-    if bool(args.valid_src) != bool(args.valid_tgt):
-        raise UsageError("--valid-src and --valid-tgt go together: two aligned plain-text files")
     columns = {"src_col": args.src_col, "tgt_col": args.tgt_col, "max_chars": args.max_chars}
     source = corpus_source(args.data or args.src, tgt_path=args.tgt, **columns)
     valid = None
@@ -92,44 +86,11 @@ def add_prepare_parser(sub: Subparsers) -> None:
         "`qkv train --data FILE` would train.",
     )
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        type=input_file,
-        metavar="FILE",
-        help='pairs: TSV (see --src-col/--tgt-col) or JSONL ({"src": ..., "tgt": ...} per line)',
-    )
-    g.add_argument(
-        "--src", type=input_file, metavar="FILE", help="source side of two aligned files (with --tgt)"
-    )
-    g.add_argument(
-        "--tgt", type=input_file, metavar="FILE", help="target side of two aligned files (with --src)"
-    )
-    g.add_argument(
-        "--valid",
-        type=input_file,
-        metavar="FILE",
-        help="validation pairs in the same format, kept beside the shards as text (valid.jsonl)",
-    )
-    g.add_argument(
-        "--valid-src", type=input_file, metavar="FILE", help="validation source file (with --valid-tgt)"
-    )
-    g.add_argument("--valid-tgt", type=input_file, metavar="FILE", help="validation target file")
-    g.add_argument(
-        "--src-col", type=positive_int, default=1, help="TSV column of the source, 1-based (default 1)"
-    )
-    g.add_argument(
-        "--tgt-col", type=positive_int, default=2, help="TSV column of the target, 1-based (default 2)"
-    )
-    g.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="skip bad lines and count them by kind (default: stop at the first, naming file and line)",
-    )
-    g.add_argument(
-        "--max-chars",
-        type=positive_int,
-        default=2000,
-        help="longest line side accepted, in characters (default 2000)",
+    add_corpus_options(
+        g,
+        data_type=input_file,
+        data_help='pairs: TSV (see --src-col/--tgt-col) or JSONL ({"src": ..., "tgt": ...} per line)',
+        valid_help="validation pairs in the same format, kept beside the shards as text (valid.jsonl)",
     )
     g.add_argument(
         "--max-positions",
@@ -139,18 +100,7 @@ def add_prepare_parser(sub: Subparsers) -> None:
         "positions unless told otherwise",
     )
     g = p.add_argument_group("tokenizer")
-    g.add_argument(
-        "--tokenizer",
-        choices=["bpe", "char"],
-        default="bpe",
-        help="bpe (Chinese characters stay single tokens, English gets subwords) or char",
-    )
-    g.add_argument("--vocab-size", type=positive_int, default=8000, help="BPE vocabulary size (default 8000)")
-    g.add_argument(
-        "--separate-vocab",
-        action="store_true",
-        help="one vocabulary per side instead of one joint vocabulary (embeddings then unshared)",
-    )
+    add_tokenizer_options(g)
     g.add_argument(
         "--tokenizer-from",
         type=input_directory,

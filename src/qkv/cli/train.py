@@ -11,6 +11,7 @@ from typing import Any
 from qkv.allocator import keep_freed_memory
 from qkv.cli.common import Subparsers, UsageError, resolve_device
 from qkv.cli.config_files import add_config_options, dump_config
+from qkv.cli.corpus_options import add_corpus_options, add_tokenizer_options, check_corpus_options
 from qkv.cli.flag_types import (
     device_name,
     input_file,
@@ -69,14 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.data and args.src:
-        raise UsageError("give either --data FILE (TSV or JSONL) or --src FILE --tgt FILE, not both")
-    if bool(args.src) != bool(args.tgt):
-        raise UsageError("--src and --tgt go together: two aligned plain-text files")
-    if args.valid and args.valid_src:
-        raise UsageError("give either --valid FILE or --valid-src FILE --valid-tgt FILE, not both")
-    if bool(args.valid_src) != bool(args.valid_tgt):
-        raise UsageError("--valid-src and --valid-tgt go together: two aligned plain-text files")
+    check_corpus_options(args)
     if args.resume and args.init_from:
         raise UsageError("--resume continues a run from its own checkpoint; --init-from starts a new one")
     if args.resume and args.out and Path(args.resume) != Path(args.out):
@@ -203,61 +197,16 @@ def add_train_parser(sub: Subparsers) -> None:
         "loss, 130/143 stopped by SIGINT/SIGTERM (a checkpoint was saved)",
     )
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        type=corpus_or_prepared,
-        metavar="FILE",
-        help='training pairs: TSV (see --src-col/--tgt-col) or JSONL ({"src": ..., "tgt": ...} per line), '
-        "or a directory written by `qkv prepare` (its tokenizer, its validation pairs unless --valid is "
-        "given, and its longest pairs as --max-positions; the corpus and tokenizer options do not apply)",
-    )
-    g.add_argument(
-        "--src",
-        type=input_file,
-        metavar="FILE",
-        help="source side of two aligned plain-text files (with --tgt)",
-    )
-    g.add_argument(
-        "--tgt",
-        type=input_file,
-        metavar="FILE",
-        help="target side of two aligned plain-text files (with --src)",
-    )
-    g.add_argument(
-        "--valid", type=input_file, metavar="FILE", help="validation pairs in the same format as --data"
-    )
-    g.add_argument(
-        "--valid-src", type=input_file, metavar="FILE", help="validation source file (with --valid-tgt)"
-    )
-    g.add_argument("--valid-tgt", type=input_file, metavar="FILE", help="validation target file")
-    g.add_argument(
-        "--src-col", type=positive_int, default=1, help="TSV column of the source, 1-based (default 1)"
-    )
-    g.add_argument(
-        "--tgt-col", type=positive_int, default=2, help="TSV column of the target, 1-based (default 2)"
-    )
-    g.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="skip bad lines and report how many of each kind (default: stop at the first, naming "
-        "file and line)",
-    )
-    g.add_argument(
-        "--max-chars", type=positive_int, default=2000, help="longest line side accepted, in characters"
+    add_corpus_options(
+        g,
+        data_type=corpus_or_prepared,
+        data_help='training pairs: TSV (see --src-col/--tgt-col) or JSONL ({"src": ..., "tgt": ...} per '
+        "line), or a directory written by `qkv prepare` (its tokenizer, its validation pairs unless --valid "
+        "is given, and its longest pairs as --max-positions; the corpus and tokenizer options do not apply)",
+        valid_help="validation pairs in the same format as --data",
     )
     g = p.add_argument_group("tokenizer")
-    g.add_argument(
-        "--tokenizer",
-        choices=["bpe", "char"],
-        default="bpe",
-        help="bpe (Chinese characters stay single tokens, English gets subwords) or char",
-    )
-    g.add_argument("--vocab-size", type=positive_int, default=8000, help="BPE vocabulary size (default 8000)")
-    g.add_argument(
-        "--separate-vocab",
-        action="store_true",
-        help="one vocabulary per side instead of one joint vocabulary (embeddings then unshared)",
-    )
+    add_tokenizer_options(g)
     add_model_options(p)
     add_optimisation_options(p)
     g = p.add_argument_group("run")
