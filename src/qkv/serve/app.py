@@ -31,8 +31,9 @@ from qkv.serve.state import Settings, State
 
 class RequestLimits:
     """ASGI middleware: the request body's size limit (413 naming it) and each request's route, status
-    and time in the metrics. A declared Content-Length over the limit is refused before reading; a
-    chunked body is counted as it arrives."""
+    and time in the metrics. A declared Content-Length over the limit is refused without passing the body on (it is read
+    and dropped, up to :data:`LINGER_BYTES`, so that the client reads its 413); a chunked body is counted
+    as it arrives."""
 
     def __init__(self, app: ASGIApp, state: State) -> None:
         self.app = app
@@ -67,13 +68,36 @@ class RequestLimits:
         try:
             declared = dict(scope.get("headers", [])).get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
-                await error_response(413, too_large, {"Connection": "close"})(scope, receive, send_counted)
+                # Read and drop the body first: uvicorn closes the socket once a "close" answer is sent,
+                # and unread bytes in it make the kernel reset the connection before the client reads it.
+                ended = await _discard_body(receive, most=LINGER_BYTES)
+                headers = {} if ended else {"Connection": "close"}
+                await error_response(413, too_large, headers)(scope, receive, send_counted)
             else:
                 await self.app(scope, receive_counted, send_counted)
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "other"
             self.state.metrics.request(path, status, time.monotonic() - started)
+
+
+# How much of a refused body is read and thrown away before the 413: closing a socket with unread bytes in
+# it makes the kernel reset the connection, and the client can lose the 413 it was sent. A larger body is
+# answered after this much, with the connection closed.
+LINGER_BYTES = 64 << 20
+
+
+async def _discard_body(receive: Receive, *, most: int) -> bool:
+    """Read the request body and drop it, up to ``most`` bytes; whether it was read to its end."""
+    read = 0
+    while read <= most:
+        message = await receive()
+        if message["type"] != "http.request":
+            return False
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return True
+    return False
 
 
 def create_app(
