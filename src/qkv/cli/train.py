@@ -21,7 +21,7 @@ from qkv.cli.flag_types import (
     positive_int,
     seed,
 )
-from qkv.cli.train_options import add_model_options, add_optimisation_options
+from qkv.cli.train_options import add_model_options, add_optimisation_options, resolved_schedule
 from qkv.cli.translate import search_config
 
 
@@ -115,7 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_epochs=args.max_epochs if stops_given else 10,
         max_minutes=args.max_minutes,
         lr=args.lr,
-        schedule=args.schedule,
+        schedule=resolved_schedule(
+            args.schedule, max_steps=args.max_steps, max_epochs=args.max_epochs, max_minutes=args.max_minutes
+        ),
         warmup=args.warmup,
         weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,

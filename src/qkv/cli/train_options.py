@@ -4,6 +4,7 @@ groups are in :mod:`qkv.cli.train`, beside the command that reads them all)."""
 from __future__ import annotations
 
 import argparse
+from typing import cast
 
 from qkv.cli.flag_types import (
     fraction,
@@ -14,6 +15,7 @@ from qkv.cli.flag_types import (
     positive_int,
 )
 from qkv.config import PRESETS
+from qkv.train.schedule import Schedule
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -74,9 +76,12 @@ def add_optimisation_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--schedule",
-        choices=["inverse_sqrt", "linear", "cosine", "constant"],
-        default="inverse_sqrt",
-        help="learning-rate schedule after warm-up (default inverse_sqrt, the paper's)",
+        choices=["auto", "inverse_sqrt", "linear", "cosine", "constant"],
+        default="auto",
+        help="learning-rate schedule after warm-up. linear and cosine decay to 0 at --max-steps, or at the end "
+        "of the --max-minutes budget: the step rate is measured over the first minute and the step count that "
+        "fits is planned (docs/real-data.md). auto (default): linear when --max-minutes is the only limit "
+        "given, else inverse_sqrt (the paper's)",
     )
     g.add_argument("--warmup", type=non_negative_int, default=4000, help="warm-up steps (default 4000)")
     g.add_argument(
@@ -98,3 +103,14 @@ def add_optimisation_options(p: argparse.ArgumentParser) -> None:
         default=0,
         help="steps with a non-finite loss to skip before stopping (default 0)",
     )
+
+
+def resolved_schedule(
+    schedule: str, *, max_steps: int | None, max_epochs: int | None, max_minutes: float | None
+) -> Schedule:
+    """``--schedule auto`` made concrete: a run bounded by its time budget alone decays to that budget
+    (linear, the budgeted-training paper's best); any other run keeps the paper's inverse_sqrt."""
+    if schedule != "auto":
+        return cast(Schedule, schedule)
+    budget_only = max_minutes is not None and max_steps is None and max_epochs is None
+    return "linear" if budget_only else "inverse_sqrt"

@@ -51,6 +51,11 @@ class RunLog:
                 "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
             )
 
+    def note(self, message: str) -> None:
+        """A line on the console (rank 0, unless quiet)."""
+        if self.progress and self.rank == 0:
+            tqdm.write(message)
+
     def write(self, record: dict[str, Any]) -> None:
         """Append a record to metrics.jsonl and, when TensorBoard is installed, to its event files."""
         if self.rank != 0:

@@ -40,6 +40,9 @@ class TrainerState:
     best_valid_bleu: float | None = None  # the same when it is picked by valid_bleu
     evals_without_improvement: int = 0
     skipped_steps: int = 0  # steps skipped for a non-finite loss
+    # The step a time budget's schedule decays to 0 at, planned once from the measured step rate and kept
+    # from then on, so that a resumed run follows the same learning-rate curve (qkv.train.budget).
+    planned_steps: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # validation results
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,18 +53,21 @@ class TrainerState:
         """The state saved in ``data`` (other keys are ignored), every field checked: a missing key or a
         value of the wrong type is a :class:`CheckpointError` naming ``source`` and the key.
 
-        ``best_valid_bleu`` may be absent (runs saved before it existed); every other field must be there.
+        ``best_valid_bleu`` and ``planned_steps`` may be absent (runs saved before they existed); every other
+        field must be there.
         """
         values: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in data:
-                if f.name == "best_valid_bleu":
+                if f.name in ("best_valid_bleu", "planned_steps"):
                     continue
                 raise CheckpointError(f"{source}: missing key {f.name!r}; the file is damaged or not qkv's")
             value = data[f.name]
             kind = str(f.type)
             if kind == "int":
                 ok, wanted = _is_count(value), "a whole number >= 0"
+            elif kind == "int | None":
+                ok, wanted = value is None or (_is_count(value) and value > 0), "a whole number > 0 or null"
             elif kind == "float | None":
                 ok, wanted = value is None or _is_number(value), "a number or null"
             else:  # history

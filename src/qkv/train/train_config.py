@@ -70,8 +70,11 @@ class TrainConfig:
             raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r} must be one of {SCHEDULES}")
-        if self.schedule in ("linear", "cosine") and self.max_steps is None:
-            raise ValueError(f"schedule={self.schedule!r} decays to 0 at max_steps: give max_steps")
+        if self.schedule in ("linear", "cosine") and self.max_steps is None and self.max_minutes is None:
+            raise ValueError(
+                f"schedule={self.schedule!r} decays to 0 at max_steps or at the end of the max_minutes budget:"
+                " give one of them"
+            )
         if self.best_by not in BEST_BY:
             raise ValueError(f"best_by={self.best_by!r} must be one of {sorted(BEST_BY)}")
         if self.precision not in ("fp32", "bf16", "fp16"):

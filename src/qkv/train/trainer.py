@@ -26,6 +26,7 @@ from qkv import checkpoint
 from qkv.data.batching import Batch, Lengths, make_batches, shard
 from qkv.models.seq2seq import Transformer
 from qkv.train import run_files
+from qkv.train.budget import Calibration, plan_steps
 from qkv.train.outcome import NonFiniteLoss as NonFiniteLoss  # re-exported
 from qkv.train.outcome import TrainingInterrupted as TrainingInterrupted  # re-exported
 from qkv.train.outcome import TrainResult as TrainResult  # re-exported
@@ -163,13 +164,7 @@ class Trainer:
         local_tokens = sum(self.task.count(t) for t in tensors)
         (global_tokens,) = self._reduce([float(local_tokens)])
         scale = self.world / max(global_tokens, 1.0)
-        lr = learning_rate(
-            self.state.step + 1,
-            schedule=self.config.schedule,
-            peak=self.config.lr,
-            warmup=self.config.warmup,
-            total_steps=self.config.max_steps,
-        )
+        lr = self._learning_rate(self.state.step + 1)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -204,6 +199,57 @@ class Trainer:
         else:
             self.optimizer.step()
         return loss_sum, nll_sum, int(global_tokens), True
+
+    # -- the learning rate and the time budget -----------------------------------------------------
+    def _decays_to(self) -> int | None:
+        """The step the schedule decays to 0 at: max_steps or the time budget's plan, whichever comes first."""
+        ends = [n for n in (self.config.max_steps, self.state.planned_steps) if n is not None]
+        return min(ends) if ends else None
+
+    def _learning_rate(self, step: int) -> float:
+        schedule, total = self.config.schedule, self._decays_to()
+        if schedule in ("linear", "cosine") and total is None:
+            schedule = (
+                "constant"  # a time budget not planned yet: warm up, then hold the peak (qkv.train.budget)
+            )
+        return learning_rate(
+            step, schedule=schedule, peak=self.config.lr, warmup=self.config.warmup, total_steps=total
+        )
+
+    def _plans_budget(self) -> bool:
+        """Whether this run fits its decay to --max-minutes and has not planned it yet."""
+        c = self.config
+        return (
+            c.schedule in ("linear", "cosine")
+            and c.max_minutes is not None
+            and self.state.planned_steps is None
+        )
+
+    def _plan_budget(self, seconds_per_step: float, start: float) -> None:
+        """Fix the step the budget ends at (rank 0's measurement, on every rank) and report it."""
+        c = self.config
+        assert c.max_minutes is not None
+        mine = [seconds_per_step, c.max_minutes * 60 - (time.monotonic() - start)]
+        seconds, left = self._reduce(mine if self.rank == 0 else [0.0, 0.0])
+        planned = plan_steps(step=self.state.step, seconds_per_step=seconds, seconds_left=left)
+        self.state.planned_steps = planned
+        self.run_log.write(
+            {
+                "step": self.state.step,
+                "planned_steps": planned,
+                "seconds_per_step": seconds,
+                "budget_minutes": c.max_minutes,
+            }
+        )
+        message = (
+            f"time budget: {seconds:.3f} s a step, so {planned:,} steps fit into --max-minutes {c.max_minutes:g}; "
+            f"the learning rate decays ({c.schedule}) to 0 at step {min(planned, c.max_steps or planned):,}"
+        )
+        if planned <= c.warmup:
+            message += (
+                f". That is not more than --warmup {c.warmup}: the peak is never reached; lower --warmup"
+            )
+        self.run_log.note(message)
 
     # -- validation --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -302,8 +348,9 @@ class Trainer:
             checkpoint.clean_stale(self.run_dir)
         self.model.train()
         steps_per_epoch = max(1, math.ceil(len(self._epoch_batches(0)) / c.accumulate))
-        total = c.max_steps or (c.max_epochs * steps_per_epoch if c.max_epochs else None)
+        total = self._decays_to() or (c.max_epochs * steps_per_epoch if c.max_epochs else None)
         bar = self.run_log.progress_bar(total, initial=self.state.step)
+        calibration = Calibration(self.state.step) if self._plans_budget() else None
         log: list[dict[str, Any]] = []
         last_saved: Path | None = None
         best = checkpoint.recover(self.run_dir / run_files.BEST_DIR)  # restored if a writer was killed
@@ -334,6 +381,13 @@ class Trainer:
                     window_loss += loss_sum
                     window_nll += nll_sum
                     bar.update(1)
+                    if calibration is not None:
+                        seconds_per_step = calibration.step_done(self.state.step, time.monotonic())
+                        if seconds_per_step is not None:
+                            self._plan_budget(seconds_per_step, start)
+                            calibration = None
+                            bar.total = self._decays_to()
+                            bar.refresh()
                     if self.state.step % c.log_every == 0:
                         elapsed = max(time.monotonic() - window_start, 1e-9)
                         record = {
@@ -373,6 +427,8 @@ class Trainer:
         c = self.config
         if c.max_steps is not None and self.state.step >= c.max_steps:
             return "max_steps"
+        if self.state.planned_steps is not None and self.state.step >= self.state.planned_steps:
+            return "max_minutes"
         if c.max_epochs is not None:
             epoch_done = self.state.batch_in_epoch >= len(self._epoch_batches(self.state.epoch))
             if self.state.epoch + int(epoch_done) >= c.max_epochs:
@@ -384,7 +440,8 @@ class Trainer:
         reasons = [
             self._signal is not None,
             c.max_steps is not None and self.state.step >= c.max_steps,
-            c.max_minutes is not None and (time.monotonic() - start) / 60 >= c.max_minutes,
+            (c.max_minutes is not None and (time.monotonic() - start) / 60 >= c.max_minutes)
+            or (self.state.planned_steps is not None and self.state.step >= self.state.planned_steps),
             epoch_done and c.max_epochs is not None and self.state.epoch + 1 >= c.max_epochs,
         ]
         # All ranks must agree to stop at the same step (a signal or the clock may reach them apart).
