@@ -79,7 +79,7 @@ def add_optimisation_options(p: argparse.ArgumentParser) -> None:
         choices=["auto", "inverse_sqrt", "linear", "cosine", "constant"],
         default="auto",
         help="learning-rate schedule after warm-up. linear and cosine decay to 0 at --max-steps, or at the end "
-        "of the --max-minutes budget: the step rate is measured over the first minute and the step count that "
+        "of the --max-minutes budget: the step rate is measured over steps 11-110 and the step count that "
         "fits is planned (docs/real-data.md). auto (default): linear when --max-minutes is the only limit "
         "given, else inverse_sqrt (the paper's)",
     )
