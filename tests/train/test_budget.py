@@ -96,13 +96,18 @@ def test_budgeted_run_holds_the_peak_until_it_plans_then_decays_to_zero_at_the_p
     corpus: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    output = runs.train_here(budget_args(corpus, out, minutes=0.1, warmup=5))
+    output = runs.train_here(budget_args(corpus, out, minutes=0.2, warmup=5))
     plan = plan_record(out)
     planned = int(plan["planned_steps"])
-    assert plan["step"] == PLANNED_AT and plan["budget_minutes"] == 0.1 and plan["seconds_per_step"] > 0
+    assert plan["step"] == PLANNED_AT and plan["budget_minutes"] == 0.2 and plan["seconds_per_step"] > 0
     assert planned > PLANNED_AT
+    assert "stopped (max_minutes)" in output
+    if max(learning_rates(out)) < planned:
+        # The budget is also a hard stop: a machine that slowed down after the plan (another job on its
+        # cores) ends the run a little early. A resumed run with time to spare finishes the plan.
+        runs.train_here(budget_args(corpus, out, minutes=5, warmup=5, resume=True))
     rates = learning_rates(out)
-    assert max(rates) == planned and f"stopped (max_minutes) at step {planned}" in output
+    assert max(rates) == planned
     assert [rates[s] for s in range(1, 6)] == pytest.approx([PEAK * s / 5 for s in range(1, 6)], rel=1e-12)
     assert {rates[s] for s in range(5, PLANNED_AT + 1)} == {PEAK}  # warm-up done, no plan yet: the peak
     for step in range(PLANNED_AT + 1, planned + 1):  # then linear from the peak at step 5 to 0 at the plan
@@ -118,7 +123,7 @@ def test_sigkill_after_the_plan_then_resume_equals_a_run_of_the_planned_steps(
 ) -> None:
     out = tmp_path / "run"
     warmup = PLANNED_AT + 20  # longer than the calibration: the reference follows the same curve throughout
-    args = budget_args(corpus, out, minutes=0.15, warmup=warmup)
+    args = budget_args(corpus, out, minutes=0.25, warmup=warmup)
     process = runs.start(runs.qkv_train(args))
     runs.wait_until(
         lambda: any("planned_steps" in r for r in metrics(out)) and (runs.latest_step(out) or 0) > PLANNED_AT,
@@ -131,8 +136,10 @@ def test_sigkill_after_the_plan_then_resume_equals_a_run_of_the_planned_steps(
     planned = int(plan_record(out)["planned_steps"])
     assert resumed_from is not None and PLANNED_AT < resumed_from < planned
 
-    runs.train_here(budget_args(corpus, out, minutes=0.15, warmup=warmup, resume=True))
-    assert runs.latest_step(out) == planned  # the resumed process kept the plan (it did not calibrate anew)
+    # With time to spare (the budget is only the hard stop once the plan is made, so a slow machine
+    # cannot end the run early): the resumed process follows the saved plan, it does not calibrate anew.
+    runs.train_here(budget_args(corpus, out, minutes=5, warmup=warmup, resume=True))
+    assert runs.latest_step(out) == planned
     assert len([r for r in metrics(out) if "planned_steps" in r]) == 1
 
     reference = tmp_path / "reference"
