@@ -259,10 +259,10 @@ def test_controls_longer_than_the_model_can_write_name_their_line(run) -> None: 
     code, out, err = run("--input-format", "jsonl", "--skip-bad", stdin=stdin)
     assert code == 0, err
     assert out.split("\n")[1:] == ["", ""]
-    assert "line 2: the prefix and constraints take 70 tokens, more than the 63 the model can write" in err
+    assert "line 2: its prefix and constraints need 70 tokens, more than the 63 the model can write" in err
     code, out, err = run("--prefix", long, stdin="\n我爱你\n")
     assert code == 2 and out == "\n"  # the empty line 1 was answered
-    assert "line 2: the prefix and constraints take 70 tokens" in err
+    assert "line 2: its prefix and constraints need 70 tokens" in err
 
 
 def test_a_malformed_jsonl_line_stops_with_its_number_after_the_lines_before_it(run) -> None:  # type: ignore[no-untyped-def]

@@ -79,5 +79,5 @@ def test_a_phrase_the_vocabulary_cannot_write_is_refused_with_its_line(
     needed = len(tok.encode(prefix)) + len(tok.encode("love"))
     assert needed > most
     assert translator.controls_problem(prefix, ["love"]) == (
-        f"the prefix and constraints take {needed} tokens, more than the {most} the model can write"
+        f"its prefix and constraints need {needed} tokens, more than the {most} the model can write"
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from qkv.align import WordAlignment, align
 from qkv.decode import Hypothesis, SearchConfig, decode
 from qkv.decode import nat as nat_decode
+from qkv.decode.constraints import room_problem
 from qkv.decode.search import DEFAULT_SEARCH
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Transformer
@@ -157,7 +158,7 @@ class Translator:
             problem = self.controls_problem(prefix, wanted)
             if problem is not None:
                 raise ValueError(f"line {first_line + k}: {problem}")
-            ids = self._controls_ids(prefix, wanted)
+            ids = self.controls_ids(prefix, wanted)
             forced.append(ids[0])
             phrases.append(ids[1])
         return (None if prefixes is None else forced), (None if constraints is None else phrases)
@@ -190,15 +191,10 @@ class Translator:
             missing = self.unwritable(phrase) if phrase.strip() else []
             if missing:
                 return f"{what} {phrase!r}: the model's vocabulary cannot write {''.join(missing)!r}"
-        forced, phrases = self._controls_ids(prefix, constraints)
-        needed, most = len(forced) + sum(map(len, phrases)), self.model.config.max_positions - 1
-        if needed > most:
-            return (
-                f"the prefix and constraints take {needed} tokens, more than the {most} the model can write"
-            )
-        return None
+        forced, phrases = self.controls_ids(prefix, constraints)
+        return room_problem(len(forced) + sum(map(len, phrases)), self.model.config.max_positions - 1)
 
-    def _controls_ids(self, prefix: str, constraints: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+    def controls_ids(self, prefix: str, constraints: Sequence[str]) -> tuple[list[int], list[list[int]]]:
         """A text's prefix and constraint phrases as ids: duplicate phrases once, and a phrase that lies
         inside another left out (the longer one meets it)."""
         ids: list[list[int]] = []

@@ -116,6 +116,10 @@ def test_a_body_over_the_limit_is_413(client: httpx.Client) -> None:
             r"^constraints\[1\]: the model's vocabulary cannot write 'ж' \(in 'xж'\)",
         ),
         ({"texts": ["a"], "prefixes": ["ж"]}, r"^prefixes\[0\]: the model's vocabulary cannot write 'ж'"),
+        (  # the model's 64 positions leave 63 output tokens
+            {"texts": ["a", "b"], "constraints": [[], [" ".join(["love"] * 70)]]},
+            r"^texts\[1\]: its prefix and constraints need \d+ tokens, more than the 63 the model can write",
+        ),
         ({"texts": []}, r"^texts: List should have at least 1 item"),
         ({"texts": "a"}, r"^texts: Input should be a valid list"),
         ({"texts": ["a"], "path": "/etc/passwd"}, r"^path: unknown field"),

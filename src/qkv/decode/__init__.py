@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from qkv.decode.beam import beam_search
-from qkv.decode.constraints import Phrase, TokenRules, check_constraints, check_prefixes
+from qkv.decode.constraints import Phrase, TokenRules, check_constraints, check_prefixes, room_problem
 from qkv.decode.greedy import greedy_search
 from qkv.decode.hypothesis import Hypothesis, length_penalty
 from qkv.decode.lengths import Lengths
@@ -175,11 +175,9 @@ def _check_room(
     for index in range(count):
         needed = len(prefixes[index]) if prefixes is not None else 0
         needed += sum(len(p) for p in constraints[index]) if constraints is not None else 0
-        if needed > most:
-            raise ValueError(
-                f"sentence {index}: its prefix and constraints need {needed} tokens, more than the "
-                f"{most} the model can produce"
-            )
+        problem = room_problem(needed, most)
+        if problem:
+            raise ValueError(f"sentence {index}: {problem}")
 
 
 def _rules_for(

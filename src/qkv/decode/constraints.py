@@ -269,10 +269,7 @@ class TokenRules:
         too_long = (needed > most).nonzero().flatten().tolist()
         if too_long:
             row = too_long[0]
-            raise ValueError(
-                f"sentence {row}: its prefix and constraints need {int(needed[row])} tokens, more than the "
-                f"{most} the model can produce"
-            )
+            raise ValueError(f"sentence {row}: {room_problem(int(needed[row]), most)}")
         return torch.maximum(max_lens, needed)
 
     def select(self, rows: Tensor) -> TokenRules:
@@ -336,3 +333,12 @@ class TokenRules:
             kept = log_probs[row, columns]
             log_probs[row] = NEG_INF
             log_probs[row, columns] = kept
+
+
+def room_problem(needed: int, most: int) -> str | None:
+    """What is wrong when a sentence's forced prefix and constraint phrases need ``needed`` tokens and the
+    model can write ``most`` (its positions less one for <s>), or None when they fit. The one wording of
+    this rule, for decode, the Translator's per-line checks and the server."""
+    if needed <= most:
+        return None
+    return f"its prefix and constraints need {needed} tokens, more than the {most} the model can write"

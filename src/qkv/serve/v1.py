@@ -22,7 +22,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from qkv.decode.constraints import check_constraints, check_prefixes
+from qkv.decode.constraints import check_constraints, check_prefixes, room_problem
 from qkv.serve.errors import ApiError
 from qkv.serve.inference import AVERAGED, Job, Options, Result
 from qkv.serve.models import ServedModel
@@ -152,33 +152,17 @@ def _rules(body: TranslateRequest, model: ServedModel) -> list[Rules]:
                 raise ApiError(
                     422, f"{where}: the model's vocabulary cannot write {''.join(missing)!r} (in {phrase!r})"
                 )
-        prefix_ids = translator.target_ids(prefix) if prefix else []
-        phrase_ids: list[list[int]] = []
-        for phrase in phrases:
-            ids = translator.target_ids(phrase)
-            if ids not in phrase_ids:
-                phrase_ids.append(ids)
-        phrase_ids = [p for p in phrase_ids if not any(p != q and _inside(p, q) for q in phrase_ids)]
+        prefix_ids, phrase_ids = translator.controls_ids(prefix, phrases)
         try:
             check_prefixes([prefix_ids], 1, vocab_size=config.tgt_vocab_size, special=special)
             check_constraints([phrase_ids], 1, vocab_size=config.tgt_vocab_size, special=special)
         except ValueError as e:
             raise ApiError(422, f"texts[{index}]: {e}") from None
-        forced = len(prefix_ids) + sum(len(p) for p in phrase_ids)
-        if forced > config.max_positions - 1:
-            raise ApiError(
-                422,
-                f"texts[{index}]: the prefix and constraints are {forced} tokens, more than the model's "
-                f"{config.max_positions - 1} output positions",
-            )
+        problem = room_problem(len(prefix_ids) + sum(map(len, phrase_ids)), config.max_positions - 1)
+        if problem:
+            raise ApiError(422, f"texts[{index}]: {problem}")
         found.append((prefix, tuple(phrases)))
     return found
-
-
-def _inside(short: list[int], long: list[int]) -> bool:
-    """Whether ``short`` occurs contiguously in ``long``."""
-    n = len(short)
-    return any(long[i : i + n] == short for i in range(len(long) - n + 1))
 
 
 def _translation(result: Result, attention: str) -> dict[str, Any]:
