@@ -15,7 +15,8 @@ from qkv.cli.flag_types import (
     positive_int,
 )
 from qkv.config import PRESETS
-from qkv.train.schedule import Schedule
+from qkv.train.budget import CALIBRATION_SKIP, CALIBRATION_STEPS
+from qkv.train.schedule import SCHEDULES, Schedule
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -76,10 +77,11 @@ def add_optimisation_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--schedule",
-        choices=["auto", "inverse_sqrt", "linear", "cosine", "constant"],
+        choices=["auto", *SCHEDULES],
         default="auto",
         help="learning-rate schedule after warm-up. linear and cosine decay to 0 at --max-steps, or at the end "
-        "of the --max-minutes budget: the step rate is measured over steps 11-110 and the step count that "
+        f"of the --max-minutes budget: the step rate is measured over steps {CALIBRATION_SKIP + 1}-"
+        f"{CALIBRATION_SKIP + CALIBRATION_STEPS} and the step count that "
         "fits is planned (docs/real-data.md). auto (default): linear when --max-minutes is the only limit "
         "given, else inverse_sqrt (the paper's)",
     )

@@ -14,6 +14,7 @@ from typing import Literal
 
 Schedule = Literal["inverse_sqrt", "linear", "cosine", "constant"]
 SCHEDULES: tuple[Schedule, ...] = ("inverse_sqrt", "linear", "cosine", "constant")
+DECAYING: tuple[Schedule, ...] = ("linear", "cosine")  # those that reach 0 at total_steps
 
 
 def inverse_sqrt(step: int, *, d_model: int, warmup: int, factor: float = 1.0) -> float:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from qkv.storage import CheckpointError
-from qkv.train.schedule import SCHEDULES, Schedule
+from qkv.train.schedule import DECAYING, SCHEDULES, Schedule
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -70,7 +70,7 @@ class TrainConfig:
             raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r} must be one of {SCHEDULES}")
-        if self.schedule in ("linear", "cosine") and self.max_steps is None and self.max_minutes is None:
+        if self.schedule in DECAYING and self.max_steps is None and self.max_minutes is None:
             raise ValueError(
                 f"schedule={self.schedule!r} decays to 0 at max_steps or at the end of the max_minutes budget:"
                 " give one of them"

@@ -33,7 +33,7 @@ from qkv.train.outcome import TrainResult as TrainResult  # re-exported
 from qkv.train.processes import catching_signals, step_seed
 from qkv.train.processes import distributed_context as distributed_context  # re-exported
 from qkv.train.run_log import RunLog
-from qkv.train.schedule import learning_rate
+from qkv.train.schedule import DECAYING, learning_rate
 from qkv.train.state import TrainerState, optimizer_from_safetensors
 from qkv.train.task import Example as Example  # re-exported: the seq2seq example type
 from qkv.train.task import Seq2SeqTask, Task
@@ -208,10 +208,9 @@ class Trainer:
 
     def _learning_rate(self, step: int) -> float:
         schedule, total = self.config.schedule, self._decays_to()
-        if schedule in ("linear", "cosine") and total is None:
-            schedule = (
-                "constant"  # a time budget not planned yet: warm up, then hold the peak (qkv.train.budget)
-            )
+        if schedule in DECAYING and total is None:
+            # A time budget not planned yet: warm up, then hold the peak (qkv.train.budget).
+            schedule = "constant"
         return learning_rate(
             step, schedule=schedule, peak=self.config.lr, warmup=self.config.warmup, total_steps=total
         )
@@ -219,11 +218,11 @@ class Trainer:
     def _plans_budget(self) -> bool:
         """Whether this run fits its decay to --max-minutes and has not planned it yet."""
         c = self.config
-        return (
-            c.schedule in ("linear", "cosine")
-            and c.max_minutes is not None
-            and self.state.planned_steps is None
-        )
+        return c.schedule in DECAYING and c.max_minutes is not None and self.state.planned_steps is None
+
+    def _plan_done(self) -> bool:
+        """Whether the run has taken every step its time budget planned."""
+        return self.state.planned_steps is not None and self.state.step >= self.state.planned_steps
 
     def _plan_budget(self, seconds_per_step: float, start: float) -> None:
         """Fix the step the budget ends at (rank 0's measurement, on every rank) and report it."""
@@ -243,7 +242,7 @@ class Trainer:
         )
         message = (
             f"time budget: {seconds:.3f} s a step, so {planned:,} steps fit into --max-minutes {c.max_minutes:g}; "
-            f"the learning rate decays ({c.schedule}) to 0 at step {min(planned, c.max_steps or planned):,}"
+            f"the learning rate decays ({c.schedule}) to 0 at step {self._decays_to():,}"
         )
         if planned <= c.warmup:
             message += (
@@ -427,7 +426,7 @@ class Trainer:
         c = self.config
         if c.max_steps is not None and self.state.step >= c.max_steps:
             return "max_steps"
-        if self.state.planned_steps is not None and self.state.step >= self.state.planned_steps:
+        if self._plan_done():
             return "max_minutes"
         if c.max_epochs is not None:
             epoch_done = self.state.batch_in_epoch >= len(self._epoch_batches(self.state.epoch))
@@ -441,7 +440,7 @@ class Trainer:
             self._signal is not None,
             c.max_steps is not None and self.state.step >= c.max_steps,
             (c.max_minutes is not None and (time.monotonic() - start) / 60 >= c.max_minutes)
-            or (self.state.planned_steps is not None and self.state.step >= self.state.planned_steps),
+            or self._plan_done(),
             epoch_done and c.max_epochs is not None and self.state.epoch + 1 >= c.max_epochs,
         ]
         # All ranks must agree to stop at the same step (a signal or the clock may reach them apart).
