@@ -5,8 +5,8 @@ repeats allowed: the grammar has fewer distinct sentences than millions), prepar
 --workers 1` on one core and `--workers 2` on two (wall time; the shards must be the same bytes), then `qkv train --data
 PREPARED --preset tiny` runs a few hundred steps. Each command is a child process and its peak resident
 memory is its own (``os.wait4``'s ``ru_maxrss``), so the table shows what training on a prepared corpus
-costs as the corpus grows: the length index (4 bytes a pair) plus batching's index arrays (about 8 bytes a
-pair while an epoch's order is made), nothing that holds the text or the ids.
+costs as the corpus grows: batching holds one window of the corpus at a time (``--batch-window``, 524,288
+pairs) and reads lengths and ids from the mapped shards, so the peak should not grow with the corpus.
 
     .venv/bin/python -m benchmarks.prepare_scale --sizes 20000 100000 --steps 50     # a quick look
     .venv/bin/python -m benchmarks.prepare_scale --sizes 500000 5000000 --steps 300  # docs/real-data.md

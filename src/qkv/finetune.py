@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from qkv import checkpoint
 from qkv.config import BertConfig
-from qkv.data.batching import collate
+from qkv.data.batching import ArrayLengths, LengthIndex, collate
 from qkv.data.corpus import CorpusError, read_tsv
 from qkv.embed import bert_input, load_bert_tokenizer
 from qkv.models.bert import BertForSequenceClassification, BertForTokenClassification, Head
@@ -132,8 +132,9 @@ class ClassificationTask:
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
-    def lengths(self, data: Sequence[Example]) -> tuple[list[int], list[int]]:
-        return [len(e.ids) for e in data], [len(e.ids) for e in data]
+    def lengths(self, data: Sequence[Example]) -> LengthIndex:
+        lengths = [len(e.ids) for e in data]
+        return ArrayLengths(lengths, lengths)
 
     def tensors(
         self, data: Sequence[Example], indices: Sequence[int], device: torch.device

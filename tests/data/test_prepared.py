@@ -89,9 +89,14 @@ def test_a_prepared_corpus_equals_the_in_memory_encoding(tmp_path: Path) -> None
     kept_lines = [corpus.line_number(i) for i in range(len(corpus))]
     assert kept_lines == [line for line in text.line_numbers if line not in too_long]
     assert corpus.manifest["left_out"] == {"longer than 12 tokens on a side": len(too_long)}
-    # The index batching reads equals the examples' lengths.
-    assert corpus.src_lengths.tolist() == [len(s) for s, _ in in_memory.train]
-    assert corpus.tgt_lengths.tolist() == [len(t) for _, t in in_memory.train]
+    # The index batching reads equals the examples' lengths, for any pairs in any order.
+    src, tgt = corpus.lengths_of(np.arange(len(corpus)))
+    assert src.tolist() == [len(s) for s, _ in in_memory.train]
+    assert tgt.tolist() == [len(t) for _, t in in_memory.train]
+    some = np.random.default_rng(0).permutation(len(corpus))[:300]
+    assert [array.tolist() for array in corpus.lengths_of(some)] == [src[some].tolist(), tgt[some].tolist()]
+    with pytest.raises(IndexError, match=f"pair {len(corpus)} of a corpus of {len(corpus)}"):
+        corpus.lengths_of(np.array([0, len(corpus)]))
 
 
 @pytest.mark.parametrize("layout", ["jsonl", "parallel"])
@@ -286,6 +291,17 @@ def test_a_cut_shard_is_named(good: Path) -> None:
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match=r"shard-00000\.tokens\.npy: .* cut short"):
         PreparedCorpus(good)
+
+
+def test_a_shard_cut_while_training_reads_it_is_named(good: Path) -> None:
+    corpus = PreparedCorpus(good)  # checked whole when opened
+    assert corpus[len(corpus) - 2]  # the last shard's files are open
+    path = good / f"shard-{len(corpus.manifest['shards']) - 1:05d}.tokens.npy"
+    with open(path, "r+b") as file:  # then cut, in place: the last pair's ids are gone
+        file.truncate(path.stat().st_size - 4)
+    assert corpus[0]
+    with pytest.raises(CheckpointError, match=rf"{path.name}: cut short while it was being read"):
+        corpus[len(corpus) - 1]
 
 
 def test_a_shard_of_other_lengths_is_named(good: Path) -> None:

@@ -40,6 +40,11 @@ def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+# Pairs batched together: the 600 training pairs are dealt into 3 windows each epoch, so the resumed runs
+# cover windowed batching (a corpus larger than one window) from the text file and the prepared shards.
+BATCH_WINDOW = 200
+
+
 def train_args(
     corpus: dict[str, Path], out: Path, *, steps: int, valid: bool = True, resume: bool = False
 ) -> list[str]:
@@ -50,6 +55,7 @@ def train_args(
         "--lr", "2e-3", "--warmup", "10", "--seed", "3",
         "--save-every", str(SAVE_EVERY), "--keep-last", "100", "--log-every", "1",
         "--max-steps", str(steps), "--threads", "1", "--quiet",
+        "--batch-window", str(BATCH_WINDOW),
     ]  # fmt: skip
     if valid:
         args += ["--valid", str(corpus["valid"]), "--valid-every", "5"]

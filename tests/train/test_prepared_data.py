@@ -30,10 +30,19 @@ def test_lengths_from_the_index_equal_lengths_of_the_examples(
     prepared_corpus: dict[str, Path], task: Seq2SeqTask | NATTask
 ) -> None:
     corpus = PreparedCorpus(prepared_corpus["train"])
-    from_index = task.lengths(corpus)
-    from_examples = task.lengths(list(corpus))  # the per-example computation, on the same pairs
-    assert all(isinstance(lengths, np.ndarray) for lengths in from_index)
-    assert [lengths.tolist() for lengths in from_index] == [list(lengths) for lengths in from_examples]
+    everything = np.arange(len(corpus))
+    from_index = task.lengths(corpus).lengths_of(everything)
+    from_examples = task.lengths(list(corpus)).lengths_of(everything)  # the same pairs, in memory
+    assert [lengths.tolist() for lengths in from_index] == [lengths.tolist() for lengths in from_examples]
+    # By hand: the decoder reads <s> + target (seq2seq), at least one position (NAT), or the bound (cut).
+    for src_len, tgt_len, (src, tgt) in zip(*from_index, corpus, strict=True):
+        assert src_len == len(src)
+        if isinstance(task, Seq2SeqTask):
+            assert tgt_len == len(tgt) + 1
+        elif task.cut_at is None:
+            assert tgt_len == max(len(tgt), 1)
+        else:
+            assert tgt_len == min(max(len(src) + 3, len(tgt) + 1), 20)
 
 
 class CountingCorpus(PreparedCorpus):
@@ -56,7 +65,7 @@ def test_the_trainer_reads_only_the_pairs_it_trains_on(
     trainer = Trainer(model, config, tmp_path / "run", train=corpus, progress=False)
     assert trainer.train_data is corpus  # kept as given, never copied into memory
     trainer.fit()
-    src_lens, tgt_lens = trainer.task.lengths(corpus)
+    src_lens, tgt_lens = trainer.task.lengths(corpus).lengths_of(np.arange(len(corpus)))
     batches = trainer._epoch_batches(0)[:3]
     assert CountingCorpus.reads == sum(len(batch) for batch in batches)
     assert CountingCorpus.reads < len(corpus) / 2

@@ -42,6 +42,9 @@ def leftovers(run_dir: Path) -> list[str]:
 def test_reference_run_uses_dropout(reference_run: Path) -> None:
     config = checkpoint.load_json(checkpoint_dir(reference_run, STEPS) / checkpoint.CONFIG_FILE)
     assert config["model"]["dropout"] > 0  # else exactness would not cover the dropout RNG
+    state = checkpoint.load_json(checkpoint_dir(reference_run, STEPS) / checkpoint.TRAINER_STATE_FILE)
+    assert state["train_config"]["batch_window"] == runs.BATCH_WINDOW
+    assert state["epoch"] >= 1  # the runs cross an epoch: both epochs' windows are reproduced
     assert sorted(step_records(reference_run)) == list(range(1, STEPS + 1))
 
 

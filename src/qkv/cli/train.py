@@ -111,6 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         max_tokens=args.max_tokens,
         accumulate=args.accumulate,
+        batch_window=args.batch_window,
         max_steps=args.max_steps,
         max_epochs=args.max_epochs if stops_given else 10,
         max_minutes=args.max_minutes,

@@ -15,6 +15,7 @@ from qkv.cli.flag_types import (
     positive_int,
 )
 from qkv.config import PRESETS
+from qkv.data.batching import WINDOW
 from qkv.train.budget import CALIBRATION_SKIP, CALIBRATION_STEPS
 from qkv.train.schedule import SCHEDULES, Schedule
 
@@ -71,6 +72,15 @@ def add_optimisation_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--accumulate", type=positive_int, default=1, help="batches per optimizer step (default 1)"
+    )
+    g.add_argument(
+        "--batch-window",
+        type=positive_int,
+        default=WINDOW,
+        metavar="PAIRS",
+        help="pairs sorted by length together to make batches. A larger corpus is dealt at random into "
+        "windows of at most PAIRS each epoch and batched a window at a time, so that memory does not grow "
+        f"with the corpus (as Marian's maxi-batches; default {WINDOW:,})",
     )
     g.add_argument(
         "--lr", type=positive_float, default=7e-4, help="peak learning rate (default 7e-4, the paper's base)"

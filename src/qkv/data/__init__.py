@@ -5,7 +5,16 @@
 ``qkv.data.demo`` generates the synthetic zh->en corpus of ``qkv demo``. Nothing here imports model code.
 """
 
-from qkv.data.batching import BatchPosition, collate, iter_batches, make_batches, shard
+from qkv.data.batching import (
+    ArrayLengths,
+    BatchPosition,
+    EpochBatches,
+    LengthIndex,
+    MappedLengths,
+    collate,
+    iter_batches,
+    make_batches,
+)
 from qkv.data.corpus import (
     Corpus,
     CorpusError,
@@ -16,9 +25,13 @@ from qkv.data.corpus import (
 )
 
 __all__ = [
+    "ArrayLengths",
     "BatchPosition",
     "Corpus",
     "CorpusError",
+    "EpochBatches",
+    "LengthIndex",
+    "MappedLengths",
     "collate",
     "iter_batches",
     "make_batches",
@@ -26,5 +39,4 @@ __all__ = [
     "read_jsonl",
     "read_parallel",
     "read_tsv",
-    "shard",
 ]

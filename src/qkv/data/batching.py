@@ -9,8 +9,13 @@ tie-break and the batches are then shuffled, both from a numpy ``Generator`` see
 numpy's or torch's global state). So a :class:`BatchPosition` — the epoch and how many of its batches were
 already used — is all that training state needs to resume on the very same batch.
 
-Lengths are numpy arrays and batches are slices of one index array, so an epoch of millions of examples
-costs a few bytes per example (:mod:`qkv.data.prepared` keeps the lengths of a corpus on disk that way).
+A corpus of more than :data:`WINDOW` examples is batched a window at a time (:class:`EpochBatches`), as
+Marian batches a maxi-batch at a time: a pseudo-random permutation of the whole corpus, computed on the fly
+(:class:`Permutation`), deals the examples into windows of at most :data:`WINDOW`, and each window is sorted
+and packed as above. What batching holds is one window's index arrays, whatever the size of the corpus, and
+a corpus of one window is batched exactly as :func:`make_batches` batches it. Lengths come from a
+:class:`LengthIndex`, which reads the lengths of a window's examples when asked (:mod:`qkv.data.prepared`
+reads them from its shard files).
 
 Masks are not built here: :func:`collate` pads token ids with the pad id, and the model builds its masks
 from the ids and the pad id.
@@ -18,8 +23,10 @@ from the ids and the pad id.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -34,8 +41,16 @@ Batch = npt.NDArray[np.signedinteger]  # example indices (int32, or int64 past 2
 _STREAM = 0x716B762E62617463  # "qkv.batc"
 
 
-def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([_STREAM, seed, epoch]))
+_PERMUTATION_STREAM = 0x716B762E7065726D  # "qkv.perm"
+WINDOW = 2**19  # examples batched together, at most: a window's index arrays take a few MB
+IntArray = npt.NDArray[np.int64]
+
+
+def _epoch_rng(seed: int, epoch: int, window: int = 0) -> np.random.Generator:
+    # Window 0 draws from the stream of a one-window epoch, so a corpus that fits one window is batched as
+    # make_batches batches it.
+    entropy = [_STREAM, seed, epoch] if window == 0 else [_STREAM, seed, epoch, window]
+    return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
 def _checked_lengths(name: str, lens: Lengths) -> npt.NDArray[np.integer]:
@@ -61,6 +76,7 @@ def make_batches(
     epoch: int,
     shuffle: bool = True,
     max_sentences: int | None = None,
+    window: int = 0,
 ) -> list[Batch]:
     """Group example indices into batches whose padded size stays within ``max_tokens``.
 
@@ -70,6 +86,7 @@ def make_batches(
     epoch)``. Without ``shuffle`` the batches come in length order with ties in index order (for
     translating or scoring a file: the indices say where each output goes). ``max_sentences`` optionally
     caps the examples per batch as well. Each batch is a numpy array of indices (a view of one array).
+    ``window`` (of :class:`EpochBatches`) picks another random stream for each window of an epoch.
 
     Every index appears in exactly one batch. A batch of n examples satisfies
     ``n * max(max src len, max tgt len) <= max_tokens`` unless n == 1 and that one example is longer than
@@ -84,12 +101,12 @@ def make_batches(
     if max_sentences is not None and max_sentences < 1:
         raise ValueError(f"max_sentences must be at least 1 (or None), got {max_sentences}")
 
-    rng = _epoch_rng(seed, epoch)
+    rng = _epoch_rng(seed, epoch, window)
     count = len(src)
     index_type: type[np.signedinteger] = np.int32 if count < 2**31 else np.int64  # 4 bytes an example
     order: Batch
-    # One sort of the whole index: the temporaries here (about 16 bytes an example at their peak) are
-    # the largest memory batching needs; what stays is the order, 4 bytes an example.
+    # One sort of the examples given (in training, a window of the corpus): the temporaries here, about 16
+    # bytes an example at their peak, are the largest memory batching needs.
     if shuffle:
         tie_break = rng.integers(0, 2**32, size=count, dtype=np.uint32)
         sorted_at = np.lexsort((tie_break, tgt, src))  # the last key sorts first
@@ -120,22 +137,203 @@ def make_batches(
     return batches
 
 
-def shard(batches: Sequence[Batch], rank: int, world_size: int) -> list[Batch]:
-    """The batches of one rank out of ``world_size``: every ``world_size``-th batch, starting at ``rank``.
+class LengthIndex(Protocol):
+    """The lengths of a dataset's examples as batching counts them, read for the examples asked about."""
 
-    The tail that cannot be shared out evenly (fewer than ``world_size`` batches) is dropped, so every rank
-    has the same number of batches and data-parallel steps stay in lockstep. The ranks' shards are disjoint.
+    def __len__(self) -> int: ...
+
+    def lengths_of(self, indices: IntArray) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.integer]]:
+        """(source lengths, target lengths) of the examples ``indices``, in their order."""
+        ...
+
+
+class ArrayLengths:
+    """A :class:`LengthIndex` over two sequences of lengths, one entry per example (lists become arrays)."""
+
+    def __init__(self, src_lens: Lengths, tgt_lens: Lengths) -> None:
+        self.src = _checked_lengths("src_lens", src_lens)
+        self.tgt = _checked_lengths("tgt_lens", tgt_lens)
+        if len(self.src) != len(self.tgt):
+            raise ValueError(
+                f"src_lens has {len(self.src)} entries but tgt_lens has {len(self.tgt)}; one per example"
+            )
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def lengths_of(self, indices: IntArray) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.integer]]:
+        return self.src[indices], self.tgt[indices]
+
+
+LengthChange = Callable[
+    [npt.NDArray[np.integer], npt.NDArray[np.integer]],
+    tuple[npt.NDArray[np.integer], npt.NDArray[np.integer]],
+]
+
+
+class MappedLengths:
+    """The lengths of ``base`` passed through ``change``, a vectorised function of (source, target) lengths:
+    what a task adds to the pairs' own lengths (a <s>, a decoder bound)."""
+
+    def __init__(self, base: LengthIndex, change: LengthChange) -> None:
+        self.base, self.change = base, change
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def lengths_of(self, indices: IntArray) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.integer]]:
+        return self.change(*self.base.lengths_of(indices))
+
+
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # SplitMix64's finaliser
+
+
+def _mix(z: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    z = (z ^ (z >> np.uint64(30))) * _M1  # uint64 arithmetic wraps around, as the finaliser wants
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+class Permutation:
+    """A pseudo-random permutation of ``range(count)``, computed for any positions without being stored.
+
+    A Feistel network (:data:`ROUNDS` rounds of SplitMix64's mixing function under random keys) permutes
+    the numbers of 2h bits, the fewest even number of bits that covers ``count``; a number it sends to
+    ``count`` or beyond is sent on until it lands below ``count`` ("cycle walking"), which keeps the map a
+    permutation of ``range(count)``. The keys are drawn from ``seed``.
     """
-    if world_size < 1:
-        raise ValueError(f"world_size must be at least 1, got {world_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    per_rank = len(batches) // world_size
-    if per_rank == 0 and batches:
-        raise ValueError(
-            f"only {len(batches)} batches for {world_size} ranks; lower max_tokens or use fewer processes"
+
+    ROUNDS = 6
+
+    def __init__(self, count: int, seed: np.random.SeedSequence) -> None:
+        if count < 1:
+            raise ValueError(f"a permutation needs at least one element, got count={count}")
+        self.count = count
+        self._half = (max((count - 1).bit_length(), 2) + 1) // 2
+        self._mask = np.uint64((1 << self._half) - 1)
+        self._keys = np.random.default_rng(seed).integers(
+            0, np.iinfo(np.uint64).max, size=self.ROUNDS, dtype=np.uint64, endpoint=True
         )
-    return list(batches[rank : per_rank * world_size : world_size])
+
+    def _network(self, x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+        half = np.uint64(self._half)
+        left, right = x >> half, x & self._mask
+        for key in self._keys:
+            left, right = right, left ^ (_mix(right ^ key) & self._mask)
+        return (left << half) | right
+
+    def __call__(self, positions: IntArray) -> IntArray:
+        """Where each of ``positions`` (in ``range(count)``) goes. Shapes: (n,) -> (n,) int64."""
+        x = self._network(np.asarray(positions, dtype=np.uint64))
+        outside = np.flatnonzero(x >= self.count)
+        while outside.size:
+            x[outside] = self._network(x[outside])
+            outside = outside[x[outside] >= self.count]
+        return x.astype(np.int64)
+
+
+class EpochBatches(Sequence[Batch]):
+    """The batches of one rank in one epoch, made a window of the corpus at a time, when asked for.
+
+    The corpus's examples are dealt into ``ceil(count / window)`` windows of (nearly) equal size by a
+    :class:`Permutation` drawn from ``(seed, epoch)``; each window's examples, in index order, are batched by
+    :func:`make_batches`, and the epoch's batches are those of window 0, then window 1, and so on. A corpus
+    of one window is batched exactly as ``make_batches`` batches it.
+
+    Batch g of the epoch belongs to rank ``g % world_size``; the tail that cannot be shared out evenly
+    (fewer than ``world_size`` batches) is dropped, so every rank has the same number of batches and
+    data-parallel steps stay in lockstep. ``batches[i]`` is this rank's i-th batch.
+
+    Making the object counts the batches of every window (lengths are read, no pair is); a window's
+    batches are made again when they are asked for, and the last window made is kept.
+    """
+
+    def __init__(
+        self,
+        lengths: LengthIndex,
+        max_tokens: int,
+        *,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        max_sentences: int | None = None,
+        window: int = WINDOW,
+    ) -> None:
+        if world_size < 1:
+            raise ValueError(f"world_size must be at least 1, got {world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self.examples = len(lengths)
+        if self.examples == 0:
+            raise ValueError("no examples to batch")
+        self.lengths, self.max_tokens, self.max_sentences = lengths, max_tokens, max_sentences
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.windows = math.ceil(self.examples / window)
+        self._permutation = (
+            Permutation(self.examples, np.random.SeedSequence([_PERMUTATION_STREAM, seed, epoch]))
+            if self.windows > 1
+            else None
+        )
+        self._made: tuple[int, list[Batch]] | None = None
+        counts = [len(self._window_batches(w)) for w in range(self.windows)]
+        self._first = np.cumsum([0, *counts])  # the epoch's first batch of each window, and the total
+        total = int(self._first[-1])
+        self._length = total // world_size
+        if self._length == 0:
+            raise ValueError(
+                f"only {total} batches for {world_size} ranks; lower max_tokens or use fewer processes"
+            )
+
+    def members(self, window: int) -> IntArray:
+        """The examples of ``window``, in index order."""
+        if self._permutation is None:
+            return np.arange(self.examples)
+        positions = np.arange(
+            window * self.examples // self.windows, (window + 1) * self.examples // self.windows
+        )
+        return np.sort(self._permutation(positions))
+
+    def _window_batches(self, window: int) -> list[Batch]:
+        if self._made is not None and self._made[0] == window:
+            return self._made[1]
+        self._made = None  # let the previous window's arrays go before the next are made
+        members = self.members(window)
+        src, tgt = self.lengths.lengths_of(members)
+        batches = make_batches(
+            src,
+            tgt,
+            self.max_tokens,
+            seed=self.seed,
+            epoch=self.epoch,
+            max_sentences=self.max_sentences,
+            window=window,
+        )
+        if self._permutation is not None:  # positions within the window -> examples of the corpus
+            index_type = np.int32 if self.examples < 2**31 else np.int64
+            members = members.astype(index_type)
+            batches = [members[batch] for batch in batches]
+        self._made = (window, batches)
+        return batches
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> Batch: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Batch]: ...
+    def __getitem__(self, index: int | slice) -> Batch | list[Batch]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = index + len(self) if index < 0 else index
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {index} of an epoch of {len(self)}")
+        g = self.rank + i * self.world_size
+        window = int(np.searchsorted(self._first, g, side="right")) - 1
+        return self._window_batches(window)[g - int(self._first[window])]
 
 
 @dataclass(frozen=True)
@@ -176,21 +374,28 @@ def iter_batches(
     rank: int = 0,
     world_size: int = 1,
     max_sentences: int | None = None,
+    window: int = WINDOW,
 ) -> Iterator[tuple[Batch, BatchPosition]]:
-    """Batches of this rank, epoch after epoch without end, from ``start`` (default: the very beginning).
+    """Batches of this rank (:class:`EpochBatches`), epoch after epoch without end, from ``start``
+    (default: the very beginning).
 
     Yields ``(batch, resume_at)``: ``resume_at`` is the position just after ``batch``, the one to save once
     the batch has been trained on. The caller stops the loop (after so many steps or epochs).
     """
-    if len(src_lens) == 0:
-        raise ValueError("no examples to batch")
+    lengths = ArrayLengths(src_lens, tgt_lens)
     position = start or BatchPosition()
     epoch, index = position.epoch, position.index
     while True:
-        batches = make_batches(
-            src_lens, tgt_lens, max_tokens, seed=seed, epoch=epoch, max_sentences=max_sentences
+        mine = EpochBatches(
+            lengths,
+            max_tokens,
+            seed=seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            max_sentences=max_sentences,
+            window=window,
         )
-        mine = shard(batches, rank, world_size)
         if index > len(mine):
             raise ValueError(
                 f"cannot resume at batch {index} of epoch {epoch}: this epoch has only {len(mine)} batches "

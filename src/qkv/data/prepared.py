@@ -1,4 +1,4 @@
-"""A prepared corpus: token ids on disk in shards, read through memory maps, with its length index in memory.
+"""A prepared corpus: token ids and their length index on disk in shards, read as they are needed.
 
 ``qkv prepare`` (:mod:`qkv.data.prepare`) writes a directory::
 
@@ -11,25 +11,26 @@
     shard-00000.lines.npy      (pairs,): the line each pair came from, counted from the shard's first line
 
 Every ``.npy`` loads with ``np.load`` (the token arrays with ``mmap_mode="r"``); token ids are uint16 when
-the vocabulary fits, else uint32. :class:`PreparedCorpus` holds the lengths in memory (a few bytes per
-pair: that is all batching needs) and reads a pair's ids from the mapped shard when it is asked for.
-Pages read through a map count in a process's resident memory until released, so the corpus releases them
-every :data:`RELEASE_EVERY` reads: memory stays flat however large the corpus.
+the vocabulary fits, else uint32. :class:`PreparedCorpus` reads lengths (for batching) and a pair's ids
+from the shard files when they are asked for (``os.pread``: the pages stay in the system's page cache, not
+in the process, as pages of a memory map would until released, and the kernel maps the neighbours of every
+page a map faults in); what it keeps in memory is where every :data:`BLOCK`-th pair starts, a fraction of a
+byte per pair. So memory stays flat however large the corpus.
 """
 
 from __future__ import annotations
 
-import mmap
 import operator
 import os
 import resource
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, BinaryIO, overload
 
 import numpy as np
 import numpy.typing as npt
 
+from qkv.data.batching import ArrayLengths, IntArray, LengthIndex
 from qkv.data.encode import Example
 from qkv.storage import CheckpointError, read_json_object
 
@@ -40,7 +41,7 @@ VALID_FILE = "valid.jsonl"
 TOKENIZER_FILES = ("tokenizer.json", "src_tokenizer.json", "tgt_tokenizer.json")
 SHARD_FILES = ("tokens", "lengths", "lines")  # shard-NNNNN.<kind>.npy
 TOKEN_DTYPES = ("uint16", "uint32")
-RELEASE_EVERY = 512  # pair reads between releases of the mapped pages
+BLOCK = 256  # pairs between the starts kept in memory: a pair's start is read from at most 255 lengths
 
 
 def shard_name(index: int) -> str:
@@ -143,11 +144,12 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 class PreparedCorpus(Sequence[Example]):
     """The examples of a prepared directory, ``(source ids ending in </s>, target ids)`` as lists, read on
-    demand from the mapped shards.
+    demand from the shards.
 
-    ``src_lengths`` and ``tgt_lengths`` (numpy, one entry per pair) are the index batching uses without
-    touching the shards. Every file is checked against ``prepared.json`` when the corpus is opened: a
-    missing, cut or mismatched file is a :class:`~qkv.storage.CheckpointError` naming it.
+    :meth:`lengths_of` is the index batching uses (a :class:`~qkv.data.batching.LengthIndex`): it reads
+    the shards' length files, never the token ids. Every file is checked against ``prepared.json`` when the
+    corpus is opened: a missing, cut or mismatched file is a :class:`~qkv.storage.CheckpointError` naming
+    it.
     """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
@@ -190,13 +192,13 @@ class PreparedCorpus(Sequence[Example]):
         if total == 0:
             raise CheckpointError(f"{source}: the prepared corpus holds no pairs")
 
-        # The index, filled a shard at a time (nothing of the size of the corpus but these three arrays):
-        # the two lengths, and where each pair starts within its shard's tokens (4 bytes: a shard holds
-        # far fewer than 2**32 ids).
+        # Nothing of the size of the corpus stays in memory: the lengths are read from the files when asked
+        # for, and of the pairs' starts in their shard's tokens every BLOCK-th is kept (4 bytes: a shard
+        # holds far fewer than 2**32 ids); a pair's start is its block's plus the lengths before it.
         self._starts = np.cumsum([0, *counts])  # the first pair of each shard, and the total
-        self.src_lengths: npt.NDArray[np.unsignedinteger] = np.empty(total, lengths_dtype)
-        self.tgt_lengths: npt.NDArray[np.unsignedinteger] = np.empty(total, lengths_dtype)
-        self._offsets = np.empty(total, np.uint32)
+        self._lengths_dtype = np.dtype(lengths_dtype)
+        self._pair_counts = counts
+        self._block_starts: list[npt.NDArray[np.uint32]] = []
         for position, (name, pairs) in enumerate(zip(self._names, counts, strict=True)):
             tokens = self._token_counts[position]
             lengths = _load_small(self.directory / shard_file(name, "lengths"), lengths_dtype, (pairs, 2))
@@ -212,13 +214,10 @@ class PreparedCorpus(Sequence[Example]):
                     f"{self.directory / shard_file(name, 'tokens')}: holds {dtype} {shape}, but prepared.json "
                     f"says {self.token_dtype} ({tokens},); run qkv prepare again"
                 )
-            first, end = int(self._starts[position]), int(self._starts[position + 1])
-            self.src_lengths[first:end] = lengths[:, 0]
-            self.tgt_lengths[first:end] = lengths[:, 1]
-            self._offsets[first:end] = np.cumsum(per_pair) - per_pair
-        self._maps: dict[int, tuple[mmap.mmap, npt.NDArray[np.unsignedinteger]]] = {}
-        self._reads = 0
-        _allow_open_files(len(self._names))
+            self._block_starts.append((np.cumsum(per_pair) - per_pair)[::BLOCK].astype(np.uint32))
+            del lengths, per_pair
+        self._files: dict[tuple[int, str], tuple[BinaryIO, int]] = {}  # (file, where its data starts)
+        _allow_open_files(2 * len(self._names))
 
     # -- what batching and training read ------------------------------------------------------------------
     def __len__(self) -> int:
@@ -237,13 +236,35 @@ class PreparedCorpus(Sequence[Example]):
         if not 0 <= i < len(self):
             raise IndexError(f"pair {index} of a corpus of {len(self)}")
         shard = int(np.searchsorted(self._starts, i, side="right")) - 1
-        tokens = self._tokens(shard)
-        start, src_len = int(self._offsets[i]), int(self.src_lengths[i])
-        ids = tokens[start : start + src_len + int(self.tgt_lengths[i])].tolist()
-        self._reads += 1
-        if self._reads % RELEASE_EVERY == 0:
-            self.release()
+        local = i - int(self._starts[shard])
+        block = local // BLOCK
+        lengths = self._lengths(shard, block * BLOCK, local + 1)  # the block's pairs up to this one
+        start = int(self._block_starts[shard][block]) + int(lengths[:-1].sum())
+        src_len, tgt_len = (int(n) for n in lengths[-1])
+        ids = self._read(shard, "tokens", self.token_dtype, start, src_len + tgt_len).tolist()
         return ids[:src_len], ids[src_len:]
+
+    def lengths_of(self, indices: IntArray) -> tuple[IntArray, IntArray]:
+        """(source lengths, target lengths) of pairs ``indices``, in their order, read from the shards'
+        length files (no pair is read): a :class:`~qkv.data.batching.LengthIndex`. Shapes: (n,) -> (n,), (n,)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        src, tgt = np.empty(len(indices), np.int64), np.empty(len(indices), np.int64)
+        if not len(indices):
+            return src, tgt
+        order = np.argsort(indices, kind="stable")
+        ordered = indices[order]
+        if ordered[0] < 0 or ordered[-1] >= len(self):
+            wrong = ordered[0] if ordered[0] < 0 else ordered[-1]
+            raise IndexError(f"pair {wrong} of a corpus of {len(self)}")
+        bounds = np.searchsorted(ordered, self._starts)  # where each shard's pairs begin in `ordered`
+        for shard in range(len(self._names)):
+            a, b = int(bounds[shard]), int(bounds[shard + 1])
+            if a < b:
+                local = ordered[a:b] - int(self._starts[shard])
+                first = int(local[0])
+                rows = self._lengths(shard, first, int(local[-1]) + 1)[local - first]  # (b - a, 2)
+                src[order[a:b]], tgt[order[a:b]] = rows[:, 0], rows[:, 1]
+        return src, tgt
 
     def __iter__(self) -> Iterator[Example]:
         for i in range(len(self)):
@@ -255,24 +276,25 @@ class PreparedCorpus(Sequence[Example]):
         lines = np.load(self.directory / shard_file(self._names[shard], "lines"), mmap_mode="r")
         return self._first_lines[shard] + int(lines[index - int(self._starts[shard])]) - 1
 
-    def release(self) -> None:
-        """Give back the pages read through the maps (they stay in the page cache, not in this process)."""
-        for mapped, _ in self._maps.values():
-            if hasattr(mmap, "MADV_DONTNEED"):
-                mapped.madvise(mmap.MADV_DONTNEED)
+    def _lengths(self, shard: int, first: int, end: int) -> npt.NDArray[np.unsignedinteger]:
+        """Source and target lengths of the shard's pairs ``first`` to ``end`` (excluded). Shape (n, 2)."""
+        return self._read(shard, "lengths", self._lengths_dtype, 2 * first, 2 * (end - first)).reshape(-1, 2)
 
-    def _tokens(self, shard: int) -> npt.NDArray[np.unsignedinteger]:
-        opened = self._maps.get(shard)
+    def _read(
+        self, shard: int, kind: str, dtype: np.dtype[Any], first: int, count: int
+    ) -> npt.NDArray[np.unsignedinteger]:
+        """``count`` values of the shard's ``kind`` array from value ``first`` on, read from its file."""
+        opened = self._files.get((shard, kind))
+        path = self.directory / shard_file(self._names[shard], kind)
         if opened is None:
-            path = self.directory / shard_file(self._names[shard], "tokens")
             _, _, offset = _npy_header(path)
-            with open(path, "rb") as file:
-                mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-            if hasattr(mmap, "MADV_RANDOM"):
-                mapped.madvise(mmap.MADV_RANDOM)  # pairs are read in random order: no read-ahead
-            array = np.frombuffer(mapped, self.token_dtype, count=self._token_counts[shard], offset=offset)
-            opened = self._maps[shard] = (mapped, array)
-        return opened[1]
+            opened = self._files[(shard, kind)] = (open(path, "rb", buffering=0), offset)
+        file, offset = opened
+        size = count * dtype.itemsize
+        data = os.pread(file.fileno(), size, offset + first * dtype.itemsize)
+        if len(data) != size:
+            raise CheckpointError(f"{path}: cut short while it was being read; run qkv prepare again")
+        return np.frombuffer(data, dtype)
 
     # -- what the trainer reports and what came with the corpus ---------------------------------------------
     @property
@@ -293,10 +315,22 @@ class PreparedCorpus(Sequence[Example]):
         return [head, *(str(line) for line in lines)] if isinstance(lines, list) else [head]
 
 
-def _allow_open_files(maps: int) -> None:
-    """Each mapped shard keeps a file descriptor: raise the soft limit toward the hard one if needed."""
+def _allow_open_files(files: int) -> None:
+    """Each shard file read stays open: raise the soft limit toward the hard one if needed."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = maps + 256
+    wanted = files + 256
     if soft != resource.RLIM_INFINITY and soft < wanted:
         new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+def length_index(data: Sequence[Example]) -> LengthIndex:
+    """The (source, target) lengths of ``data``'s pairs for batching: a prepared corpus reads them from its
+    shards when asked; pairs in memory are measured once, into two arrays."""
+    if isinstance(data, PreparedCorpus):
+        return data
+    count = len(data)
+    return ArrayLengths(
+        np.fromiter((len(src) for src, _ in data), np.int64, count),
+        np.fromiter((len(tgt) for _, tgt in data), np.int64, count),
+    )

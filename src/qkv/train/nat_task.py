@@ -23,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.data.batching import Lengths, collate
-from qkv.data.prepared import PreparedCorpus
+from qkv.data.batching import LengthIndex, MappedLengths, collate
+from qkv.data.prepared import length_index
 from qkv.models.nat import length_bounds, length_classes
 from qkv.train.loss import label_smoothed_loss
 from qkv.train.task import Example
@@ -76,16 +77,14 @@ class NATTask:
         self.length_weight = length_weight
         self.cut_at, self.max_positions = cut_at, max_positions
 
-    def lengths(self, data: Sequence[Example]) -> tuple[Lengths, Lengths]:
-        if isinstance(data, PreparedCorpus):
-            return self._index_lengths(data)
-        if self.cut_at is None:
-            return [len(s) for s, _ in data], [max(len(t), 1) for _, t in data]
-        return [len(s) for s, _ in data], [self._bound(len(s), len(t)) for s, t in data]
+    def lengths(self, data: Sequence[Example]) -> LengthIndex:
+        return MappedLengths(length_index(data), self._decoder_lengths)
 
-    def _index_lengths(self, data: PreparedCorpus) -> tuple[Lengths, Lengths]:
-        """:meth:`lengths` from a prepared corpus's length index, with no pair read (numpy, vectorised)."""
-        src, tgt = data.src_lengths, data.tgt_lengths
+    def _decoder_lengths(
+        self, src: npt.NDArray[np.integer], tgt: npt.NDArray[np.integer]
+    ) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.integer]]:
+        """Batching lengths of pairs (vectorised): the decoder writes at least one position, or with the cut
+        method as many as :meth:`_bound` says."""
         if self.cut_at is None:
             return src, np.maximum(tgt, 1)
         assert self.max_positions is not None
@@ -96,9 +95,8 @@ class NATTask:
     def _bound(self, src_len: int, tgt_len: int) -> int:
         """Decoder positions of one example with the cut method: the inference bound, or room for the
         target and one </s> where the target is longer (never more than max_positions)."""
-        assert self.max_positions is not None
-        bound = int(length_bounds(torch.tensor(src_len), self.max_length_offset, self.max_positions))
-        return min(max(bound, tgt_len + 1), self.max_positions)
+        _, positions = self._decoder_lengths(np.array([src_len]), np.array([tgt_len]))
+        return int(positions[0])
 
     def _targets(self, examples: Sequence[Example]) -> Tensor:
         """The gold targets, padded: as they are, or (cut) each followed by </s> up to its bound and cut

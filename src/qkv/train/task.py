@@ -10,21 +10,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from qkv.data.batching import Lengths, collate
+from qkv.data.batching import LengthIndex, MappedLengths, collate
 from qkv.data.encode import Example as Example  # re-exported: the seq2seq example type
-from qkv.data.prepared import PreparedCorpus
+from qkv.data.prepared import length_index
 from qkv.train.loss import label_smoothed_loss
 
 
 class Task(Protocol):
     """The model-specific part of training."""
 
-    def lengths(self, data: Sequence[Any]) -> tuple[Lengths, Lengths]:
-        """Two lengths per example (e.g. source and target tokens) for token-budget batching: lists or
-        numpy arrays (a prepared corpus's index, with no pair read)."""
+    def lengths(self, data: Sequence[Any]) -> LengthIndex:
+        """Two lengths per example (e.g. source and target tokens) for token-budget batching, read for the
+        examples batching asks about (from a prepared corpus's index, with no pair read)."""
         ...
 
     def tensors(
@@ -48,10 +50,8 @@ class Seq2SeqTask:
     def __init__(self, pad_id: int, bos_id: int, eos_id: int) -> None:
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
 
-    def lengths(self, data: Sequence[Example]) -> tuple[Lengths, Lengths]:
-        if isinstance(data, PreparedCorpus):  # its length index: no pair is read
-            return data.src_lengths, data.tgt_lengths + 1  # + <s> or </s> (still fits: below max_positions)
-        return [len(s) for s, _ in data], [len(t) + 1 for _, t in data]
+    def lengths(self, data: Sequence[Example]) -> LengthIndex:
+        return MappedLengths(length_index(data), _with_bos)
 
     def tensors(
         self, data: Sequence[Example], indices: Sequence[int], device: torch.device
@@ -71,3 +71,10 @@ class Seq2SeqTask:
         is_real_token = tgt_out != self.pad_id  # (batch, tgt_len)
         logits = model(src, tgt_in, logits_at=is_real_token)  # (real tokens, vocab): none wasted on pads
         return label_smoothed_loss(logits, tgt_out[is_real_token], smoothing=smoothing, pad_id=self.pad_id)
+
+
+def _with_bos(
+    src: npt.NDArray[np.integer], tgt: npt.NDArray[np.integer]
+) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.integer]]:
+    """Batching lengths of pairs: the decoder reads <s> + target and predicts target + </s>, one more."""
+    return src, tgt + 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from qkv.data.batching import WINDOW
 from qkv.storage import CheckpointError
 from qkv.train.schedule import DECAYING, SCHEDULES, Schedule
 
@@ -23,6 +24,7 @@ class TrainConfig:
 
     max_tokens: int = 4096  # padded tokens per batch (the larger of source and target)
     accumulate: int = 1  # batches per optimizer step
+    batch_window: int = WINDOW  # pairs sorted into batches together (qkv.data.batching.EpochBatches)
     max_steps: int | None = None
     max_epochs: int | None = None
     max_minutes: float | None = None
@@ -53,6 +55,7 @@ class TrainConfig:
         for name in (
             "max_tokens",
             "accumulate",
+            "batch_window",
             "max_steps",
             "max_epochs",
             "max_minutes",

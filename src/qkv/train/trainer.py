@@ -18,12 +18,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from qkv import checkpoint
-from qkv.data.batching import Batch, Lengths, make_batches, shard
+from qkv.data.batching import Batch, EpochBatches, LengthIndex, make_batches
 from qkv.models.seq2seq import Transformer
 from qkv.train import run_files
 from qkv.train.budget import Calibration, plan_steps
@@ -113,8 +114,8 @@ class Trainer:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.state = TrainerState()
         self._signal: int | None = None
-        self._train_lengths: tuple[Lengths, Lengths] | None = None
-        self._batches: tuple[int, list[Batch]] | None = None
+        self._train_lengths: LengthIndex | None = None
+        self._batches: EpochBatches | None = None
         self.scaler = (
             torch.amp.GradScaler("cuda")
             if config.precision == "fp16" and self.device.type == "cuda"
@@ -122,19 +123,25 @@ class Trainer:
         )
 
     # -- batches -----------------------------------------------------------------------------------
-    def _epoch_batches(self, epoch: int) -> list[Batch]:
-        """This rank's batches of ``epoch``; the last epoch's are kept, so asking again costs nothing (on a
-        corpus of millions of pairs, each epoch's order is a sort of the whole length index)."""
-        if self._batches is not None and self._batches[0] == epoch:
-            return self._batches[1]
+    def _epoch_batches(self, epoch: int) -> EpochBatches:
+        """This rank's batches of ``epoch``, made a window of the corpus at a time; the last epoch's are kept,
+        so asking again costs nothing (on a corpus of millions of pairs, counting an epoch's batches sorts
+        every window of it)."""
+        if self._batches is not None and self._batches.epoch == epoch:
+            return self._batches
         self._batches = None  # let the previous epoch's go before the next is made
         if self._train_lengths is None:
             self._train_lengths = self.task.lengths(self.train_data)  # once: the data does not change
-        src_lens, tgt_lens = self._train_lengths
-        batches = make_batches(src_lens, tgt_lens, self.config.max_tokens, seed=self.config.seed, epoch=epoch)
-        mine = shard(batches, self.rank, self.world)
-        self._batches = (epoch, mine)
-        return mine
+        self._batches = EpochBatches(
+            self._train_lengths,
+            self.config.max_tokens,
+            seed=self.config.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world,
+            window=self.config.batch_window,
+        )
+        return self._batches
 
     def _autocast(self) -> Any:
         if self.config.precision == "fp32":
@@ -257,7 +264,8 @@ class Trainer:
         if not self.valid_data:
             return {}
         self.model.eval()
-        src_lens, tgt_lens = self.task.lengths(self.valid_data)
+        lengths = self.task.lengths(self.valid_data)
+        src_lens, tgt_lens = lengths.lengths_of(np.arange(len(lengths)))
         batches = make_batches(src_lens, tgt_lens, self.config.max_tokens, seed=0, epoch=0, shuffle=False)
         loss_sum = nll_sum = 0.0
         tokens = 0
