@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,7 +65,8 @@ def test_training_targets_are_the_sentence_then_eos_up_to_the_bound() -> None:
     # Sources of 3 and 2 tokens (</s> included): bounds 3 + 4 = 7 and 2 + 4 = 6; a target of 6 tokens
     # needs 7 positions (6 + its </s>) and gets them; one of 9 tokens is cut to max_positions.
     data = [([5, 6, EOS], [7, 8]), ([5, EOS], [7, 8, 9, 10, 11, 12]), ([5, EOS], [3] * 9)]
-    assert task.lengths(data) == ([3, 2, 2], [7, 7, 9])
+    src, tgt = task.lengths(data).lengths_of(np.arange(3))
+    assert (src.tolist(), tgt.tolist()) == ([3, 2, 2], [7, 7, 9])
     torch.manual_seed(0)
     src, tgt_in, tgt_out, _ = task.tensors(data, [0, 1, 2], torch.device("cpu"))
     gold = torch.tensor(
