@@ -27,12 +27,8 @@ import argparse
 import asyncio
 import csv
 import json
-import os
-import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Column, Table, machine, pick_device
+from benchmarks.serve_process import Server
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmn-eng" / "dev.tsv"
 START_TIMEOUT_S = 300
@@ -77,53 +74,6 @@ def random_model(directory: Path, sentences: list[str]) -> Path:
         text=saved.tokenizer_files(tokenizer, tokenizer),
     )
     return directory
-
-
-class Server:
-    """A ``qkv serve`` process on 127.0.0.1 and a free port; ``url`` once it is ready."""
-
-    def __init__(self, args: list[str], threads: int) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "qkv", "serve", "--host", "127.0.0.1", "--port", "0", *args]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        self.lines: list[str] = []
-        found = threading.Event()
-        self.url = ""
-
-        def read() -> None:
-            assert self.process.stderr is not None
-            for raw in self.process.stderr:
-                line = raw.decode("utf-8", errors="replace")
-                self.lines.append(line)
-                match = re.search(r"on (http://[^/\s]+)/", line)
-                if match and not found.is_set():
-                    self.url = match.group(1)
-                    found.set()
-            found.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not found.wait(START_TIMEOUT_S) or not self.url:
-            self.stop()
-            raise RuntimeError("qkv serve did not start:\n" + "".join(self.lines))
-
-    def rss_mb(self) -> float:
-        """The server's resident memory (Linux /proc; 0 elsewhere)."""
-        try:
-            status = Path(f"/proc/{self.process.pid}/status").read_text()
-        except OSError:
-            return 0.0
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        return int(match.group(1)) / 1024 if match else 0.0
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(120)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
 
 
 @dataclass
@@ -185,27 +135,12 @@ async def run_level(
     return level
 
 
-def wait_ready(url: str) -> None:
-    import httpx
-
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} was not ready after {START_TIMEOUT_S} s")
-
-
 def run_mode(
     name: str, server_args: list[str], args: argparse.Namespace, sentences: list[str]
 ) -> list[Level]:
-    server = Server(server_args, args.threads)
+    server = Server(server_args, threads=args.threads, start_timeout_s=START_TIMEOUT_S)
     levels: list[Level] = []
     try:
-        wait_ready(server.url)
         body = (
             {"method": args.method, "beam": args.beam} if args.method == "beam" else {"method": args.method}
         )
@@ -220,9 +155,9 @@ def run_mode(
                 flush=True,
             )
     finally:
-        code = server.stop()
+        code = server.stop(timeout_s=120)
     if code != 0:
-        print(f"{name}: qkv serve exited with {code}:\n" + "".join(server.lines[-20:]))
+        print(f"{name}: qkv serve exited with {code}:\n" + "\n".join(server.stderr.splitlines()[-20:]))
     return levels
 
 
