@@ -216,7 +216,8 @@ class PreparedCorpus(Sequence[Example]):
                 )
             self._block_starts.append((np.cumsum(per_pair) - per_pair)[::BLOCK].astype(np.uint32))
             del lengths, per_pair
-        self._files: dict[tuple[int, str], tuple[BinaryIO, int]] = {}  # (file, where its data starts)
+        # (shard, kind) -> (its open file, where its data starts, its path for messages)
+        self._files: dict[tuple[int, str], tuple[BinaryIO, int, Path]] = {}
         _allow_open_files(2 * len(self._names))
 
     # -- what batching and training read ------------------------------------------------------------------
@@ -285,11 +286,11 @@ class PreparedCorpus(Sequence[Example]):
     ) -> npt.NDArray[np.unsignedinteger]:
         """``count`` values of the shard's ``kind`` array from value ``first`` on, read from its file."""
         opened = self._files.get((shard, kind))
-        path = self.directory / shard_file(self._names[shard], kind)
         if opened is None:
+            path = self.directory / shard_file(self._names[shard], kind)
             _, _, offset = _npy_header(path)
-            opened = self._files[(shard, kind)] = (open(path, "rb", buffering=0), offset)
-        file, offset = opened
+            opened = self._files[(shard, kind)] = (open(path, "rb", buffering=0), offset, path)
+        file, offset, path = opened
         size = count * dtype.itemsize
         data = os.pread(file.fileno(), size, offset + first * dtype.itemsize)
         if len(data) != size:

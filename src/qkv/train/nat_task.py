@@ -83,8 +83,9 @@ class NATTask:
     def _decoder_lengths(
         self, src: npt.NDArray[np.integer], tgt: npt.NDArray[np.integer]
     ) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.integer]]:
-        """Batching lengths of pairs (vectorised): the decoder writes at least one position, or with the cut
-        method as many as :meth:`_bound` says."""
+        """Batching lengths of pairs (vectorised): the decoder writes at least one position; with the cut
+        method, the inference bound (:func:`~qkv.models.nat.length_bounds`), or the target and one </s>
+        where that is longer, never more than max_positions."""
         if self.cut_at is None:
             return src, np.maximum(tgt, 1)
         assert self.max_positions is not None
