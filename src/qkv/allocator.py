@@ -6,9 +6,11 @@ logits (tokens x vocabulary, ~100 MB for a 3,000-token batch at 8k words) anew e
 touches fresh pages, and the kernel zero-fills each 4 KiB page on first touch. Serving every allocation
 from the heap (``M_MMAP_MAX = 0``) and never trimming it (``M_TRIM_THRESHOLD``) lets the next step reuse
 the same pages (what that gained is in docs/performance-history.md).
-The cost is that the process keeps its peak heap until it exits, which is what a training run does anyway
-and what a long-running process that translates must not do: so only the commands that train (``qkv train``,
-``demo``, ``finetune``) call it, each explicitly.
+Decoding does the same at every step (the logits, rows x vocabulary: 8 MB for 32 sentences of a
+65,001-word model). The cost is that the process keeps its peak heap until it exits, which is what a
+command that trains or translates a file and exits does anyway, and what a long-running server must not
+do: so the commands that train (``qkv train``, ``demo``, ``finetune``) and those that translate a batch of
+input (``translate``, ``evaluate``, ``distill``) call it, each explicitly; ``qkv serve`` does not.
 
 This is what jemalloc/tcmalloc preloading does for PyTorch CPU training, without a preload. Set
 ``QKV_SYSTEM_MALLOC=1`` to leave glibc's defaults alone. Elsewhere (macOS, Windows, musl) it does nothing.

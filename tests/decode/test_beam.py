@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from qkv.decode import Lengths, pad_batch
-from qkv.decode.beam import beam_search, top_candidates
+from qkv.decode.beam import beam_search
 from qkv.decode.greedy import greedy_search
 from qkv.decode.step import CachedStepper, UncachedStepper
 from qkv.models.seq2seq import Transformer
@@ -170,24 +170,6 @@ def test_empty_batch_gives_no_hypotheses() -> None:
     stepper = ScriptedStepper(random_script(6), 6)
     assert beam_search(stepper, torch.empty(0, 3, dtype=torch.long), beam=3) == []
     assert stepper.rows_per_step == []
-
-
-@pytest.mark.parametrize("width", [4 * 512 * 8, 4 * 512 * 8 + 300, 100])
-def test_top_candidates_equal_torch_topk(width: int) -> None:
-    """The chunked search returns topk's values, best first, and columns that hold them; rows with ties,
-    with -inf everywhere but a few columns (beam search's first step), and a ragged tail."""
-    generator = torch.Generator().manual_seed(width)
-    candidates = torch.randn(6, width, generator=generator)
-    candidates[1] = torch.randint(0, 5, (width,), generator=generator).float()  # many ties
-    candidates[2] = float("-inf")
-    candidates[2, [3, width - 1, width // 2]] = torch.tensor([1.0, 2.0, 3.0])  # best value in the tail
-    candidates[3, -1] = 100.0  # the tail holds the maximum
-    for count in (1, 8):
-        values, columns = top_candidates(candidates, count)
-        expected = candidates.topk(count, dim=1).values
-        torch.testing.assert_close(values, expected, atol=0, rtol=0)
-        torch.testing.assert_close(candidates.gather(1, columns), values, atol=0, rtol=0)
-        assert all(len(set(row)) == count for row in columns.tolist())  # distinct columns
 
 
 @pytest.mark.parametrize("early_stopping", [True, False])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qkv.allocator import keep_freed_memory
 from qkv.cli.common import (
     Subparsers,
     UsageError,
@@ -20,6 +21,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from qkv.distill import distill
     from qkv.models import saved
     from qkv.models.nat import NATransformer
+
+    keep_freed_memory()  # each step's logits reuse pages instead of faulting fresh ones (qkv.allocator)
 
     teacher = saved.load(args.teacher, device=resolve_device(args.device))
     if isinstance(teacher.model, NATransformer):

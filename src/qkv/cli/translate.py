@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qkv.allocator import keep_freed_memory
 from qkv.cli.common import Subparsers, UsageError, add_pair_file_options, resolve_device
 from qkv.cli.flag_types import (
     device_name,
@@ -212,6 +213,8 @@ def _check_target_language(tokenizer: Any, lang: str) -> None:
 def cmd_translate(args: argparse.Namespace) -> int:
     from qkv.glossary import Glossary
 
+    keep_freed_memory()  # each step's logits reuse pages instead of faulting fresh ones (qkv.allocator)
+
     check_translate_flags(args)
     glossary = Glossary.load(args.glossary) if args.glossary else None
     translator = load_translator(args)
@@ -292,6 +295,8 @@ def _is_autoregressive(translator: Any) -> bool:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from qkv.data.corpus import read_corpus
     from qkv.evaluate import score
+
+    keep_freed_memory()  # each step's logits reuse pages instead of faulting fresh ones (qkv.allocator)
 
     corpus = read_corpus(
         args.data,

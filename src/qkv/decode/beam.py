@@ -38,37 +38,9 @@ from qkv.decode.dba import allocate
 from qkv.decode.hypothesis import DEFAULT_ALPHA, Hypothesis, length_penalty
 from qkv.decode.lengths import DEFAULT_LENGTHS, Lengths
 from qkv.decode.step import S, Stepper, constrain
+from qkv.decode.wide import top_candidates
 
 NEG_INF = float("-inf")
-
-
-def top_candidates(candidates: Tensor, count: int, *, chunk: int = 512) -> tuple[Tensor, Tensor]:
-    """``candidates.topk(count, dim=1)`` (values best first, and their columns) for wide rows, faster.
-
-    A row's best ``count`` values lie in the ``count`` chunks (of ``chunk`` columns) with the highest
-    maxima: a value outside them is beaten by at least ``count`` chunk maxima. So one pass takes every
-    chunk's maximum and only the best chunks (plus the ragged tail) are searched, several times faster than
-    ``torch.topk`` over wide rows (docs/inference-backends.md). Narrow rows go
-    straight to ``torch.topk``. Among equal values the columns may differ from ``torch.topk``'s choice
-    (which torch leaves unspecified too); the values are the same.
-
-    Shapes: candidates (rows, width) -> values (rows, count), columns (rows, count) long.
-    """
-    rows, width = candidates.shape
-    chunks = width // chunk
-    if chunks < 4 * count:
-        return candidates.topk(count, dim=1)
-    body = candidates[:, : chunks * chunk].view(rows, chunks, chunk)
-    best_chunks = body.amax(dim=2).topk(count, dim=1).indices  # (rows, count)
-    picked = body.gather(1, best_chunks[:, :, None].expand(-1, -1, chunk)).view(rows, count * chunk)
-    offsets = torch.arange(chunk, device=candidates.device)
-    columns = (best_chunks[:, :, None] * chunk + offsets).view(rows, count * chunk)
-    if width > chunks * chunk:  # the tail that fills no whole chunk is always searched
-        picked = torch.cat([picked, candidates[:, chunks * chunk :]], dim=1)
-        tail = torch.arange(chunks * chunk, width, device=candidates.device).expand(rows, -1)
-        columns = torch.cat([columns, tail], dim=1)
-    values, where = picked.topk(count, dim=1)
-    return values, columns.gather(1, where)
 
 
 def _gather_beams(x: Tensor, beams: Tensor) -> Tensor:
@@ -152,7 +124,8 @@ def beam_search(
             rules.restrict(log_probs, steps_done, row_max_lens, stepper.eos_id)
         # 1. Extend every live hypothesis by every token; keep the best 2k per sentence (or, under
         # constraints, 2k in the order of dynamic beam allocation).
-        candidates = (live_score.view(n * k, 1) + log_probs).view(n, k * vocab)
+        # In place: the strategy owns the step's log-probs, and a (rows, vocab) sum per step is not free.
+        candidates = log_probs.add_(live_score.view(n * k, 1)).view(n, k * vocab)
         if allocates:
             assert rules is not None
             top_score, top_index = allocate(candidates, rules, k, stepper.eos_id)  # (n, 2k)

@@ -17,6 +17,7 @@ from qkv.decode.constraints import TokenRules
 from qkv.decode.hypothesis import DEFAULT_ALPHA, Hypothesis, length_penalty
 from qkv.decode.lengths import DEFAULT_LENGTHS, Lengths
 from qkv.decode.step import S, Stepper, constrain
+from qkv.decode.wide import row_max
 
 Pick = Callable[[Tensor, Tensor], Tensor]
 """Chooses the next tokens: log_probs (rows, vocab), banned tokens at -inf, and the batch sentence of
@@ -82,9 +83,8 @@ def left_to_right(
             rules.restrict(log_probs, steps_done, row_max_lens, stepper.eos_id)
         # A row with no allowed token (only a scripted model can do that) ends, with log-prob -inf.
         if pick is None:  # the most probable token and its log-prob, from one pass
-            # max(dim), not argmax: the same first-maximum index, and torch's CPU argmax over a row block
-            # is several times slower (docs/inference-backends.md).
-            best, choice = log_probs.max(dim=-1)  # (rows,) each
+            # max(dim)'s values and first-maximum columns, searched chunk by chunk (qkv.decode.wide).
+            best, choice = row_max(log_probs)  # (rows,) each
             stuck = best == float("-inf")
             if bool(stuck.any()):
                 choice = torch.where(stuck, stepper.eos_id, choice)

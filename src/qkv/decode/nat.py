@@ -36,6 +36,7 @@ from qkv import infer
 from qkv.decode.hypothesis import Hypothesis
 from qkv.decode.sources import pad_batch, prepare_sources
 from qkv.decode.step import token_ids
+from qkv.decode.wide import log_softmax_, row_max
 from qkv.infer.stacks import Passes, passes
 from qkv.models.nat import NATransformer
 from qkv.models.seq2seq import Decoded, Encoded, EncoderDecoder, Transformer
@@ -172,9 +173,9 @@ class _Passes:
         )  # (masked, vocab)
         # As the reference: log-softmax over every id, then the banned ids out. One fused kernel, not
         # logsumexp (a composite of several passes, about twice as slow).
-        log_probs = torch.log_softmax(logits, dim=-1)
+        log_probs = log_softmax_(logits)
         banned = token_ids(tuple(_banned(self.model)), logits.device)
-        best_log_probs, best = log_probs.index_fill_(1, banned, float("-inf")).max(dim=-1)
+        best_log_probs, best = row_max(log_probs.index_fill_(1, banned, float("-inf")))
         if everywhere:
             return best.view(inputs.shape), best_log_probs.view(inputs.shape), None
         tokens = torch.zeros_like(inputs).masked_scatter_(is_masked, best)

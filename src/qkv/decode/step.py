@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from qkv import infer
+from qkv.decode.wide import log_softmax_
 from qkv.infer.stacks import StepDecoder, passes, step_decoder
 from qkv.models.seq2seq import Encoded, Transformer
 from qkv.nn.cache import KVCache
@@ -222,7 +223,7 @@ class CachedStepper(_ModelStepper):
             if self._step_decoder is None or state.cache.length == 0:  # a new batch: prepared for its rows
                 self._step_decoder = step_decoder(self.model, tokens.shape[0], int8=self.int8)
             logits = self._step_decoder.step(tokens, state.encoded, state.cache, beams=state.beams)
-            return torch.log_softmax(logits, dim=-1), state  # (rows, vocab)
+            return log_softmax_(logits), state  # (rows, vocab), in the step's own fresh logits
         if self.int8:
             raise ValueError("int8 decoding feeds one token per step")
         state = state.ungrouped()  # the reference reads one encoder row per decoder row
