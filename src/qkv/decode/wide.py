@@ -5,9 +5,10 @@ Every step of a search reduces rows as wide as the target vocabulary (8,000 to 6
 decoding and non-autoregressive passes take each row's maximum and its column, beam search each
 sentence's best ``2 * beam`` candidates. torch's ``max(dim)`` and ``topk`` walk such rows element by
 element, while ``amax`` (no column wanted) runs vectorised, several times faster
-(docs/inference-backends.md). Both functions here therefore take every chunk's maximum with ``amax`` and
-search only the chunks that can hold the answer, which gives the same values (and, for :func:`row_max`,
-the same columns) as torch's reductions.
+(docs/inference-backends.md). The two reductions here, :func:`row_max` and :func:`top_candidates`,
+therefore take every chunk's maximum with ``amax`` and search only the chunks that can hold the answer,
+which gives the same values (and, for :func:`row_max`, the same columns) as torch's reductions.
+:func:`log_softmax_` saves a (rows, vocab) tensor per step where the caller owns the logits.
 """
 
 from __future__ import annotations
