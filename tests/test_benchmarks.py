@@ -320,3 +320,16 @@ def test_one_sentence_refuses_zero_rounds(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as stopped:
         main(["--repeats", "0"])
     assert stopped.value.code == 2 and "--repeats 0" in capsys.readouterr().err
+
+
+def test_attention_kernels_times_both_ways_at_every_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/attention_kernels.py: one row per shape, both ways timed, and the way products_win takes."""
+    from benchmarks.attention_kernels import SHAPES, main
+
+    main(["--repeats", "1", "--threads", "1"])
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert len(rows) == len(SHAPES)
+    for row, (what, batch, q_len, k_len, _) in zip(rows, SHAPES, strict=True):
+        *_, products_ms, fused_ms, pick = row.split()
+        assert row.startswith(what) and f"{batch} x {q_len} x {k_len}" in row
+        assert float(products_ms) > 0 and float(fused_ms) > 0 and pick in ("products", "fused")

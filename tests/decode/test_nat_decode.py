@@ -90,8 +90,11 @@ def test_length_beam_ranks_candidates_and_never_does_worse(rng: torch.Generator)
     for a, b in zip(one, five, strict=True):
         assert len(b) == 5
         assert [h.score for h in b] == sorted((h.score for h in b), reverse=True)
-        assert a[0] in b  # the most probable length is among the candidates
-        assert b[0].score >= a[0].score
+        # The most probable length is among the candidates (scores to rounding: five lengths make a
+        # bigger batch, whose attention may take the other kernel, qkv.nn.attention.products_win).
+        same = [h for h in b if h.tokens == a[0].tokens]
+        assert any(abs(h.log_prob - a[0].log_prob) < 1e-4 for h in same)
+        assert b[0].score >= a[0].score - 1e-5
         for h in b:
             assert abs(h.score - h.log_prob / max(len(h.tokens), 1)) < 1e-5
 

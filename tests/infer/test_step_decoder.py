@@ -12,12 +12,12 @@ from qkv.decode import SearchConfig, decode, pad_batch
 from qkv.decode.beam import beam_search
 from qkv.decode.greedy import greedy_search
 from qkv.decode.step import CachedStepper
-from qkv.infer import layers as inference_layers
 from qkv.infer import products, stacks
-from qkv.infer.layers import step_kernel
 from qkv.infer.products import Int8Linear, SplitTransposedLinear, TransposedLinear, int8_available
 from qkv.infer.snapshot import _SNAPSHOTS
 from qkv.models.seq2seq import Transformer
+from qkv.nn import attention
+from qkv.nn.attention import scaled_dot_product
 from tests.decode.conftest import random_model
 
 # The fast step does the reference's float32 arithmetic with the same BLAS (packed weights, Q/K/V as one
@@ -53,7 +53,7 @@ KERNELS = {
 def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     mkl_fast, bmm_min_rows = request.param
     monkeypatch.setattr(products, "mkl_is_fast_here", lambda: mkl_fast)
-    monkeypatch.setattr(inference_layers, "_BMM_MIN_QUERY_ROWS", bmm_min_rows)
+    monkeypatch.setattr(attention, "PRODUCTS_MIN_ROWS", bmm_min_rows)
     _SNAPSHOTS.clear()  # no snapshot built under another choice
 
 
@@ -296,11 +296,11 @@ def test_grouped_beam_state_refuses_selections_that_split_a_sentence(model: Tran
         torch.testing.assert_close(flat.encoded.memory[3], state.encoded.memory[1])
 
 
-@pytest.mark.parametrize("bmm_min_rows", [1, 10**9], ids=["batched products", "fused kernel"])
-def test_attention_equals_float64_softmax(bmm_min_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("min_rows", [1, 10**9], ids=["batched products", "fused kernel"])
+def test_attention_equals_float64_softmax(min_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """softmax(Q K^T / sqrt(d)) V on cache-like views, with a padding mask; a query whose keys are all
     masked is left to the caller (NaN or zeros), every other row equals the float64 formula."""
-    monkeypatch.setattr(inference_layers, "_BMM_MIN_QUERY_ROWS", bmm_min_rows)
+    monkeypatch.setattr(attention, "PRODUCTS_MIN_ROWS", min_rows)
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(3, 2, 4, 8, generator=generator)
     buffer = torch.randn(3, 2, 16, 8, generator=generator)  # capacity 16, 5 valid positions
@@ -310,9 +310,9 @@ def test_attention_equals_float64_softmax(bmm_min_rows: int, monkeypatch: pytest
     scores = q.double() @ k.double().transpose(-1, -2) / 8**0.5
     scores = scores.masked_fill(~may_attend, float("-inf"))
     expected = torch.softmax(scores, dim=-1) @ v.double()
-    out, _ = step_kernel(q, k, v, may_attend)
+    out, _ = scaled_dot_product(q, k, v, may_attend)
     assert out.shape == (3, 2, 4, 8)
     torch.testing.assert_close(out[:2].double(), expected[:2], atol=1e-5, rtol=0)
-    unmasked, _ = step_kernel(q, k, v, None)
+    unmasked, _ = scaled_dot_product(q, k, v, None)
     full = torch.softmax(q.double() @ k.double().transpose(-1, -2) / 8**0.5, dim=-1) @ v.double()
     torch.testing.assert_close(unmasked.double(), full, atol=1e-5, rtol=0)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from qkv.nn import MultiHeadAttention, attend, masks
+from qkv.nn import MultiHeadAttention, attend, attention, masks
+from qkv.nn.attention import products_win
 from tests.reference import ATTENTION_ATOL, attention_loop, copy_attention, randomize_norms_and_biases
 
 # Half precision: 11 (float16) or 8 (bfloat16) significant bits; outputs of order 1 are averages of a
@@ -120,6 +121,47 @@ def test_gradients_through_fully_masked_rows_are_finite(rng: torch.Generator, fu
     for t in (q, k, v):
         assert t.grad is not None and bool(torch.isfinite(t.grad).all())
     assert bool((q.grad[0, 1, 2] == 0).all())  # a query that attends to nothing has no gradient
+
+
+def test_products_win_where_measured() -> None:
+    """The rule of attention.products_win: many query rows, and short keys or few queries a sentence."""
+
+    def shapes(batch: int, q_len: int, k_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.empty(batch, 4, q_len, 8), torch.empty(batch, 4, k_len, 8)
+
+    assert products_win(*shapes(279, 11, 11))  # a training batch of short sentences
+    assert products_win(*shapes(32, 4, 200))  # a beam-4 step over 32 sentences, long cache
+    assert not products_win(*shapes(1, 12, 12))  # one sentence: too few rows
+    assert not products_win(*shapes(24, 128, 128))  # long sentences
+    assert not products_win(*shapes(63, 1, 10))
+    assert products_win(*shapes(64, 1, 10))
+    assert not products_win(*shapes(8, 49, 49)) and products_win(*shapes(8, 48, 48))
+
+
+def test_both_ways_agree_in_training(rng: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a training shape, the products and the fused kernel give the float64 formula's context and
+    gradients, and a query with no allowed key gets zero context and finite (zero) gradients."""
+    batch, q_len, k_len = 16, 7, 9
+    q0, k0, v0 = (torch.randn(batch, 2, n, 4, generator=rng) for n in (q_len, k_len, k_len))
+    may_attend = torch.rand(batch, 1, q_len, k_len, generator=rng) > 0.3
+    may_attend[3, :, 2] = False  # a query with no key
+    grad_out = torch.randn(batch, 2, q_len, 4, generator=rng)
+
+    def run(dtype: torch.dtype) -> list[torch.Tensor]:
+        q, k, v = (t.to(dtype, copy=True).requires_grad_() for t in (q0, k0, v0))
+        context, _ = attend(q, k, v, may_attend)
+        (context * grad_out.to(dtype)).sum().backward()
+        return [context.detach(), *(t.grad for t in (q, k, v))]  # type: ignore[list-item]
+
+    expected = run(torch.float64)
+    assert bool((expected[0][3, :, 2] == 0).all())
+    for min_rows in (1, 10**9):  # the products, then the fused kernel
+        monkeypatch.setattr(attention, "PRODUCTS_MIN_ROWS", min_rows)
+        got = run(torch.float32)
+        assert products_win(q0, k0) == (min_rows == 1)
+        for ours, reference in zip(got, expected, strict=True):
+            assert bool(torch.isfinite(ours).all())
+            torch.testing.assert_close(ours.double(), reference, atol=1e-5, rtol=0)
 
 
 # -- MultiHeadAttention against torch.nn.MultiheadAttention -------------------------------------------

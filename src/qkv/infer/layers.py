@@ -8,39 +8,12 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.infer.products import product
-from qkv.nn.attention import stack_linears
+from qkv.nn.attention import scaled_dot_product, stack_linears
 from qkv.nn.embedding import TokenEmbedding
 from qkv.nn.layers import DecoderLayer, EncoderLayer, LayerOps, Norm
-
-# From this many query rows (batch x queries) on, two batched products and a softmax beat the fused
-# kernel for one-token steps (beam search over many sentences); below it the fused kernel wins or ties.
-_BMM_MIN_QUERY_ROWS = 64
-
-
-def fused_kernel(q: Tensor, k: Tensor, v: Tensor, may_attend: Tensor | None) -> tuple[Tensor, None]:
-    """softmax(q k^T / sqrt(d_head)) v by torch's fused kernel. Shapes as :func:`qkv.nn.attention.attend`."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=may_attend), None
-
-
-def step_kernel(q: Tensor, k: Tensor, v: Tensor, may_attend: Tensor | None) -> tuple[Tensor, None]:
-    """The attention of one-token steps: the fused kernel, or for many query rows two batched products
-    and a softmax. A query with no allowed key gets NaN from the batched path; the sublayer zeroes it
-    (:class:`~qkv.nn.attention.KeyMask`). Shapes as :func:`qkv.nn.attention.attend`; k, v may be views."""
-    batch, heads, q_len, d_head = q.shape
-    if batch * q_len < _BMM_MIN_QUERY_ROWS:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=may_attend), None
-    k_len = k.shape[2]
-    scores = torch.bmm(
-        q.reshape(batch * heads, q_len, d_head), k.reshape(batch * heads, k_len, d_head).transpose(1, 2)
-    ).mul_(d_head**-0.5)  # (batch * heads, q_len, k_len)
-    if may_attend is not None:
-        scores.view(batch, heads, q_len, k_len).masked_fill_(~may_attend, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    return torch.bmm(probs, v.reshape(batch * heads, k_len, d_head)).view(batch, heads, q_len, d_head), None
 
 
 def frozen_norm(module: nn.LayerNorm) -> Norm:
@@ -57,13 +30,12 @@ def frozen_norm(module: nn.LayerNorm) -> Norm:
 def frozen_layer(
     layer: EncoderLayer | DecoderLayer,
     *,
-    step: bool = False,
     rows: int | None = None,
     int8: bool = False,
     many_rows: bool = False,
 ) -> LayerOps:
-    """The layer's :class:`LayerOps` for inference. ``step``: for one-token steps (their kernel); ``rows``,
-    ``int8``, ``many_rows``: how each product is prepared (:func:`qkv.infer.products.product`)."""
+    """The layer's :class:`LayerOps` for inference: ``rows``, ``int8``, ``many_rows`` say how each product
+    is prepared (:func:`qkv.infer.products.product`); attention is :func:`~qkv.nn.attention.scaled_dot_product`."""
 
     def prepared(*linears: nn.Linear) -> object:
         weight, bias = (
@@ -78,7 +50,7 @@ def frozen_layer(
             heads=attn.heads,
             norm_first=layer.norm_first,
             activation=ffn.activation,
-            kernel=step_kernel if step else fused_kernel,
+            kernel=scaled_dot_product,
             self_qkv=prepared(attn.q_proj, attn.k_proj, attn.v_proj),  # type: ignore[arg-type]
             self_out=prepared(attn.out_proj),  # type: ignore[arg-type]
             norm_self=frozen_norm(layer.norm_self_attn),

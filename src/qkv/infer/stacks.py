@@ -174,7 +174,7 @@ class StepDecoder:
         self.embed, self.positions = model.tgt_embed, model.positions
         self.rows, self.int8 = rows, int8
         self.layers = [
-            frozen_layer(layer, step=True, rows=rows, int8=int8)  # type: ignore[arg-type]
+            frozen_layer(layer, rows=rows, int8=int8)  # type: ignore[arg-type]
             for layer in model.decoder
         ]
         self.final_norm = None if model.decoder_norm is None else frozen_norm(model.decoder_norm)

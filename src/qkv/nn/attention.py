@@ -15,9 +15,11 @@ are the two attention sublayers, written over *products* (callables ``x -> x W^T
 *kernel*: :class:`MultiHeadAttention` runs them with its ``nn.Linear`` weights and :func:`attend`
 (training, heat maps); :mod:`qkv.infer` runs the very same functions with weights prepared for inference.
 
-:func:`attend` has two paths that compute the same thing:
-  * the explicit path spells the formula out and can return the attention weights (for heat maps);
-  * the fused path calls ``torch.nn.functional.scaled_dot_product_attention`` (one kernel, less memory).
+The formula is computed one of two ways, picked in one place (:func:`products_win`):
+  * two batched products and a softmax (:func:`_products`), which can also return the attention weights
+    (heat maps);
+  * torch's fused kernel, ``torch.nn.functional.scaled_dot_product_attention`` (less memory, and faster
+    on long keys or few query rows).
 Masks are bool, True = may attend, broadcastable to (batch, heads, q_len, k_len) (see :mod:`qkv.nn.masks`).
 A query whose keys are all masked gets a zero context on both paths (softmax over no keys is undefined;
 the explicit formula would give NaN), and in the sublayers whatever the kernel (:class:`KeyMask`).
@@ -25,7 +27,6 @@ the explicit formula would give NaN), and in the sublayers whatever the kernel (
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -35,12 +36,65 @@ from torch import Tensor, nn
 
 from qkv.nn import masks
 from qkv.nn.cache import LayerCache
+from qkv.nn.dropout import dropout as apply_dropout
 
 Product = Callable[[Tensor], Tensor]
 """A linear map x -> x W^T + b. Shapes: (..., in_features) -> (..., out_features)."""
 
 Kernel = Callable[[Tensor, Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor | None]]
 """(q, k, v, may_attend) -> (context, weights or None): softmax(q k^T / sqrt(d_head)) v, as :func:`attend`."""
+
+
+# On a CPU, two batched products and a softmax beat torch's fused kernel from 64 query rows (batch x
+# queries) on, when the keys are few (<= 48: training's and the encoder's passes over sentences of up to
+# 48 tokens, forward and backward) or each sentence has few queries (<= 8: a decoding step, one query per
+# sentence or a sentence's beams as one block). With fewer rows, or many queries against long keys, the
+# fused kernel wins or ties (docs/inference-backends.md).
+PRODUCTS_MIN_ROWS = 64
+PRODUCTS_MAX_KEYS = 48
+PRODUCTS_MAX_QUERIES = 8
+
+
+def products_win(q: Tensor, k: Tensor) -> bool:
+    """Whether :func:`_products` is the faster way to attend from ``q`` to ``k`` (shapes as :func:`attend`)."""
+    batch, _, q_len, _ = q.shape
+    return (
+        q.device.type == "cpu"
+        and batch * q_len >= PRODUCTS_MIN_ROWS
+        and (q_len <= PRODUCTS_MAX_QUERIES or k.shape[2] <= PRODUCTS_MAX_KEYS)
+    )
+
+
+def _products(
+    q: Tensor, k: Tensor, v: Tensor, may_attend: Tensor | None, dropout: float
+) -> tuple[Tensor, Tensor]:
+    """softmax(q k^T / sqrt(d_head)) v as two batched products and a softmax -> (context, weights).
+
+    Masked keys get the dtype's lowest value rather than -inf, so a query with no allowed key gets
+    uniform weights instead of NaN, in the forward and the backward pass; callers zero its context.
+    ``weights`` are before dropout. Shapes as :func:`attend`; k, v may be views (a decoding cache).
+    """
+    batch, heads, q_len, d_head = q.shape
+    k_len = k.shape[2]
+    scores = torch.bmm(
+        q.reshape(batch * heads, q_len, d_head), k.reshape(batch * heads, k_len, d_head).transpose(1, 2)
+    ).mul_(d_head**-0.5)  # (batch * heads, q_len, k_len)
+    if may_attend is not None:
+        lowest = torch.finfo(scores.dtype).min
+        scores.view(batch, heads, q_len, k_len).masked_fill_(~may_attend, lowest)
+    weights = torch.softmax(scores, dim=-1)
+    kept = apply_dropout(weights, dropout) if dropout > 0.0 else weights
+    context = torch.bmm(kept, v.reshape(batch * heads, k_len, d_head))
+    return context.view(batch, heads, q_len, d_head), weights.view(batch, heads, q_len, k_len)
+
+
+def scaled_dot_product(q: Tensor, k: Tensor, v: Tensor, may_attend: Tensor | None) -> tuple[Tensor, None]:
+    """softmax(q k^T / sqrt(d_head)) v by the faster way here (:func:`products_win`), no dropout, for
+    the sublayers (:class:`KeyMask` zeroes a query with no allowed key, whose context is left undefined
+    here). The kernel of inference (:mod:`qkv.infer`). Shapes as :func:`attend`; k, v may be views."""
+    if products_win(q, k):
+        return _products(q, k, v, may_attend, 0.0)[0], None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=may_attend), None
 
 
 def attend(
@@ -60,33 +114,25 @@ def attend(
         may_attend: bool, broadcastable to (batch, heads, q_len, k_len); True = may attend
         -> context (batch, heads, q_len, d_head), weights (batch, heads, q_len, k_len) or None
 
-    ``need_weights=True`` takes the explicit path (the fused kernel does not expose the weights);
-    otherwise ``fused`` picks the path. ``dropout`` applies to the weights (pass 0.0 in eval mode).
+    ``need_weights=True`` or ``fused=False`` takes the products (the fused kernel does not expose the
+    weights); otherwise the faster way is taken (:func:`products_win`). ``dropout`` applies to the
+    weights (pass 0.0 in eval mode). A query with no allowed key gets zero context and zero weights.
     """
-    if not need_weights and fused:
+    if not need_weights and fused and not products_win(q, k):
         if may_attend is not None and may_attend.device.type == "cpu" and bool(may_attend.all()):
             may_attend = None  # nothing is masked: the kernel without a mask is faster
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=may_attend, dropout_p=dropout)
-        if may_attend is not None:
-            # Kernels differ on rows with no allowed key (some give NaN): make them zero, as documented.
-            # On an accelerator the check itself would make the host wait, so the fill always runs there.
-            has_key = may_attend.any(dim=-1, keepdim=True)
-            if context.device.type != "cpu" or not bool(has_key.all()):
-                context = context.masked_fill(~has_key, 0.0)
-        return context, None
-
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (batch, heads, q_len, k_len)
+        weights = None
+    else:
+        context, weights = _products(q, k, v, may_attend, dropout)
     if may_attend is not None:
-        scores = scores.masked_fill(~may_attend, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
-    if may_attend is not None:
-        # softmax over a row of -inf is NaN; such a query attends to nothing.
-        weights = weights.masked_fill(~may_attend.any(dim=-1, keepdim=True), 0.0)
-    returned = weights
-    if dropout > 0.0:
-        weights = F.dropout(weights, p=dropout)
-    context = weights @ v  # (batch, heads, q_len, d_head)
-    return context, (returned if need_weights else None)
+        # Kernels differ on rows with no allowed key (some give NaN): make them zero, as documented.
+        # On an accelerator the check itself would make the host wait, so the fill always runs there.
+        has_key = may_attend.any(dim=-1, keepdim=True)
+        if context.device.type != "cpu" or not bool(has_key.all()):
+            context = context.masked_fill(~has_key, 0.0)
+            weights = None if weights is None else weights.masked_fill(~has_key, 0.0)
+    return context, (weights if need_weights else None)
 
 
 class KeyMask(NamedTuple):
