@@ -88,13 +88,16 @@ def _products(
     return context.view(batch, heads, q_len, d_head), weights.view(batch, heads, q_len, k_len)
 
 
-def scaled_dot_product(q: Tensor, k: Tensor, v: Tensor, may_attend: Tensor | None) -> tuple[Tensor, None]:
-    """softmax(q k^T / sqrt(d_head)) v by the faster way here (:func:`products_win`), no dropout, for
-    the sublayers (:class:`KeyMask` zeroes a query with no allowed key, whose context is left undefined
-    here). The kernel of inference (:mod:`qkv.infer`). Shapes as :func:`attend`; k, v may be views."""
+def scaled_dot_product(
+    q: Tensor, k: Tensor, v: Tensor, may_attend: Tensor | None, *, dropout: float = 0.0
+) -> tuple[Tensor, None]:
+    """softmax(q k^T / sqrt(d_head)) v by the faster way here (:func:`products_win`), ``dropout`` on the
+    weights. A query with no allowed key is left undefined here: the sublayers zero it (:class:`KeyMask`),
+    as :func:`attend` does. The kernel of inference (:mod:`qkv.infer`). Shapes as :func:`attend`; k, v may
+    be views."""
     if products_win(q, k):
-        return _products(q, k, v, may_attend, 0.0)[0], None
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=may_attend), None
+        return _products(q, k, v, may_attend, dropout)[0], None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=may_attend, dropout_p=dropout), None
 
 
 def attend(
@@ -118,13 +121,13 @@ def attend(
     weights); otherwise the faster way is taken (:func:`products_win`). ``dropout`` applies to the
     weights (pass 0.0 in eval mode). A query with no allowed key gets zero context and zero weights.
     """
-    if not need_weights and fused and not products_win(q, k):
-        if may_attend is not None and may_attend.device.type == "cpu" and bool(may_attend.all()):
-            may_attend = None  # nothing is masked: the kernel without a mask is faster
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=may_attend, dropout_p=dropout)
-        weights = None
-    else:
+    weights: Tensor | None
+    if need_weights or not fused:
         context, weights = _products(q, k, v, may_attend, dropout)
+    else:
+        if may_attend is not None and may_attend.device.type == "cpu" and bool(may_attend.all()):
+            may_attend = None  # nothing is masked: either way is faster without a mask
+        context, weights = scaled_dot_product(q, k, v, may_attend, dropout=dropout)
     if may_attend is not None:
         # Kernels differ on rows with no allowed key (some give NaN): make them zero, as documented.
         # On an accelerator the check itself would make the host wait, so the fill always runs there.
